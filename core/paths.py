@@ -1,0 +1,35 @@
+"""Where data, weights and runs live, with defaults that find ../shared.
+
+Each default can be overridden by an environment variable, so the app, the CLI
+and the tests agree on one place without configuration files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT_ROOT.parent / "shared"
+
+
+def data_dir() -> Path:
+    """The CT dataset folder ($COVIDCT_DATA, else ../shared/data/COVID-CT)."""
+    return Path(os.environ.get("COVIDCT_DATA", SHARED / "data" / "COVID-CT"))
+
+
+def weights_path() -> str:
+    """ImageNet weights for ResNet-50 ($COVIDCT_WEIGHTS, else the ../shared
+    file when present, else "imagenet" so Keras downloads them)."""
+    if os.environ.get("COVIDCT_WEIGHTS"):
+        return os.environ["COVIDCT_WEIGHTS"]
+    local = SHARED / "weights" / "resnet50_imagenet.weights.h5"
+    return str(local) if local.exists() else "imagenet"
+
+
+def artifacts_dir() -> Path:
+    """Root of runs and models ($COVIDCT_ARTIFACTS, else ./artifacts)."""
+    return Path(os.environ.get("COVIDCT_ARTIFACTS", PROJECT_ROOT / "artifacts"))
+
+
+def runs_dir() -> Path:
+    return artifacts_dir() / "runs"
