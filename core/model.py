@@ -1,0 +1,108 @@
+"""The classifier: an ImageNet ResNet with a new 2-class head, frozen by stage.
+
+The model takes float RGB images in 0..255 at `input_size` and returns softmax
+probabilities (N, 2), index 1 being the positive class. ImageNet preprocessing is
+a layer inside the model, so a saved model is all one needs to predict.
+
+The backbone is built on the model's own input tensor, so its layers are layers
+of the model itself (a flat graph): Grad-CAM can then reach `conv5_block3_out`.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+BACKBONES = {
+    "resnet50": keras.applications.ResNet50,
+    "resnet101": keras.applications.ResNet101,
+    "resnet152": keras.applications.ResNet152,
+}
+# Where fine-tuning may start: "head" trains the new head only, "conv4" trains
+# conv4_*, conv5_* and the head, and so on down to "conv1" (everything).
+TRAIN_FROM = ("head", "conv5", "conv4", "conv3", "conv2", "conv1")
+STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+LAST_CONV_LAYER = "conv5_block3_out"
+HEAD_LAYERS = ("head_pool", "head_dropout", "head_dense")
+
+
+@keras.saving.register_keras_serializable(package="covidct")
+class ImageNetPreprocess(keras.layers.Layer):
+    """keras.applications.resnet.preprocess_input as a layer (RGB 0..255 ->
+    BGR minus the ImageNet mean). A named layer rather than a Lambda, so that
+    models load with safe_mode=True."""
+
+    def call(self, images):
+        return keras.applications.resnet.preprocess_input(images)
+
+
+def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str | None = None,
+                dropout: float = 0.3, train_from: str = "conv5",
+                train_batchnorm: bool = False) -> keras.Model:
+    """ResNet from keras.applications with weights from a file path, "imagenet"
+    (Keras' download) or None, topped by pooling -> dropout -> Dense(2)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if weights not in (None, "imagenet") and not os.path.exists(weights):
+        raise ValueError(f"{weights}: weights file not found (set --weights or $COVIDCT_WEIGHTS)")
+
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = ImageNetPreprocess(name="imagenet_preprocess")(inputs)
+    try:
+        base = BACKBONES[backbone](include_top=False, weights=weights, input_tensor=x)
+    except ValueError as error:  # e.g. a ResNet-50 file given for ResNet-101
+        raise ValueError(f"{weights}: cannot load into {backbone}: {error}") from error
+
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head_dense")(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_covidct")
+    set_trainable(model, train_from, train_batchnorm)
+    return model
+
+
+def layer_stage(name: str) -> str | None:
+    """The ResNet stage a layer belongs to ("conv1".."conv5"), None for others."""
+    if name.startswith("pool1"):
+        return "conv1"
+    prefix = name.split("_")[0]
+    return prefix if prefix in STAGES else None
+
+
+def set_trainable(model: keras.Model, train_from: str, train_batchnorm: bool = False) -> None:
+    """Train the head and the stages from `train_from` up; freeze the rest.
+
+    A frozen BatchNormalization layer runs in inference mode in Keras 3, so its
+    ImageNet statistics stay intact. With `train_batchnorm` False, BatchNorm
+    stays frozen in the trained stages too (the Keras fine-tuning guide's advice
+    for small datasets: batch statistics of a few CT slices are noisy)."""
+    if train_from not in TRAIN_FROM:
+        raise ValueError(f"unknown train_from {train_from!r}; choose one of {', '.join(TRAIN_FROM)}")
+    first_trained = STAGES.index(train_from) if train_from != "head" else len(STAGES)
+    for layer in model.layers:
+        stage = layer_stage(layer.name)
+        if stage is None:
+            layer.trainable = layer.name in HEAD_LAYERS or not layer.weights
+            continue
+        trained = STAGES.index(stage) >= first_trained
+        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
+            trained = False
+        layer.trainable = trained
+
+
+def load_model(path) -> keras.Model:
+    """Load a saved .keras model without running code stored in it."""
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
+
+    Calls the model on fixed-size batches rather than model.predict, which
+    builds a tf.data pipeline per call and costs more than the forward pass for
+    a single upload."""
+    images = np.asarray(images, dtype="float32")
+    probs = [np.asarray(model(images[i:i + batch_size], training=False))[:, 1]
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(probs) if probs else np.zeros((0,), "float32")

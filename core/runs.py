@@ -1,0 +1,164 @@
+"""Run storage: one folder per training run under artifacts/runs/<id>/.
+
+A run folder holds config.json, status.json, history.csv, model.keras,
+metrics.json and predictions.csv. Every file that matters is written to a
+temporary file and renamed into place, so a crash mid-write leaves the previous
+version intact, never half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from core import paths
+
+STATES = ("running", "completed", "failed", "cancelled", "interrupted")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, data) -> None:
+    _atomic_write(path, lambda handle: json.dump(data, handle, indent=2, default=str))
+
+
+def write_csv(path, frame: pd.DataFrame) -> None:
+    _atomic_write(path, lambda handle: frame.to_csv(handle, index=False))
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return default
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become folder names: refuse anything that could leave runs/."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ValueError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
+def run_path(run_id: str, runs_root=None) -> Path:
+    return Path(runs_root or paths.runs_dir()) / check_run_id(run_id)
+
+
+def new_run(config: dict, name: str | None = None, runs_root=None) -> Path:
+    """Create a run folder with its config.json and a 'running' status."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id = check_run_id(f"{stamp}-{name}" if name else stamp)
+    folder = run_path(run_id, runs_root)
+    suffix = 1
+    while folder.exists():  # two runs started in the same second
+        suffix += 1
+        folder = run_path(f"{run_id}-{suffix}", runs_root)
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", config)
+    set_status(folder, "running", pid=os.getpid(), started_at=_now())
+    return folder
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def set_status(run_dir, state: str, **fields) -> dict:
+    """Merge `fields` into status.json and set its state."""
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    status = read_json(Path(run_dir) / "status.json", {})
+    status.update(fields, state=state, updated_at=_now())
+    write_json(Path(run_dir) / "status.json", status)
+    return status
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def read_status(run_dir) -> dict:
+    """status.json, with a 'running' run whose process is gone reported as
+    'interrupted' (it was killed or the machine stopped)."""
+    status = read_json(Path(run_dir) / "status.json", {"state": "interrupted"})
+    if status.get("state") == "running" and not _pid_alive(status.get("pid")):
+        status["state"] = "interrupted"
+    return status
+
+
+def load_run(run_dir) -> dict:
+    """Everything small about a run: id, folder, config, status, metrics."""
+    run_dir = Path(run_dir)
+    return {
+        "id": run_dir.name,
+        "path": run_dir,
+        "config": read_json(run_dir / "config.json", {}),
+        "status": read_status(run_dir),
+        "metrics": read_json(run_dir / "metrics.json"),
+    }
+
+
+def list_runs(runs_root=None) -> list[dict]:
+    """All runs, newest first."""
+    root = Path(runs_root or paths.runs_dir())
+    if not root.exists():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    return [load_run(p) for p in sorted(folders, key=lambda p: p.name, reverse=True)]
+
+
+def read_history(run_dir) -> pd.DataFrame:
+    """Per-epoch training log (empty before the first epoch ends)."""
+    try:
+        return pd.read_csv(Path(run_dir) / "history.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def read_predictions(run_dir) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "predictions.csv")
+
+
+COMPARED_SETTINGS = ("backbone", "input_size", "batch_size", "train_from", "head_epochs",
+                     "finetune_epochs", "head_lr", "finetune_lr", "dropout", "label_smoothing", "seed")
+
+
+def compare_runs(runs: list[dict]) -> pd.DataFrame:
+    """One row per run: its hyperparameters and its test metrics at the
+    validation-chosen threshold, for judging hyperparameter choices."""
+    rows = []
+    for run in runs:
+        row = {"run": run["id"], "state": run["status"].get("state")}
+        row.update({key: run["config"].get(key) for key in COMPARED_SETTINGS})
+        test = ((run["metrics"] or {}).get("test") or {}).get("at_threshold") or {}
+        for metric in ("roc_auc", "pr_auc", "accuracy", "f1", "recall", "specificity"):
+            row[f"test_{metric}"] = test.get(metric)
+        row["train_seconds"] = run["status"].get("train_seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+

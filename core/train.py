@@ -1,0 +1,288 @@
+"""Training: one config, one run folder, head warm-up then fine-tuning.
+
+The recipe follows the Keras "Transfer learning & fine-tuning" guide: train the
+new head on a frozen ImageNet backbone first (so large gradients from a random
+head do not wreck the pretrained features), then unfreeze the stages from
+`train_from` up and continue at a lower learning rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from core import data, evaluate, paths, runs
+from core.model import BACKBONES, TRAIN_FROM, build_model, predict_proba, set_trainable
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run; saved as the run's config.json."""
+    data_dir: str = field(default_factory=lambda: str(paths.data_dir()))
+    positive_class: str = "COVID"
+    use_official_splits: bool = True
+    seed: int = 0
+    max_images_per_split: int = 0  # 0 = all; a small number for smoke runs
+    backbone: str = "resnet50"
+    weights: str | None = field(default_factory=paths.weights_path)
+    input_size: int = 224
+    batch_size: int = 32
+    dropout: float = 0.3
+    optimizer: str = "adam"
+    head_epochs: int = 5
+    head_lr: float = 1e-3
+    finetune_epochs: int = 15
+    finetune_lr: float = 1e-4
+    train_from: str = "conv5"
+    train_batchnorm: bool = False
+    label_smoothing: float = 0.0
+    class_weights: bool = True
+    rotation: float = 10.0
+    zoom: float = 0.1
+    contrast: float = 0.1
+    flip: bool = True
+    early_stopping_patience: int = 5
+    lr_patience: int = 2
+    threshold_method: str = "youden"
+    n_boot: int = 1000
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config setting(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def problems(self) -> list[str]:
+        """Every impossible value, so a bad config is refused before any work."""
+        found = []
+        if self.backbone not in BACKBONES:
+            found.append(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.train_from not in TRAIN_FROM:
+            found.append(f"train_from {self.train_from!r} is not one of {', '.join(TRAIN_FROM)}")
+        if self.optimizer not in OPTIMIZERS:
+            found.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if not 32 <= self.input_size <= 1024:
+            found.append(f"input_size {self.input_size} must be between 32 and 1024 pixels")
+        if not 1 <= self.batch_size <= 1024:
+            found.append(f"batch_size {self.batch_size} must be between 1 and 1024")
+        for name in ("head_lr", "finetune_lr"):
+            if not 0 < getattr(self, name) < 1:
+                found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
+        for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience", "lr_patience"):
+            if getattr(self, name) < 0:
+                found.append(f"{name} {getattr(self, name)} must not be negative")
+        if self.head_epochs + self.finetune_epochs == 0:
+            found.append("head_epochs + finetune_epochs must be at least 1")
+        if not 0 <= self.dropout < 1:
+            found.append(f"dropout {self.dropout} must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 0.5:
+            found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
+        if self.threshold_method not in ("youden", "f1"):
+            found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
+        if not Path(self.data_dir).is_dir():
+            found.append(f"data_dir {self.data_dir}: no such folder")
+        return found
+
+    def validate(self) -> "TrainConfig":
+        found = self.problems()
+        if found:
+            raise ValueError("invalid config: " + "; ".join(found))
+        return self
+
+
+class RunCancelled(KeyboardInterrupt):
+    """Raised when the user asks a run to stop (cancel file or SIGTERM); a
+    KeyboardInterrupt so that nothing on the way treats it as a failure."""
+
+
+class RunProgress(keras.callbacks.Callback):
+    """Keeps status.json up to date, reports epochs, and stops on request.
+
+    Cancellation is a file (`cancel` in the run folder) so the app can ask a
+    training process it does not own to stop at the next batch."""
+
+    def __init__(self, run_dir: Path, phase: str, epochs: int, steps: int, report):
+        super().__init__()
+        self.run_dir, self.phase, self.epochs, self.steps, self.report = run_dir, phase, epochs, steps, report
+        self.epoch = 0
+        self.last_write = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._write(batch=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.run_dir / "cancel").exists():
+            self.model.stop_training = True
+            raise RunCancelled("cancelled by the user")
+        if time.monotonic() - self.last_write > 2.0:  # don't hammer the disk
+            self._write(batch=batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
+        self._write(batch=self.steps, last_logs=logs)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
+                          ("loss", "auc", "val_loss", "val_auc", "val_accuracy"))
+        self.report(f"[{self.phase}] epoch {epoch + 1}/{self.epochs}  {shown}")
+
+    def _write(self, batch: int, **extra):
+        self.last_write = time.monotonic()
+        runs.set_status(self.run_dir, "running", phase=self.phase, epoch=self.epoch + 1,
+                        epochs=self.epochs, batch=batch, steps=self.steps, **extra)
+
+
+def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
+    """The rows used by a run: all, or a class-balanced sample per split."""
+    if not config.max_images_per_split:
+        return index
+    per_class = max(1, config.max_images_per_split // 2)
+    shuffled = index.sample(frac=1.0, random_state=config.seed)
+    return shuffled.groupby(["split", "y"]).head(per_class).sort_values("relpath").reset_index(drop=True)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float) -> None:
+    """Cross-entropy on one-hot labels (label smoothing needs them) and the
+    positive-class precision, recall and AUC."""
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.Precision(class_id=1, name="precision"),
+            keras.metrics.Recall(class_id=1, name="recall"),
+            # Per-column AUC averaged over the two softmax columns: both equal
+            # the positive-class ROC-AUC, since p0 = 1 - p1.
+            keras.metrics.AUC(multi_label=True, num_labels=2, name="auc"),
+        ],
+    )
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=2)
+    return {c: float(len(labels) / (2 * max(counts[c], 1))) for c in (0, 1)}
+
+
+def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report):
+    """One phase of model.fit with the run's callbacks; returns the history."""
+    compile_model(model, config, learning_rate)
+    callbacks = [
+        RunProgress(run_dir, phase, epochs, steps, report),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
+                                          patience=config.lr_patience, min_lr=1e-7),
+    ]
+    if phase == "finetune":
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
+                                          patience=config.early_stopping_patience),
+            keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_auc",
+                                            mode="max", save_best_only=True),
+        ]
+    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
+                     callbacks=callbacks, verbose=0)
+
+
+def train(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> Path:
+    """Train one run end to end; returns its folder. The run is marked
+    completed, cancelled or failed (with the reason) whatever happens."""
+    config.validate()
+    run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
+    report(f"run folder: {run_dir}")
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    started = time.monotonic()
+    try:
+        _train_in(run_dir, config, report)
+    except KeyboardInterrupt as reason:
+        runs.set_status(run_dir, "cancelled", reason=str(reason) or "cancelled",
+                        train_seconds=round(time.monotonic() - started, 1))
+        report("run cancelled")
+        raise
+    except Exception as error:
+        runs.set_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}",
+                        train_seconds=round(time.monotonic() - started, 1))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    runs.set_status(run_dir, "completed", train_seconds=round(time.monotonic() - started, 1))
+    report(f"completed in {time.monotonic() - started:.0f} s: {run_dir}")
+    return run_dir
+
+
+def _raise_cancelled(signum, frame):
+    raise RunCancelled("stopped by SIGTERM")
+
+
+def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
+    keras.utils.set_random_seed(config.seed)
+    index = select_images(data.index_dataset(config.data_dir, positive_class=config.positive_class,
+                                             seed=config.seed, use_official_splits=config.use_official_splits),
+                          config)
+    report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
+
+    images, labels = {}, {}
+    for split in data.SPLITS:
+        rows = index[index.split == split]
+        runs.set_status(run_dir, "running", phase=f"loading {split} images")
+        images[split] = data.load_images(rows.path.tolist(), config.input_size)
+        labels[split] = rows.y.to_numpy()
+    report(f"decoded and resized to {config.input_size} px")
+
+    augment = data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=config.seed)
+    train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
+                                 augment=augment, seed=config.seed)
+    val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
+    steps = int(np.ceil(len(labels["train"]) / config.batch_size))
+    class_weight = balanced_class_weights(labels["train"]) if config.class_weights else None
+
+    model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
+    if config.head_epochs:
+        fit_phase(model, config, run_dir, "head", config.head_epochs, config.head_lr,
+                  train_ds, val_ds, steps, class_weight, report)
+    if config.finetune_epochs and config.train_from != "head":
+        set_trainable(model, config.train_from, config.train_batchnorm)
+        fit_phase(model, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
+                  train_ds, val_ds, steps, class_weight, report)
+
+    runs.set_status(run_dir, "running", phase="evaluating")
+    save_model(model, run_dir / "model.keras")
+    predictions = pd.concat([
+        pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
+                      "prob": predict_proba(model, images[split], config.batch_size), "split": split})
+        for split in ("val", "test")
+    ], ignore_index=True)
+    runs.write_csv(run_dir / "predictions.csv", predictions)
+    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
+                                            threshold_method=config.threshold_method)
+    negative_class = index.loc[index.y == 0, "label"].iloc[0]
+    metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
+    runs.write_json(run_dir / "metrics.json", metrics)
+    test = metrics.get("test", {}).get("at_threshold", {})
+    report(f"test ROC-AUC {test.get('roc_auc')}  accuracy {test.get('accuracy')}  "
+           f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save then rename, so a crash never leaves a truncated model.keras."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real COVID-CT data and ImageNet weights from ../shared,
+and one tiny trained run reused by the tests that need a model."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core import paths  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    folder = paths.data_dir()
+    if not (folder / "COVID").is_dir():
+        pytest.skip(f"COVID-CT dataset not found at {folder} (set COVIDCT_DATA)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def weights() -> str:
+    path = paths.weights_path()
+    if path == "imagenet":
+        pytest.skip("ResNet-50 ImageNet weights file not found (set COVIDCT_WEIGHTS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_dir, weights):
+    """A real but tiny run: ResNet-50 with ImageNet weights, 64 px, a few
+    images per split, one epoch per phase. Shared by the tests that need a
+    completed run (evaluation, prediction, explanation, the app)."""
+    from core.train import TrainConfig, train
+
+    runs_root = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=64, batch_size=4,
+                         max_images_per_split=8, head_epochs=1, finetune_epochs=1, n_boot=50)
+    run_dir = train(config, name="smoke", report=lambda line: None, runs_root=runs_root)
+    return run_dir

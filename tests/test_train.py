@@ -1,0 +1,90 @@
+"""Training end to end on a handful of real images, and the run folder it leaves."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import runs
+from core.model import load_model
+from core.train import TrainConfig, select_images, train
+
+
+def test_smoke_run_writes_every_artifact(trained_run):
+    for name in ("config.json", "status.json", "history.csv", "model.keras", "best.keras",
+                 "metrics.json", "predictions.csv"):
+        assert (trained_run / name).exists(), name
+    status = runs.read_status(trained_run)
+    assert status["state"] == "completed"
+    assert status["train_seconds"] > 0
+
+    history = pd.read_csv(trained_run / "history.csv")
+    assert len(history) == 2  # one head epoch, one fine-tuning epoch
+    assert {"loss", "auc", "val_loss", "val_auc"} <= set(history.columns)
+
+    predictions = pd.read_csv(trained_run / "predictions.csv")
+    assert set(predictions.split) == {"val", "test"}
+    assert predictions.prob.between(0, 1).all()
+    assert set(predictions.y_true) == {0, 1}
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["threshold"]["chosen_on"] == "val"
+    assert metrics["labels"] == {"positive": "COVID", "negative": "NonCOVID"}
+    assert 0 <= metrics["test"]["at_threshold"]["roc_auc"] <= 1
+
+
+def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
+    from core import data
+    from core.model import predict_proba
+
+    model = load_model(trained_run / "model.keras")
+    predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
+    images = data.load_images([str(data_dir / p) for p in predictions.path], 64)
+    np.testing.assert_allclose(predict_proba(model, images), predictions.prob, atol=1e-4)
+
+
+def test_select_images_is_class_balanced_per_split(data_dir):
+    from core import data
+
+    index = data.index_dataset(data_dir)
+    picked = select_images(index, TrainConfig(data_dir=str(data_dir), max_images_per_split=6))
+    assert picked.groupby(["split", "y"]).size().tolist() == [3] * 6
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "batch_size"),
+    ({"input_size": 8}, "input_size"),
+    ({"finetune_lr": -1e-4}, "finetune_lr"),
+    ({"backbone": "vgg16"}, "backbone"),
+    ({"data_dir": "/nonexistent"}, "data_dir"),
+])
+def test_impossible_config_is_refused_before_any_work(tmp_path, change, message):
+    config = TrainConfig(**change)
+    with pytest.raises(ValueError, match=message):
+        train(config, runs_root=tmp_path)
+    assert not any(tmp_path.iterdir())  # no run folder was created
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_cancel_request_marks_the_run_cancelled(tmp_path, data_dir, weights, monkeypatch):
+    """A `cancel` file in the run folder stops training at the next batch."""
+    real_new_run = runs.new_run
+
+    def new_run_with_cancel(*args, **kwargs):
+        folder = real_new_run(*args, **kwargs)
+        (folder / "cancel").touch()
+        return folder
+
+    monkeypatch.setattr(runs, "new_run", new_run_with_cancel)
+    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
+                         max_images_per_split=4, head_epochs=1, finetune_epochs=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, runs_root=tmp_path, report=lambda line: None)
+    (run_dir,) = tmp_path.iterdir()
+    status = runs.read_status(run_dir)
+    assert status["state"] == "cancelled"
+    assert not (run_dir / "model.keras").exists()
