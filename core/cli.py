@@ -50,10 +50,14 @@ def _run_dir(run_id: str | None) -> Path:
 
 
 def cmd_train(args) -> int:
-    from core.train import train
+    from core import runs
+    from core.train import TrainConfig, train
 
-    config = _config_from_args(args)
-    train(config, name=args.name)
+    if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
+        config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}))
+        train(config, run_dir=Path(args.run_dir))
+    else:
+        train(_config_from_args(args), name=args.name)
     return 0
 
 
@@ -134,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a run (head warm-up, then fine-tuning), then evaluate it")
     train.add_argument("--name", help="suffix for the run id")
+    train.add_argument("--run-dir", help="train into this existing run folder with its config.json")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
 
@@ -171,7 +176,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -91,6 +91,25 @@ def set_trainable(model: keras.Model, train_from: str, train_batchnorm: bool = F
         layer.trainable = trained
 
 
+def frozen_boundary(model: keras.Model, train_from: str) -> str | None:
+    """Name of the last layer that stays frozen when training from `train_from`
+    (the output of the stage below it), or None when nothing is frozen."""
+    first_trained = STAGES.index(train_from) if train_from != "head" else len(STAGES)
+    boundary = None
+    for layer in model.layers:
+        stage = layer_stage(layer.name)
+        if stage is not None and STAGES.index(stage) < first_trained:
+            boundary = layer.name
+    return boundary if first_trained > 0 else None
+
+
+def split_at(model: keras.Model, layer_name: str) -> tuple[keras.Model, keras.Model]:
+    """Two models sharing the layers (and weights) of `model`: image ->
+    `layer_name` activations, and those activations -> probabilities."""
+    boundary = model.get_layer(layer_name).output
+    return keras.Model(model.input, boundary), keras.Model(boundary, model.output)
+
+
 def load_model(path) -> keras.Model:
     """Load a saved .keras model without running code stored in it."""
     return keras.models.load_model(path, compile=False, safe_mode=True)

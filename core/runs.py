@@ -162,3 +162,52 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
+
+
+class TrainingBusy(RuntimeError):
+    """Another training process holds the lock."""
+
+
+def _lock_path(runs_root=None) -> Path:
+    return Path(runs_root or paths.runs_dir()) / ".training.lock"
+
+
+def active_training(runs_root=None) -> dict | None:
+    """The live training job ({pid, run}) or None. A lock left by a process
+    that died (killed, machine stopped) is stale and does not count."""
+    lock = read_json(_lock_path(runs_root))
+    if lock and _pid_alive(lock.get("pid")):
+        return lock
+    return None
+
+
+def acquire_training_lock(run_id: str, runs_root=None) -> None:
+    """Only one training runs at a time: the machine has no cores to spare.
+    O_EXCL makes the check-and-create atomic between two starting processes."""
+    lock = _lock_path(runs_root)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = active_training(runs_root)
+            if holder:
+                raise TrainingBusy(f"training run {holder.get('run')} is already running "
+                                   f"(process {holder.get('pid')}); wait for it or cancel it")
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"pid": os.getpid(), "run": run_id}, handle)
+        return
+    raise TrainingBusy("could not take the training lock")
+
+
+def release_training_lock(runs_root=None) -> None:
+    lock = read_json(_lock_path(runs_root))
+    if lock and lock.get("pid") == os.getpid():
+        _lock_path(runs_root).unlink(missing_ok=True)
+
+
+def request_cancel(run_dir) -> None:
+    """Ask a running training to stop at its next batch (see train.RunProgress)."""
+    (Path(run_dir) / "cancel").touch()

@@ -8,7 +8,10 @@ head do not wreck the pretrained features), then unfreeze the stages from
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,9 +19,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from core import data, evaluate, paths, runs
-from core.model import BACKBONES, TRAIN_FROM, build_model, predict_proba, set_trainable
+from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, predict_proba,
+                        set_trainable, split_at)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -43,6 +48,8 @@ class TrainConfig:
     finetune_lr: float = 1e-4
     train_from: str = "conv5"
     train_batchnorm: bool = False
+    cache_frozen: bool = True  # train on cached activations of the frozen stages
+    cached_views: int = 4      # augmented views per training image in that cache
     label_smoothing: float = 0.0
     class_weights: bool = True
     rotation: float = 10.0
@@ -78,6 +85,8 @@ class TrainConfig:
         for name in ("head_lr", "finetune_lr"):
             if not 0 < getattr(self, name) < 1:
                 found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
+        if self.cached_views < 1:
+            found.append(f"cached_views {self.cached_views} must be at least 1")
         for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience", "lr_patience"):
             if getattr(self, name) < 0:
                 found.append(f"{name} {getattr(self, name)} must not be negative")
@@ -194,19 +203,35 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
                                           patience=config.early_stopping_patience),
-            keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_auc",
-                                            mode="max", save_best_only=True),
+            # Weights of the trained layers at the best validation AUC (the
+            # fitted model may be the top part only; model.keras is the whole).
+            keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor="val_auc",
+                                            mode="max", save_best_only=True, save_weights_only=True),
         ]
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
-                     callbacks=callbacks, verbose=0)
+                     callbacks=callbacks, shuffle=False, verbose=0)  # the datasets shuffle
 
 
-def train(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> Path:
-    """Train one run end to end; returns its folder. The run is marked
-    completed, cancelled or failed (with the reason) whatever happens."""
+def train(config: TrainConfig, name: str | None = None, report=print, runs_root=None,
+          run_dir: Path | None = None) -> Path:
+    """Train one run end to end; returns its folder. `run_dir` trains into a
+    folder already made by launch_training. The run is marked completed,
+    cancelled or failed (with the reason) whatever happens."""
     config.validate()
-    run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
-    report(f"run folder: {run_dir}")
+    runs_root = Path(run_dir).parent if run_dir else runs_root
+    runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
+    try:
+        if run_dir is None:
+            run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
+        run_dir = Path(run_dir)
+        runs.set_status(run_dir, "running", pid=os.getpid())
+        report(f"run folder: {run_dir}")
+        return _train_with_status(run_dir, config, report)
+    finally:
+        runs.release_training_lock(runs_root)
+
+
+def _train_with_status(run_dir: Path, config: TrainConfig, report) -> Path:
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     started = time.monotonic()
@@ -225,6 +250,24 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         signal.signal(signal.SIGTERM, previous_sigterm)
     runs.set_status(run_dir, "completed", train_seconds=round(time.monotonic() - started, 1))
     report(f"completed in {time.monotonic() - started:.0f} s: {run_dir}")
+    return run_dir
+
+
+def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:
+    """Start a run in a background process that outlives the caller (the
+    app's page or tab); returns its folder at once. Refused while another
+    training is alive."""
+    config.validate()
+    holder = runs.active_training(runs_root)
+    if holder:
+        raise runs.TrainingBusy(f"training run {holder.get('run')} is already running; "
+                                "wait for it to finish or cancel it")
+    run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
+    with open(run_dir / "train.log", "w") as log:
+        child = subprocess.Popen([sys.executable, "-m", "core", "train", "--run-dir", str(run_dir)],
+                                 cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    runs.set_status(run_dir, "running", pid=child.pid)
     return run_dir
 
 
@@ -247,20 +290,25 @@ def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
         labels[split] = rows.y.to_numpy()
     report(f"decoded and resized to {config.input_size} px")
 
+    model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
     augment = data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=config.seed)
-    train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                 augment=augment, seed=config.seed)
-    val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
+    boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None
+    if boundary:
+        fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
+    else:
+        fitted = model
+        train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
+                                     augment=augment, seed=config.seed)
+        val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     class_weight = balanced_class_weights(labels["train"]) if config.class_weights else None
 
-    model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
     if config.head_epochs:
-        fit_phase(model, config, run_dir, "head", config.head_epochs, config.head_lr,
+        fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
                   train_ds, val_ds, steps, class_weight, report)
     if config.finetune_epochs and config.train_from != "head":
         set_trainable(model, config.train_from, config.train_batchnorm)
-        fit_phase(model, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
+        fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
                   train_ds, val_ds, steps, class_weight, report)
 
     runs.set_status(run_dir, "running", phase="evaluating")
@@ -279,6 +327,46 @@ def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
     test = metrics.get("test", {}).get("at_threshold", {})
     report(f"test ROC-AUC {test.get('roc_auc')}  accuracy {test.get('accuracy')}  "
            f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
+
+
+def cached_datasets(model, boundary, images, labels, augment, config, run_dir, report):
+    """Run the frozen stages once per augmented view and train the rest on
+    those activations: the frozen stages hold ~80% of ResNet-50's compute, and
+    they give the same output every epoch for the same input (BatchNorm in
+    inference mode, no dropout). Returns the trainable top model and the
+    train/validation datasets of activations."""
+    frozen, top = split_at(model, boundary)
+    started = time.monotonic()
+    runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
+    train_views = [activations(frozen, images["train"], config.batch_size, augment)
+                   for _ in range(config.cached_views)]
+    train_x = np.concatenate(train_views)
+    train_y = np.tile(labels["train"], config.cached_views)
+    val_x = activations(frozen, images["val"], config.batch_size)
+    report(f"cached {boundary} activations for {config.cached_views} augmented views "
+           f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
+
+    # An epoch still sees as many samples as there are training images, drawn
+    # at random from all views, so each epoch mixes different augmentations.
+    train_ds = (tf.data.Dataset.from_tensor_slices((train_x, train_y.astype("int32")))
+                .shuffle(len(train_x), seed=config.seed, reshuffle_each_iteration=True)
+                .take(len(labels["train"])))
+    val_ds = tf.data.Dataset.from_tensor_slices((val_x, labels["val"].astype("int32")))
+    train_ds, val_ds = (ds.batch(config.batch_size).map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, 2)))
+                        .prefetch(tf.data.AUTOTUNE) for ds in (train_ds, val_ds))
+    return top, train_ds, val_ds
+
+
+def activations(frozen: keras.Model, images: np.ndarray, batch_size: int, augment=None) -> np.ndarray:
+    """Frozen-stage outputs (float16 to halve memory) of images, augmented when
+    `augment` is given."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[start:start + batch_size], "float32")
+        if augment is not None:
+            batch = augment(batch, training=True)
+        outputs.append(np.asarray(frozen(batch, training=False), dtype="float16"))
+    return np.concatenate(outputs)
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -33,8 +33,15 @@ def trained_run(tmp_path_factory, data_dir, weights):
     completed run (evaluation, prediction, explanation, the app)."""
     from core.train import TrainConfig, train
 
-    runs_root = tmp_path_factory.mktemp("runs")
+    runs_root = tmp_path_factory.mktemp("artifacts") / "runs"  # the layout of paths.runs_dir()
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=64, batch_size=4,
                          max_images_per_split=8, head_epochs=1, finetune_epochs=1, n_boot=50)
     run_dir = train(config, name="smoke", report=lambda line: None, runs_root=runs_root)
     return run_dir
+
+
+@pytest.fixture
+def trained_artifacts(trained_run, monkeypatch):
+    """Point paths.artifacts_dir() (and so the CLI and the app) at the tiny run."""
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(trained_run.parent.parent))
+    return trained_run.parent.parent

@@ -374,3 +374,31 @@ def test_training_dataset_shuffles_and_augments(tiny_images):
     assert x.dtype == np.float32 and x.shape == (10, 16, 16, 3)
     assert not np.array_equal(x, epoch_1)
     assert x.min() >= 0 and x.max() <= 255
+
+
+def test_image_sizes_reads_headers_of_png_jpeg_dicom_and_marks_unreadable(tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    Image.new("L", (20, 50)).save(tmp_path / "b.png", format="JPEG")  # JPEG named .png
+    (tmp_path / "c.png").write_text("not an image")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 12, 16, 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((12, 16), np.int16).tobytes()
+    ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
+
+    sizes = data.image_sizes([tmp_path / n for n in ("a.png", "b.png", "c.png", "d.dcm")])
+    assert sizes.columns.tolist() == ["width", "height"]
+    assert sizes.iloc[[0, 1, 3]].to_numpy().tolist() == [[40, 30], [20, 50], [16, 12]]
+    assert sizes.iloc[2].isna().all()
+
+
+@needs_real_data
+def test_image_sizes_of_covid_ct_match_the_manifest():
+    manifest = pd.read_csv(ROOT / "manifest.csv")
+    sizes = data.image_sizes([ROOT / p for p in manifest["path"]])
+    np.testing.assert_array_equal(sizes["width"], manifest["width"])
+    np.testing.assert_array_equal(sizes["height"], manifest["height"])

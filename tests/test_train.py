@@ -11,7 +11,7 @@ from core.train import TrainConfig, select_images, train
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
-    for name in ("config.json", "status.json", "history.csv", "model.keras", "best.keras",
+    for name in ("config.json", "status.json", "history.csv", "model.keras", "best.weights.h5",
                  "metrics.json", "predictions.csv"):
         assert (trained_run / name).exists(), name
     status = runs.read_status(trained_run)

@@ -1,0 +1,76 @@
+"""The command line: help, one-line reasons and exit code 2 on bad input, real outputs."""
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from core.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "predict", "explain", "audit", "runs"):
+        assert command in result.stdout
+
+
+def test_train_help_offers_every_hyperparameter():
+    from dataclasses import fields
+
+    from core.train import TrainConfig
+
+    result = run_cli("train", "--help")
+    for field in fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in result.stdout
+
+
+def test_impossible_config_exits_2_with_one_line(tmp_path):
+    result = run_cli("train", "--batch-size", "0", "--input-size", "8", env={"COVIDCT_ARTIFACTS": str(tmp_path)})
+    assert result.returncode == 2
+    # TensorFlow prints its own start-up lines on stderr; ours is one line.
+    (reason,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "batch_size" in reason and "input_size" in reason
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_audit_names_the_cross_class_duplicates(data_dir, capsys):
+    assert main(["audit", "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("kjr-21-e24-p5-29.png", "71%0.jpg", "kjr-21-e24-p5-31.png", "71%1.jpg"):
+        assert name in out
+
+
+def test_predict_explain_evaluate_on_a_trained_run(trained_artifacts, data_dir, tmp_path, capsys):
+    scan = str(next((data_dir / "COVID").glob("*.png")))
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+
+    assert main(["predict", scan, str(bad)]) == 2  # one bad file: reported, the other still predicted
+    captured = capsys.readouterr()
+    path, probability, label = captured.out.strip().split("\t")
+    assert path == scan and 0 <= float(probability) <= 1 and label in ("COVID", "NonCOVID")
+    assert "notes.png" in captured.err
+
+    out_png = tmp_path / "cam.png"
+    assert main(["explain", scan, "--method", "gradcam++", "--out", str(out_png)]) == 0
+    with Image.open(scan) as original, Image.open(out_png) as overlay:
+        assert overlay.size == original.size  # the scan's own aspect ratio
+
+    assert main(["evaluate", "--n-boot", "50"]) == 0
+    assert "roc_auc" in capsys.readouterr().out
+
+
+def test_no_run_yet_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    assert main(["predict", "x.png"]) == 2
+    assert "no completed run" in capsys.readouterr().err

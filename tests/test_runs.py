@@ -1,0 +1,91 @@
+"""Run folders: atomic writes, interrupted-run detection, the one-training lock, safe run ids."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core import runs
+
+
+def test_atomic_json_write_keeps_the_old_version_when_the_writer_dies(tmp_path):
+    target = tmp_path / "metrics.json"
+    runs.write_json(target, {"version": 1})
+
+    class WriterDied(Exception):
+        pass
+
+    def dies_midway(handle):
+        handle.write('{"version": 2, "half')
+        raise WriterDied
+
+    with pytest.raises(WriterDied):
+        runs._atomic_write(target, dies_midway)
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+def test_killed_writer_process_leaves_the_previous_file_intact(tmp_path):
+    target = tmp_path / "status.json"
+    runs.write_json(target, {"state": "running", "epoch": 3})
+    # A child process starts a huge write and is SIGKILLed before it finishes.
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from core import runs\n"
+            "def slow(handle):\n"
+            "    handle.write('{\"state\": ')\n"
+            "    handle.flush(); print('writing', flush=True); time.sleep(60)\n"
+            "runs._atomic_write(sys.argv[1], slow)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(target), os.getcwd()], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()
+    child.wait()
+    assert json.loads(target.read_text()) == {"state": "running", "epoch": 3}
+
+
+def test_running_run_whose_process_died_reads_as_interrupted(tmp_path):
+    run_dir = runs.new_run({"seed": 0}, name="x", runs_root=tmp_path)
+    assert runs.read_status(run_dir)["state"] == "running"  # this process is alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runs.set_status(run_dir, "running", pid=dead.pid)
+    assert runs.read_status(run_dir)["state"] == "interrupted"
+    assert runs.list_runs(tmp_path)[0]["status"]["state"] == "interrupted"
+
+
+@pytest.mark.parametrize("bad", ["../evil", "/etc/passwd", "..", "a/b", "x\x00y", "", ".hidden"])
+def test_run_ids_cannot_escape_the_runs_folder(tmp_path, bad):
+    with pytest.raises(ValueError, match="invalid run id"):
+        runs.run_path(bad, tmp_path)
+
+
+def test_second_training_is_refused_while_the_first_holds_the_lock(tmp_path):
+    runs.acquire_training_lock("first", tmp_path)
+    try:
+        holder = runs.active_training(tmp_path)
+        assert holder == {"pid": os.getpid(), "run": "first"}
+        with pytest.raises(runs.TrainingBusy, match="first"):
+            runs.acquire_training_lock("second", tmp_path)
+    finally:
+        runs.release_training_lock(tmp_path)
+    assert runs.active_training(tmp_path) is None
+    runs.acquire_training_lock("second", tmp_path)  # free again
+    runs.release_training_lock(tmp_path)
+
+
+def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".training.lock").write_text(json.dumps({"pid": dead.pid, "run": "killed"}))
+    assert runs.active_training(tmp_path) is None
+    runs.acquire_training_lock("next", tmp_path)
+    assert runs.active_training(tmp_path)["run"] == "next"
+    runs.release_training_lock(tmp_path)
+
+
+def test_compare_runs_has_settings_and_test_metrics(tmp_path):
+    run_dir = runs.new_run({"backbone": "resnet50", "input_size": 224, "seed": 1}, name="a", runs_root=tmp_path)
+    runs.write_json(run_dir / "metrics.json", {"test": {"at_threshold": {"roc_auc": 0.91, "f1": 0.8}}})
+    table = runs.compare_runs(runs.list_runs(tmp_path))
+    assert table.loc[0, "backbone"] == "resnet50"
+    assert table.loc[0, "test_roc_auc"] == 0.91
+    assert table.loc[0, "test_f1"] == 0.8
