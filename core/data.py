@@ -79,7 +79,7 @@ def load_image(source, name: str | None = None, window=(1500, -600)) -> np.ndarr
 def check_image(source, name: str | None = None) -> None:
     """Raise the ImageReadError load_image would, as far as a cheap check can
     tell: headers and sizes, PNG checksums, JPEG data decoded at 1/8 scale,
-    DICOM header and decoder. Under 1 ms an image on COVID-CT."""
+    DICOM header and decoder. About 1 ms an image on COVID-CT."""
     data, name = _read_bytes(source, name)
     opened = _open(data, name)
     if isinstance(opened, Image.Image):
@@ -330,7 +330,7 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
     patient, deterministic for `seed`. df.attrs["split_source"] says which.
 
     Bad input is left out and reported, all of it at once: images that
-    check_image refuses (check_files=True, ~0.5 s for COVID-CT's 746) and
+    check_image refuses (check_files=True; under 1 s for COVID-CT's 746) and
     split-list entries naming files that do not exist. df.attrs["problems"]
     lists "relpath: reason" for each, and a warning says how many. ValueError
     if too few remain to train: a class with fewer than MIN_IMAGES_PER_CLASS
@@ -360,7 +360,7 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
         index.attrs["split_source"] = (f"split by patient, stratified by class (seed {seed}, "
                                        f"val {val_fraction}, test {test_fraction})")
     _require_enough(root, index, classes, problems)
-    index.attrs["problems"] = list(problems.values())
+    index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
     if problems:
         warnings.warn(f"{root}: left out {len(problems)} images or split-list entries "
                       f"(index.attrs['problems']):{_listing(problems)}")
@@ -394,7 +394,7 @@ def _require_enough(root: Path, index: pd.DataFrame, classes: list, problems: di
 
 
 def _listing(problems: dict) -> str:
-    return "".join(f"\n  {problem}" for problem in problems.values())
+    return "".join(f"\n  {problems[relpath]}" for relpath in sorted(problems))
 
 
 def _list_images(root: Path) -> pd.DataFrame:

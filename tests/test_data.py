@@ -31,7 +31,7 @@ def official_index():
     return data.index_dataset(ROOT)
 
 
-def rgb_png(path, value=128, size=(12, 10)):
+def rgb_png(path, value=128, size=(20, 16)):
     Image.new("RGB", size, (value, value, value)).save(path)
 
 
@@ -147,8 +147,11 @@ def test_split_lists_with_crlf_and_blank_lines(tmp_path):
     with pytest.raises(ValueError, match=r"1 images are in no split list.*NonCOVID/3\.png"):
         data.index_dataset(root)
     (root / "splits" / "valCT_NonCOVID.txt").write_bytes(b"2.png\r\n3.png\r\nmissing.png\r\n")
-    with pytest.raises(ValueError, match=r"valCT_NonCOVID\.txt: 1 listed images not found.*missing\.png"):
-        data.index_dataset(root)
+    with pytest.warns(UserWarning, match=r"left out 1 "):  # reported and skipped
+        index = data.index_dataset(root)
+    assert index.attrs["problems"] == [
+        "NonCOVID/missing.png: listed in splits/valCT_NonCOVID.txt but not found"]
+    assert index.set_index("relpath").loc["NonCOVID/3.png", "split"] == "val"
 
 
 def test_class_folder_errors(tmp_path):
@@ -185,13 +188,13 @@ def encode(image, format="PNG"):
     ("L", "PNG"), ("LA", "PNG"), ("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"),
     ("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF"), ("CMYK", "JPEG"), ("1", "BMP")])
 def test_every_mode_becomes_uint8_rgb(mode, format):
-    gradient = Image.fromarray(np.tile(np.arange(0, 240, 12, dtype=np.uint8), (7, 1)))
+    gradient = Image.fromarray(np.tile(np.arange(0, 240, 12, dtype=np.uint8), (16, 1)))
     image = data.load_image(encode(gradient.convert(mode), format), name=f"x.{format.lower()}")
-    assert image.dtype == np.uint8 and image.shape == (7, 20, 3)
+    assert image.dtype == np.uint8 and image.shape == (16, 20, 3)
 
 
 def test_grey_16_bit_is_scaled_by_its_range():
-    values = np.linspace(1000, 5000, 20).astype(np.uint16).reshape(4, 5)
+    values = np.linspace(1000, 5000, 16 * 20).astype(np.uint16).reshape(16, 20)
     image = data.load_image(encode(Image.fromarray(values)), name="ct16.png")
     assert image[..., 0].min() == 0 and image[..., 0].max() == 255
     assert (image[..., 0] == image[..., 2]).all()
@@ -199,14 +202,14 @@ def test_grey_16_bit_is_scaled_by_its_range():
 
 
 def test_transparent_pixels_become_black():
-    rgba = np.full((2, 2, 4), 255, dtype=np.uint8)
+    rgba = np.full((16, 16, 4), 255, dtype=np.uint8)
     rgba[0, 0, 3] = 0
     image = data.load_image(encode(Image.fromarray(rgba, "RGBA")), name="a.png")
     assert image[0, 0].tolist() == [0, 0, 0] and image[1, 1].tolist() == [255, 255, 255]
 
 
 def ct_dicom(with_pixels=True):
-    """8x8 CT slice: air -1000 HU, a lung patch -800 HU, a bone patch +400 HU."""
+    """16x16 CT slice: air -1000 HU, a lung patch -800 HU, a bone patch +400 HU."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -216,7 +219,7 @@ def ct_dicom(with_pixels=True):
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
     if with_pixels:
-        hounsfield = np.full((8, 8), -1000, dtype=np.int16)
+        hounsfield = np.full((16, 16), -1000, dtype=np.int16)
         hounsfield[1:3, 1:3] = -800
         hounsfield[5:7, 5:7] = 400
         ds.Rows, ds.Columns = hounsfield.shape
@@ -231,7 +234,7 @@ def test_dicom_lung_window(tmp_path):
     path = tmp_path / "slice.dcm"
     ct_dicom().save_as(path, enforce_file_format=True)
     image = data.load_image(path)
-    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     # W1500/L-600 spans -1350..150 HU: -800 -> 550/1500*255 = 93.5, +400 -> white.
     assert abs(int(image[1, 1, 0]) - 93.5) <= 1
     assert image[5, 5].tolist() == [255, 255, 255]
