@@ -88,3 +88,30 @@ def test_cancel_request_marks_the_run_cancelled(tmp_path, data_dir, weights, mon
     status = runs.read_status(run_dir)
     assert status["state"] == "cancelled"
     assert not (run_dir / "model.keras").exists()
+
+
+def test_activation_batches_draw_from_all_views_with_class_weights():
+    from core.train import ActivationBatches, balanced_class_weights
+
+    views, n = 3, 10
+    x = np.arange(views * n, dtype="float16").reshape(-1, 1)  # sample id as its "activation"
+    y = np.tile(np.array([0] * 7 + [1] * 3), views)
+    weights = balanced_class_weights(y[:n])
+    batches = ActivationBatches(x, y, batch_size=4, epoch_size=n, seed=0, class_weight=weights)
+    assert len(batches) == 3
+    seen = []
+    for epoch in range(5):
+        drawn = [batches[i] for i in range(len(batches))]
+        ids = np.concatenate([xb[:, 0] for xb, _, _ in drawn]).astype(int)
+        assert len(ids) == n and len(set(ids)) == n  # one epoch = n distinct samples
+        for xb, yb, wb in drawn:
+            labels = yb.argmax(axis=1)
+            np.testing.assert_array_equal(labels, y[xb[:, 0].astype(int)])
+            np.testing.assert_allclose(wb, [weights[c] for c in labels])
+        seen.extend(ids)
+        batches.on_epoch_end()
+    assert len(set(np.array(seen) // n)) == views  # epochs mix the augmented views
+    assert weights[1] > weights[0]  # the rarer class weighs more
+
+    val = ActivationBatches(x[:n], y[:n], batch_size=4)
+    np.testing.assert_array_equal(np.concatenate([val[i][0][:, 0] for i in range(len(val))]), np.arange(n))
