@@ -1,4 +1,4 @@
-"""Command line: python -m core train | evaluate | predict | explain | audit | runs.
+"""Command line: python -m core train | resume | evaluate | predict | explain | audit | runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -58,6 +58,13 @@ def cmd_train(args) -> int:
         train(config, run_dir=Path(args.run_dir))
     else:
         train(_config_from_args(args), name=args.name)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from core.train import resume
+
+    resume(_run_dir(args.run))
     return 0
 
 
@@ -141,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="train into this existing run folder with its config.json")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
+
+    resume = commands.add_parser("resume", help="continue an interrupted, failed or cancelled run")
+    resume.add_argument("run", help="run id")
+    resume.set_defaults(func=cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="test metrics with 95%% bootstrap CIs for a run")
     evaluate.add_argument("--run", default="latest", help="run id (default: newest completed)")

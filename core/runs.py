@@ -96,7 +96,15 @@ def set_status(run_dir, state: str, **fields) -> dict:
 
 def _pid_alive(pid) -> bool:
     try:
-        os.kill(int(pid), 0)
+        pid = int(pid)
+        # A training started by this process (the app) that died stays a
+        # zombie until reaped, and a zombie still answers kill(pid, 0).
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return False
+        except ChildProcessError:
+            pass  # not our child
+        os.kill(pid, 0)
     except (OSError, TypeError, ValueError):
         return False
     return True

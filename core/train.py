@@ -304,16 +304,29 @@ def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
     class_weight = balanced_class_weights(labels["train"]) if config.class_weights and not boundary else None
 
-    if config.head_epochs:
-        fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
-                  train_ds, val_ds, steps, class_weight, report)
-    if config.finetune_epochs and config.train_from != "head":
-        set_trainable(model, config.train_from, config.train_batchnorm)
-        fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
-                  train_ds, val_ds, steps, class_weight, report)
+    # A resumed run skips the phases it finished (their weights are on disk);
+    # BackupAndRestore resumes an unfinished phase from its last epoch.
+    done = runs.read_status(run_dir).get("phases_done", [])
+    if "trained" in done:
+        model.load_weights(run_dir / "model.keras")
+        report("resumed after training: evaluating")
+    else:
+        if config.head_epochs and "head" in done:
+            model.load_weights(run_dir / "head.weights.h5")
+            report("resumed after the head warm-up")
+        elif config.head_epochs:
+            fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
+                      train_ds, val_ds, steps, class_weight, report)
+            save_weights(model, run_dir / "head.weights.h5")
+            runs.set_status(run_dir, "running", phases_done=["head"])
+        if config.finetune_epochs and config.train_from != "head":
+            set_trainable(model, config.train_from, config.train_batchnorm)
+            fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
+                      train_ds, val_ds, steps, class_weight, report)
+        save_model(model, run_dir / "model.keras")
+        runs.set_status(run_dir, "running", phases_done=["head", "trained"])
 
     runs.set_status(run_dir, "running", phase="evaluating")
-    save_model(model, run_dir / "model.keras")
     predictions = pd.concat([
         pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
                       "prob": predict_proba(model, images[split], config.batch_size), "split": split})
@@ -408,3 +421,20 @@ def save_model(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     tmp.replace(path)
+
+
+def save_weights(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.name.removesuffix('.weights.h5')}.tmp.weights.h5")
+    model.save_weights(tmp)
+    tmp.replace(path)
+
+
+def resume(run_dir: Path, report=print) -> Path:
+    """Continue an interrupted, failed or cancelled run where it stopped."""
+    run_dir = Path(run_dir)
+    state = runs.read_status(run_dir).get("state")
+    if state in ("running", "completed"):
+        raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
+    (run_dir / "cancel").unlink(missing_ok=True)
+    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}))
+    return train(config, run_dir=run_dir, report=report)

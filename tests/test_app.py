@@ -1,0 +1,287 @@
+"""The Streamlit app under streamlit.testing.v1.AppTest (no browser).
+
+Every page renders on an empty artifacts folder (and says there is no run)
+and with the tiny trained run; the Evaluate threshold slider drives the
+metrics shown; a confusion-matrix cell opens Misclassified on that cell; a bad
+upload on Predict is named in an error while the good ones in the same batch
+get a probability; Train reports config problems, starts a run, refuses a
+second one and cancels. The training process itself is faked where a test
+would otherwise train (core.train.launch_training is tested in test_train.py).
+"""
+import os
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from streamlit.testing.v1 import AppTest
+
+import ui
+from core import evaluate, runs, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
+PAGES = ["streamlit_app.py", ui.DATA, ui.TRAIN, ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
+NEEDS_A_RUN = [ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
+
+
+def open_page(page: str) -> AppTest:
+    """Run `page` the way a browser session reaches it: through the entry point."""
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
+    if page != "streamlit_app.py":
+        at.switch_page(page)
+    return at.run()
+
+
+def assert_no_exception(at: AppTest):
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+@pytest.fixture
+def empty_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))  # does not even exist
+
+
+@pytest.fixture
+def run_id(trained_artifacts, trained_run):
+    return trained_run.name
+
+
+# ---------------------------------------------------------------------------
+# Every page, with and without a run
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
+    at = open_page(page)
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    if page in NEEDS_A_RUN:
+        assert "Train one first" in texts(at.info)
+        assert "Go to Train" in [link.value for link in at.page_link]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_with_the_trained_run(page, run_id):
+    at = open_page(page)
+    assert_no_exception(at)
+    assert not at.error, texts(at.error)
+    if page in NEEDS_A_RUN:
+        assert at.selectbox(key="run_id").value == run_id
+    if page == "streamlit_app.py":
+        assert run_id in at.dataframe[0].value["run"].tolist()
+
+
+# ---------------------------------------------------------------------------
+# Evaluate and Misclassified
+# ---------------------------------------------------------------------------
+
+def shown_metrics(at: AppTest) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def expected_metrics(test: pd.DataFrame, threshold: float) -> dict:
+    m = evaluate.binary_metrics(test["y_true"], test["prob"], threshold)
+    return {"Sensitivity": m["recall"], "Specificity": m["specificity"],
+            "Precision": m["precision"], "F1": m["f1"], "Accuracy": m["accuracy"]}
+
+
+def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
+    test = runs.read_predictions(trained_run).query("split == 'test'")
+    chosen = runs.read_json(trained_run / "metrics.json")["threshold"]["value"]
+    at = open_page(ui.EVALUATE)
+    slider = at.slider(key=f"threshold_{run_id}")
+    assert slider.value == pytest.approx(chosen)  # starts at the validation choice
+
+    seen = []
+    for threshold in (0.0, float(test["prob"].median()), 1.0):
+        at.slider(key=f"threshold_{run_id}").set_value(threshold).run()
+        assert_no_exception(at)
+        expected = {label: f"{value:.3f}" for label, value in expected_metrics(test, threshold).items()}
+        assert shown_metrics(at) == expected, threshold
+        seen.append(expected)
+    # Everything positive at 0: sensitivity 1, specificity 0; and the values moved.
+    assert seen[0]["Sensitivity"] == "1.000" and seen[0]["Specificity"] == "0.000"
+    assert seen[0] != seen[1]
+
+    # The confusion-matrix buttons follow the slider too.
+    negatives = int((test["y_true"] == 0).sum())
+    at.slider(key=f"threshold_{run_id}").set_value(0.0).run()
+    assert at.button(key="open_fp").label == f"False positives ({negatives})"
+    assert at.button(key="open_tn").label == "True negatives (0)"
+
+
+def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id, trained_run):
+    test = runs.read_predictions(trained_run).query("split == 'test'")
+    at = open_page(ui.EVALUATE)
+    at.slider(key=f"threshold_{run_id}").set_value(0.0).run()  # every negative is a false positive
+    at.button(key="open_fp").click().run()
+    assert_no_exception(at)
+
+    assert at.title[0].value == "Misclassified"
+    assert at.segmented_control(key="cell").value == "fp"
+    assert at.slider(key=f"threshold_{run_id}").value == 0.0
+    # Four per page, each the scan and its Grad-CAM, most confident first.
+    negatives = test[test["y_true"] == 0].sort_values("prob", ascending=False)
+    shown = [m.value for m in at.markdown if m.value.startswith("**NonCOVID/")]
+    assert shown == [f"**{path}**" for path in negatives["path"].head(4)]
+    captions = [c for image in at.image for c in image.captions]
+    assert captions.count("Grad-CAM") == len(shown) and captions.count("scan") == len(shown)
+
+    # AppTest stays on the page it was sent to (a browser follows st.switch_page's URL).
+    at.switch_page(ui.MISCLASSIFIED)
+    at.segmented_control(key="cam_method").set_value("gradcam++").run()
+    assert at.segmented_control(key="cell").value == "fp"
+    assert_no_exception(at)
+    assert [c for image in at.image for c in image.captions].count("Grad-CAM++") == len(shown)
+
+
+# ---------------------------------------------------------------------------
+# Predict
+# ---------------------------------------------------------------------------
+
+def ct_dicom(png_path: Path) -> bytes:
+    """A CT DICOM made from a COVID-CT slice (grey levels as Hounsfield units)."""
+    gray = np.asarray(Image.open(png_path).convert("L"), dtype=np.float64)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.Modality = meta, "CT"
+    ds.Rows, ds.Columns = gray.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 16, 16, 15, 1
+    ds.PixelRepresentation, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = (gray / 255 * 1500 - 1350 + 1024).astype(np.int16).tobytes()
+    path = png_path.parent / "scan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(run_id, trained_run, data_dir,
+                                                                        tmp_path):
+    row = runs.read_predictions(trained_run).query("split == 'test'").iloc[0]
+    png = shutil.copy(data_dir / row["path"], tmp_path / "slice.png")
+    at = open_page(ui.PREDICT)
+    at.file_uploader(key="uploads").set_value([
+        ("slice.png", Path(png).read_bytes(), "image/png"),
+        ("notes.png", b"these are my notes, not a scan", "image/png"),
+        ("slice.dcm", ct_dicom(Path(png)), "application/dicom"),
+    ]).run()
+    assert_no_exception(at)
+
+    assert len(at.error) == 1 and "notes.png" in at.error[0].value
+    assert "not a readable image" in at.error[0].value
+    probabilities = [m.value for m in at.metric if m.label == "Probability of COVID"]
+    assert len(probabilities) == 2
+    # The PNG gets the probability training recorded for this test image.
+    assert float(probabilities[0].rstrip("%")) == pytest.approx(100 * row["prob"], abs=0.11)
+    captions = [c for image in at.image for c in image.captions]
+    assert captions.count("Grad-CAM") == 2 and captions.count("Grad-CAM++") == 2
+    assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG"] * 2
+
+
+# ---------------------------------------------------------------------------
+# Train
+# ---------------------------------------------------------------------------
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_train_form_has_every_setting_and_reports_problems(empty_artifacts, data_dir):
+    at = open_page(ui.TRAIN)
+    for field in fields(train.TrainConfig):
+        assert f"cfg_{field.name}" in at.session_state, field.name
+    assert not at.error and not button(at, "Start training").disabled
+    captions = [c for image in at.image for c in image.captions]
+    assert captions.count("augmented") == 4  # the augmentation preview
+
+    at.number_input(key="cfg_head_lr").set_value(2.0)
+    at.text_input(key="cfg_data_dir").set_value("/nowhere").run()
+    problems = texts(at.error)
+    assert "head_lr 2.0 must be in (0, 1)" in problems and "data_dir /nowhere: no such folder" in problems
+    assert button(at, "Start training").disabled
+
+
+def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir, monkeypatch):
+    started = []
+
+    def fake_launch(config, name=None, runs_root=None):
+        """What launch_training leaves behind, without the training process:
+        a 'running' run whose pid (this process) is alive."""
+        started.append(config)
+        return runs.new_run(asdict(config), name=name, runs_root=runs_root)
+
+    monkeypatch.setattr(train, "launch_training", fake_launch)
+    at = open_page(ui.TRAIN)
+    at.number_input(key="cfg_input_size").set_value(64)
+    at.text_input(key="run_name").set_value("from-the-app")
+    button(at, "Start training").click().run()
+    assert_no_exception(at)
+
+    assert len(started) == 1 and started[0].input_size == 64
+    assert started[0] == train.TrainConfig(input_size=64)  # every other setting at its default
+    run = runs.list_runs()[0]
+    assert run["id"].endswith("-from-the-app")
+    assert f"Started run {run['id']}" in texts(at.success)
+    assert any(run["id"] in m.value and "running" in m.value for m in at.markdown)
+
+    button(at, "Start training").click().run()
+    assert len(started) == 1
+    assert "already running" in texts(at.error)
+
+    button(at, "Cancel this run").click().run()
+    assert (run["path"] / "cancel").exists()
+    assert "Cancel requested" in texts(at.info)
+
+
+def test_start_while_another_process_trains_shows_training_busy(empty_artifacts, data_dir):
+    # The lock of a live training process (this one); the real launch_training refuses.
+    runs.acquire_training_lock("someone-elses-run")
+    try:
+        at = open_page(ui.TRAIN)
+        button(at, "Start training").click().run()
+    finally:
+        runs.release_training_lock()
+    assert_no_exception(at)
+    assert "Not started: training run someone-elses-run is already running" in texts(at.error)
+    assert runs.list_runs() == []
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+def test_duplicate_audit_shows_the_pairs(tmp_path, monkeypatch, data_dir):
+    """On a small copy of COVID-CT with one image copied into the other class."""
+    covid = sorted((data_dir / "COVID").glob("*.png"))[:8]
+    noncovid = sorted((data_dir / "NonCOVID").glob("*.jpg"))[:8]
+    for label, files in (("COVID", covid), ("NonCOVID", noncovid)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for path in files:
+            shutil.copy(path, tmp_path / "data" / label / path.name)
+    shutil.copy(covid[0], tmp_path / "data" / "NonCOVID" / "copy.png")
+    monkeypatch.setenv("COVIDCT_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+
+    at = open_page(ui.DATA)
+    assert_no_exception(at)
+    button(at, "Run the duplicate audit").click().run()
+    assert_no_exception(at)
+    metrics = shown_metrics(at)
+    assert int(metrics["Across classes"]) >= 1
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith(f"COVID/{covid[0].name}") for c in captions)
+    assert any(c.startswith("NonCOVID/copy.png") for c in captions)
+    assert "exact duplicate" in texts(at.markdown)

@@ -1,0 +1,56 @@
+"""A training process killed with SIGKILL mid-run loses nothing: the run reads
+as interrupted, the lock is released, and `resume` continues from the last
+completed epoch instead of starting over."""
+import os
+import signal
+import time
+
+import pandas as pd
+
+from core import runs
+from core.train import TrainConfig, launch_training, resume
+
+FINETUNE_EPOCHS = 12
+
+
+def wait_for(condition, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weights):
+    runs_root = tmp_path / "runs"
+    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
+                         max_images_per_split=8, head_epochs=1, finetune_epochs=FINETUNE_EPOCHS,
+                         early_stopping_patience=FINETUNE_EPOCHS, n_boot=20)
+    run_dir = launch_training(config, name="killed", runs_root=runs_root)
+
+    def in_third_finetune_epoch():
+        status = runs.read_json(run_dir / "status.json", {})
+        return status.get("phase") == "finetune" and status.get("epoch", 0) >= 3
+    assert wait_for(in_third_finetune_epoch), runs.read_json(run_dir / "status.json")
+    os.kill(runs.read_json(run_dir / "status.json")["pid"], signal.SIGKILL)
+    assert wait_for(lambda: runs.read_status(run_dir)["state"] == "interrupted", timeout=10)
+    assert runs.active_training(runs_root) is None  # the dead process's lock is stale
+
+    rows_before = len(runs.read_history(run_dir))
+    assert rows_before >= 3  # head epoch + at least two fine-tuning epochs
+    resume(run_dir, report=lambda line: None)
+
+    assert runs.read_status(run_dir)["state"] == "completed"
+    history = pd.read_csv(run_dir / "history.csv")
+    # Restarting the phase would log 1 + (rows_before - 1) + 12 rows; resuming
+    # logs each epoch once (one more if the kill fell between log and backup).
+    assert 1 + FINETUNE_EPOCHS <= len(history) <= 2 + FINETUNE_EPOCHS
+    assert (run_dir / "model.keras").exists() and (run_dir / "metrics.json").exists()
+
+
+def test_completed_run_is_not_resumed(trained_run):
+    import pytest
+
+    with pytest.raises(ValueError, match="completed"):
+        resume(trained_run)
