@@ -115,3 +115,24 @@ def test_activation_batches_draw_from_all_views_with_class_weights():
 
     val = ActivationBatches(x[:n], y[:n], batch_size=4)
     np.testing.assert_array_equal(np.concatenate([val[i][0][:, 0] for i in range(len(val))]), np.arange(n))
+
+
+def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp_path, data_dir, weights, monkeypatch):
+    import errno
+
+    import core.train
+
+    def disk_full(model, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(core.train, "save_model", disk_full)
+    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
+                         max_images_per_split=4, head_epochs=1, finetune_epochs=0)
+    with pytest.raises(OSError):
+        train(config, runs_root=tmp_path, report=lambda line: None)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and "No space left on device" in status["reason"]
+    assert json.loads((run_dir / "config.json").read_text())["input_size"] == 32
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1  # the finished epoch is still there
+    assert runs.active_training(tmp_path) is None  # the lock is released
