@@ -115,13 +115,20 @@ def load_model(path) -> keras.Model:
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False) -> np.ndarray:
     """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
 
-    Calls the model on fixed-size batches rather than model.predict, which
-    builds a tf.data pipeline per call and costs more than the forward pass for
-    a single upload."""
+    `flip_tta` averages with the left-right mirrored image (test-time
+    augmentation: the model was trained with flips, so both views are
+    in-distribution). Calls the model on fixed-size batches rather than
+    model.predict, which builds a tf.data pipeline per call and costs more
+    than the forward pass for a single upload."""
     images = np.asarray(images, dtype="float32")
-    probs = [np.asarray(model(images[i:i + batch_size], training=False))[:, 1]
-             for i in range(0, len(images), batch_size)]
+    probs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        prob = np.asarray(model(batch, training=False))[:, 1]
+        if flip_tta:
+            prob = (prob + np.asarray(model(batch[:, :, ::-1], training=False))[:, 1]) / 2
+        probs.append(prob)
     return np.concatenate(probs) if probs else np.zeros((0,), "float32")

@@ -45,6 +45,7 @@ class Predictor:
     threshold: float
     positive_class: str
     negative_class: str
+    flip_tta: bool = False
     _explainer: Explainer | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -60,7 +61,7 @@ class Predictor:
         labels = (metrics.get("labels") or {})
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=float(threshold), positive_class=config.get("positive_class", "COVID"),
-                   negative_class=labels.get("negative", "NonCOVID"))
+                   negative_class=labels.get("negative", "NonCOVID"), flip_tta=bool(config.get("flip_tta", False)))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return data.resize_image(image, self.input_size).astype("float32")
@@ -68,7 +69,7 @@ class Predictor:
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
         """Decoded scans (any size) -> one Prediction each, in one batch."""
         batch = np.stack([self.prepare(image) for image in images]) if images else np.zeros((0,))
-        probabilities = predict_proba(self.model, batch) if len(batch) else []
+        probabilities = predict_proba(self.model, batch, flip_tta=self.flip_tta) if len(batch) else []
         return [Prediction(name, image, float(p), self.threshold, self.positive_class, self.negative_class)
                 for name, image, p in zip(names, images, probabilities)]
 

@@ -58,6 +58,7 @@ class TrainConfig:
     flip: bool = True
     early_stopping_patience: int = 5
     lr_patience: int = 2
+    flip_tta: bool = True  # average predictions with the mirrored scan
     threshold_method: str = "youden"
     n_boot: int = 1000
 
@@ -329,7 +330,8 @@ def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
     runs.set_status(run_dir, "running", phase="evaluating")
     predictions = pd.concat([
         pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
-                      "prob": predict_proba(model, images[split], config.batch_size), "split": split})
+                      "prob": predict_proba(model, images[split], config.batch_size, config.flip_tta),
+                      "split": split})
         for split in ("val", "test")
     ], ignore_index=True)
     runs.write_csv(run_dir / "predictions.csv", predictions)

@@ -76,3 +76,11 @@ def test_model_with_code_in_a_lambda_is_refused(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "evil.keras")
     with pytest.raises(ValueError, match="(?i)lambda|unsafe|safe_mode"):
         load_model(tmp_path / "evil.keras")
+
+
+def test_flip_tta_averages_the_scan_and_its_mirror(model):
+    images = np.random.default_rng(3).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    plain = predict_proba(model, images)
+    mirrored = predict_proba(model, images[:, :, ::-1])
+    np.testing.assert_allclose(predict_proba(model, images, batch_size=2, flip_tta=True), (plain + mirrored) / 2,
+                               atol=1e-6)

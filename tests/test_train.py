@@ -40,7 +40,7 @@ def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
     images = data.load_images([str(data_dir / p) for p in predictions.path], 64)
-    np.testing.assert_allclose(predict_proba(model, images), predictions.prob, atol=1e-4)
+    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-4)
 
 
 def test_select_images_is_class_balanced_per_split(data_dir):
