@@ -49,22 +49,26 @@ def _run_dir(run_id: str | None) -> Path:
     return folder
 
 
+def _report(line: str) -> None:
+    print(line, flush=True)  # live in a log file too (the app tails train.log)
+
+
 def cmd_train(args) -> int:
     from core import runs
     from core.train import TrainConfig, train
 
     if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
         config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}))
-        train(config, run_dir=Path(args.run_dir))
+        train(config, run_dir=Path(args.run_dir), report=_report)
     else:
-        train(_config_from_args(args), name=args.name)
+        train(_config_from_args(args), name=args.name, report=_report)
     return 0
 
 
 def cmd_resume(args) -> int:
     from core.train import resume
 
-    resume(_run_dir(args.run))
+    resume(_run_dir(args.run), report=_report)
     return 0
 
 

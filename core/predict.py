@@ -85,10 +85,12 @@ class Predictor:
                 self._explainer = Explainer(self.model)
         return self._explainer
 
-    def gradcam(self, image: np.ndarray, method: str = "gradcam") -> np.ndarray:
-        """Heatmap in [0, 1] at the model's input size for one decoded scan."""
-        return self.explainer.heatmaps(self.prepare(image)[None], method=method)[0]
+    def gradcam(self, image: np.ndarray, method: str = "gradcam", class_index: int = 1) -> np.ndarray:
+        """Heatmap in [0, 1] at the model's input size for one decoded scan:
+        evidence for the positive class (1) or the negative one (0)."""
+        return self.explainer.heatmaps(self.prepare(image)[None], method=method, class_index=class_index)[0]
 
-    def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4) -> np.ndarray:
+    def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4,
+                        class_index: int = 1) -> np.ndarray:
         """The scan at its own size with the Grad-CAM heatmap blended over it."""
-        return overlay(image, self.gradcam(image, method), alpha=alpha)
+        return overlay(image, self.gradcam(image, method, class_index), alpha=alpha)

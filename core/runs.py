@@ -189,7 +189,7 @@ def active_training(runs_root=None) -> dict | None:
     return None
 
 
-def acquire_training_lock(run_id: str, runs_root=None) -> None:
+def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -> None:
     """Only one training runs at a time: the machine has no cores to spare.
     O_EXCL makes the check-and-create atomic between two starting processes."""
     lock = _lock_path(runs_root)
@@ -199,15 +199,25 @@ def acquire_training_lock(run_id: str, runs_root=None) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = active_training(runs_root)
+            # Taken for us by launch_training: held by our parent until it
+            # hands it over, then by us under our run id.
+            if holder and (holder.get("pid") == os.getppid()
+                           or (holder.get("pid") == os.getpid() and holder.get("run") == run_id)):
+                return
             if holder:
                 raise TrainingBusy(f"training run {holder.get('run')} is already running "
                                    f"(process {holder.get('pid')}); wait for it or cancel it")
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": os.getpid(), "run": run_id}, handle)
+            json.dump({"pid": pid or os.getpid(), "run": run_id}, handle)
         return
     raise TrainingBusy("could not take the training lock")
+
+
+def hand_training_lock(run_id: str, pid: int, runs_root=None) -> None:
+    """Pass the lock to the training process that was just started."""
+    write_json(_lock_path(runs_root), {"pid": pid, "run": run_id})
 
 
 def release_training_lock(runs_root=None) -> None:

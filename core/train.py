@@ -97,6 +97,11 @@ class TrainConfig:
             found.append(f"dropout {self.dropout} must be in [0, 1)")
         if not 0 <= self.label_smoothing < 0.5:
             found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
+        if not 0 <= self.rotation <= 180:
+            found.append(f"rotation {self.rotation} must be between 0 and 180 degrees")
+        for name in ("zoom", "contrast"):
+            if not 0 <= getattr(self, name) < 1:
+                found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
         if not Path(self.data_dir).is_dir():
@@ -259,15 +264,19 @@ def launch_training(config: TrainConfig, name: str | None = None, runs_root=None
     app's page or tab); returns its folder at once. Refused while another
     training is alive."""
     config.validate()
-    holder = runs.active_training(runs_root)
-    if holder:
-        raise runs.TrainingBusy(f"training run {holder.get('run')} is already running; "
-                                "wait for it to finish or cancel it")
-    run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
-    with open(run_dir / "train.log", "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "core", "train", "--run-dir", str(run_dir)],
-                                 cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    # Take the lock here, not in the child: TensorFlow takes seconds to import,
+    # and a second start in that window must be refused too.
+    runs.acquire_training_lock("starting", runs_root)
+    try:
+        run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
+        with open(run_dir / "train.log", "w") as log:
+            child = subprocess.Popen([sys.executable, "-u", "-m", "core", "train", "--run-dir", str(run_dir)],
+                                     cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+    except BaseException:
+        runs.release_training_lock(runs_root)
+        raise
+    runs.hand_training_lock(run_dir.name, child.pid, runs_root)
     runs.set_status(run_dir, "running", pid=child.pid)
     return run_dir
 

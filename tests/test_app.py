@@ -72,6 +72,16 @@ def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
 
 
 @pytest.mark.parametrize("page", PAGES)
+def test_page_without_the_dataset_says_so_instead_of_failing(page, empty_artifacts, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.setenv("COVIDCT_DATA", str(tmp_path / "no-dataset-here"))
+    at = open_page(page)
+    assert_no_exception(at)
+    if page in (ui.DATA, "streamlit_app.py"):
+        assert "The dataset cannot be read" in texts(at.error)
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_page_renders_with_the_trained_run(page, run_id):
     at = open_page(page)
     assert_no_exception(at)
@@ -208,9 +218,12 @@ def test_train_form_has_every_setting_and_reports_problems(empty_artifacts, data
     assert captions.count("augmented") == 4  # the augmentation preview
 
     at.number_input(key="cfg_head_lr").set_value(2.0)
+    at.number_input(key="cfg_contrast").set_value(3.0)
     at.text_input(key="cfg_data_dir").set_value("/nowhere").run()
+    assert_no_exception(at)
     problems = texts(at.error)
     assert "head_lr 2.0 must be in (0, 1)" in problems and "data_dir /nowhere: no such folder" in problems
+    assert "augmentation: The `factor` argument" in problems  # Keras' own check of the contrast
     assert button(at, "Start training").disabled
 
 
@@ -224,6 +237,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
         return runs.new_run(asdict(config), name=name, runs_root=runs_root)
 
     monkeypatch.setattr(train, "launch_training", fake_launch)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the page sets it for the child: undone after the test
     at = open_page(ui.TRAIN)
     at.number_input(key="cfg_input_size").set_value(64)
     at.text_input(key="run_name").set_value("from-the-app")

@@ -89,3 +89,22 @@ def test_compare_runs_has_settings_and_test_metrics(tmp_path):
     assert table.loc[0, "backbone"] == "resnet50"
     assert table.loc[0, "test_roc_auc"] == 0.91
     assert table.loc[0, "test_f1"] == 0.8
+
+
+def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, data_dir, monkeypatch):
+    """The launcher takes the lock itself, so the seconds the child spends
+    importing TensorFlow leave no window for a second start."""
+    import core.train
+
+    started = []
+
+    class FakeChild:
+        pid = os.getpid()  # alive, like a child still starting up
+
+    monkeypatch.setattr(core.train.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
+    config = core.train.TrainConfig(data_dir=str(data_dir))
+    first = core.train.launch_training(config, runs_root=tmp_path)
+    assert runs.active_training(tmp_path)["run"] == first.name
+    with pytest.raises(runs.TrainingBusy, match=first.name):
+        core.train.launch_training(config, runs_root=tmp_path)
+    assert len(started) == 1

@@ -1,0 +1,100 @@
+"""Data: what the models learn from. Classes and splits, image sizes, patients,
+a gallery, and the duplicate audit (copies that leak between splits or carry
+both labels)."""
+import plotly.express as px
+import streamlit as st
+
+import ui
+from core import data, paths
+
+GALLERY_PAGE = 12
+AUDIT_PAGE = 4
+
+ui.page_setup("Data")
+index = ui.index_or_stop()
+st.caption(f"{len(index)} images in {paths.data_dir()} · {index.attrs.get('split_source', '')}")
+problems = index.attrs.get("problems") or []
+if problems:  # files core.data.index_dataset refused: unreadable, or listed but missing
+    with st.expander(f"{len(problems)} files left out of the dataset", icon=":material/warning:"):
+        st.markdown("\n".join(f"- {problem}" for problem in problems))
+
+# --- Counts: images and patients per split and class ------------------------
+counts = data.split_counts(index)
+patients = (index.groupby(["split", "label"])["patient_id"].nunique()
+            .unstack().reindex([s for s in data.SPLITS if s in counts.index]))
+left, right = st.columns(2)
+with left:
+    st.subheader("Images per split")
+    long = counts.drop(index="total", columns="total").stack().rename("images").reset_index()
+    st.plotly_chart(px.bar(long, x="split", y="images", color="label", barmode="group",
+                           text_auto=True, height=320, color_discrete_map=ui.CLASS_COLORS))
+    st.dataframe(counts)
+with right:
+    st.subheader("Patients per split")
+    long = patients.stack().rename("patients").reset_index()
+    st.plotly_chart(px.bar(long, x="split", y="patients", color="label", barmode="group",
+                           text_auto=True, height=320, color_discrete_map=ui.CLASS_COLORS))
+    unknown = (index["patient_id"] == index["relpath"]).sum()
+    st.caption(f"Splits keep each patient in one split, since slices of one patient are near "
+               f"copies. {unknown} images have no patient in the metadata and count as their "
+               "own patient.")
+
+# --- Image sizes ---------------------------------------------------------------
+st.subheader("Image sizes")
+sizes = ui.image_sizes()
+st.plotly_chart(px.scatter(sizes, x="width", y="height", color="label", hover_name="relpath",
+                           marginal_x="histogram", marginal_y="histogram", opacity=0.6,
+                           color_discrete_map=ui.CLASS_COLORS, height=420, labels={"width": "width (px)", "height": "height (px)"}))
+st.caption(f"Median {sizes['width'].median():.0f} × {sizes['height'].median():.0f} px, from "
+           f"{sizes['width'].min():.0f} to {sizes['width'].max():.0f} px wide. Every image is "
+           "resized to the model's square input size, so wide figures get squeezed.")
+
+# --- Gallery -----------------------------------------------------------------
+st.subheader("Gallery")
+left, right = st.columns(2)
+labels = sorted(index["label"].unique())
+label = left.segmented_control("Class", labels, default=labels[0], required=True,
+                               key="gallery_label", persist_state="session")
+split = right.segmented_control("Split", list(data.SPLITS), default="train", required=True,
+                                key="gallery_split", persist_state="session")
+shown = index[(index["label"] == label) & (index["split"] == split)].reset_index(drop=True)
+n_pages = max(1, -(-len(shown) // GALLERY_PAGE))
+page = st.pagination(n_pages, key=f"gallery_page_{label}_{split}")
+start = (page - 1) * GALLERY_PAGE
+columns = st.columns(6)
+for i, row in shown.iloc[start:start + GALLERY_PAGE].iterrows():
+    columns[i % 6].image(ui.thumbnail(row["path"]), caption=row["relpath"].split("/", 1)[1])
+st.caption(f"{len(shown)} {label} images in {split}, {GALLERY_PAGE} per page.")
+
+# --- Duplicate audit -------------------------------------------------------------
+st.subheader("Duplicate audit")
+st.markdown("Exact copies (same bytes) and near copies (perceptual hash within 6 bits) that "
+            "**cross splits** (they leak test images into training) or **cross classes** "
+            "(the same picture carries both labels). Small distances (2–4) are the same figure; "
+            "at 6 some pairs are only look-alike slices, so judge each pair by eye.")
+# Hashing every image takes a few seconds: only on request, then cached for everyone.
+if st.button("Run the duplicate audit", disabled=st.session_state.get("audit_requested", False)):
+    st.session_state["audit_requested"] = True
+if st.session_state.get("audit_requested"):
+    pairs = ui.duplicate_audit()
+    by_relpath = index.set_index("relpath")["path"]
+    columns = st.columns(3)
+    columns[0].metric("Pairs found", len(pairs))
+    columns[1].metric("Across classes", int(pairs["cross_class"].sum()))
+    columns[2].metric("Across splits", int(pairs["cross_split"].sum()))
+    if len(pairs):
+        n_pages = -(-len(pairs) // AUDIT_PAGE)
+        page = st.pagination(n_pages, key="audit_page")
+        for _, pair in pairs.iloc[(page - 1) * AUDIT_PAGE:page * AUDIT_PAGE].iterrows():
+            crosses = [what for what, flag in (("classes (label conflict)", pair["cross_class"]),
+                                               ("splits (leak)", pair["cross_split"])) if flag]
+            with st.container(border=True):
+                st.markdown(f"**{pair['kind']} duplicate**, hash distance {pair['distance']}, "
+                            f"crosses {' and '.join(crosses)}")
+                a, b = st.columns(2)
+                for column, side in ((a, "a"), (b, "b")):
+                    column.image(ui.thumbnail(by_relpath[pair[f"relpath_{side}"]], 320),
+                                 caption=f"{pair[f'relpath_{side}']} · {pair[f'label_{side}']}, "
+                                         f"{pair[f'split_{side}']}")
+    else:
+        st.success("No duplicates cross a split or a class.")

@@ -1,0 +1,111 @@
+"""Evaluate: a run's test metrics with confidence intervals, ROC and PR
+curves, and a threshold slider that updates the confusion matrix and the
+metrics together. A confusion-matrix cell opens the Misclassified page."""
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+import ui
+from core import evaluate, runs
+
+ui.page_setup("Evaluate")
+run = ui.pick_run()
+metrics = run["metrics"]
+negative, positive = ui.class_names(run)
+chosen = ui.chosen_threshold(run)
+test = ui.predictions(run).query("split == 'test'")
+y, prob = test["y_true"], test["prob"]
+method = metrics["threshold"].get("method", "youden")
+st.caption(f"Test split: {len(test)} images ({int(y.sum())} {positive}). Threshold "
+           f"{chosen:.3f} chosen on the validation split ({method}); the test split never "
+           "influenced it, so the test metrics are an unbiased estimate.")
+
+# --- Metrics at the validation-chosen threshold, with 95% bootstrap CIs --------
+NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
+         "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC",
+         "pr_auc": "PR-AUC (average precision)"}
+table = evaluate.metrics_table(metrics).rename(index=NAMES)
+table.insert(1, "95% CI", [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
+                           zip(table["ci_low"], table["ci_high"])])
+left, right = st.columns([2, 3])
+with left:
+    st.subheader("Test metrics")
+    st.dataframe(table, column_config={"value": st.column_config.NumberColumn(format="%.3f"),
+                                       "ci_low": None, "ci_high": None})
+    st.caption("At the validation-chosen threshold. "
+               "CIs: percentile bootstrap over the test images.")
+
+# --- Threshold: everything below follows the slider ------------------------------
+with right:
+    st.subheader("Operating point")
+    threshold = ui.threshold_slider(run)
+    at = evaluate.binary_metrics(y, prob, threshold)
+    at_chosen = metrics["test"]["at_threshold"]
+    columns = st.columns(5)
+    for column, (key, label) in zip(columns, (("recall", "Sensitivity"), ("specificity", "Specificity"),
+                                              ("precision", "Precision"), ("f1", "F1"),
+                                              ("accuracy", "Accuracy"))):
+        delta = at[key] - at_chosen[key]
+        column.metric(label, ui.fmt(at[key]), delta=f"{delta:+.3f}" if abs(delta) > 1e-12 else None,
+                      help="Change against the validation-chosen threshold." if abs(delta) > 1e-12 else None)
+    st.caption(f"{at['tp']} true positives, {at['fp']} false positives, {at['fn']} false negatives, "
+               f"{at['tn']} true negatives at threshold {threshold:.3f}.")
+
+# --- Curves and confusion matrix ---------------------------------------------------
+INSIDE_BOTTOM_RIGHT = dict(x=0.98, y=0.02, xanchor="right", yanchor="bottom",
+                           bgcolor="rgba(0,0,0,0.3)")
+roc_column, pr_column, matrix_column = st.columns(3)
+with roc_column:
+    roc = evaluate.roc_points(y, prob)
+    figure = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", showlegend=False,
+                                  customdata=roc["threshold"],
+                                  hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<br>threshold %{customdata:.3f}"))
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="gray",
+                       name="chance", showlegend=False)
+    figure.add_scatter(x=[1 - at_chosen["specificity"]], y=[at_chosen["recall"]], mode="markers",
+                       marker=dict(size=12, symbol="circle-open", color="gray", line_width=2),
+                       name=f"validation choice {chosen:.3f}")
+    figure.add_scatter(x=[1 - at["specificity"]], y=[at["recall"]], mode="markers",
+                       marker=dict(size=12, color="red"), name=f"threshold {threshold:.3f}")
+    figure.update_layout(title=f"ROC curve (AUC {ui.fmt(at['roc_auc'])})", height=400,
+                         xaxis_title="1 − specificity", yaxis_title="sensitivity",
+                         legend=INSIDE_BOTTOM_RIGHT)
+    st.plotly_chart(figure)
+with pr_column:
+    pr = evaluate.pr_points(y, prob)
+    figure = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", showlegend=False,
+                                  line_shape="hv"))
+    figure.add_hline(y=y.mean(), line_dash="dot", line_color="gray",
+                     annotation_text="prevalence", annotation_position="bottom right")
+    figure.add_scatter(x=[at["recall"]], y=[at["precision"]], mode="markers",
+                       marker=dict(size=12, color="red"), name=f"threshold {threshold:.3f}")
+    figure.update_layout(title=f"Precision-recall (AP {ui.fmt(at['pr_auc'])})", height=400,
+                         xaxis_title="recall", yaxis_title="precision", showlegend=False)
+    st.plotly_chart(figure)
+with matrix_column:
+    matrix = evaluate.confusion_frame(y, prob, threshold, labels=(negative, positive))
+    figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
+    figure.update_layout(title=f"Confusion matrix at {threshold:.3f}", height=400,
+                         coloraxis_showscale=False)
+    figure.update_traces(textfont_size=22)
+    st.plotly_chart(figure)
+    # One button per cell: it opens the Misclassified page on that cell.
+    st.caption("Open the images of a cell:")
+    cell_columns = st.columns(2)
+    for i, cell in enumerate(("tn", "fp", "fn", "tp")):
+        if cell_columns[i % 2].button(f"{ui.CELLS[cell]} ({at[cell]})", key=f"open_{cell}",
+                                      width="stretch"):
+            st.session_state["cell"] = cell
+            st.session_state["review_split"] = "test"
+            st.switch_page(ui.MISCLASSIFIED)
+
+# --- Training curves and all runs ---------------------------------------------------
+st.subheader("Training curves")
+frame = ui.history(run)
+if len(frame):
+    st.plotly_chart(ui.history_figure(frame))
+else:
+    st.info("This run has no history.csv.")
+
+st.subheader("All runs")
+ui.runs_table(runs.list_runs())

@@ -1,0 +1,358 @@
+"""Shared pieces of the Streamlit pages: cached loaders over `core`, the run
+picker and threshold slider that follow the user from page to page, and the
+charts that more than one page draws.
+
+Caching rule: whatever is read from disk is cached under its path and its
+modification time, so nothing is computed twice, and a dataset that changes
+or a run that is rewritten is picked up at the next rerun. Models are
+resources (st.cache_resource, one per run, shared by all sessions); data and
+arrays are values (st.cache_data).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from core import data, paths, runs
+from core.explain import overlay
+from core.predict import Prediction, Predictor
+
+# Page files, for st.page_link and st.switch_page. Streamlit finds the pages in
+# pages/ by itself; the sidebar menu is drawn by page_setup (see MENU).
+HOME = "streamlit_app.py"
+DATA = "pages/1_Data.py"
+TRAIN = "pages/2_Train.py"
+EVALUATE = "pages/3_Evaluate.py"
+MISCLASSIFIED = "pages/4_Misclassified.py"
+PREDICT = "pages/5_Predict.py"
+MENU = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
+        (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
+        (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
+        (PREDICT, "Predict", ":material/upload_file:")]
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
+CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+# The four cells of the confusion matrix, as the Misclassified page names them.
+CELLS = {"fp": "False positives", "fn": "False negatives",
+         "tp": "True positives", "tn": "True negatives"}
+TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+# The same class colours on every chart; a class name not listed gets Plotly's next colour.
+CLASS_COLORS = {"COVID": "#e45756", "NonCOVID": "#4c78a8"}
+
+DISCLAIMER = ("Research use only. This tool is not a medical device and must not be used "
+              "to diagnose, treat or rule out COVID-19.")
+
+
+def page_setup(title: str) -> None:
+    """The first call of every page: page config, title, and the sidebar menu.
+    The menu replaces Streamlit's own (client.showSidebarNavigation = false in
+    .streamlit/config.toml), which would call Home "streamlit app"."""
+    st.set_page_config(page_title=f"{title} · COVID-19 CT Explorer", layout="wide",
+                       page_icon=":material/pulmonology:")
+    with st.sidebar:
+        for page, label, icon in MENU:
+            st.page_link(page, label=label, icon=icon)
+        st.divider()
+        st.caption(DISCLAIMER)
+    st.title(title)
+
+
+def mtime(path) -> float:
+    """Modification time, 0 for a missing file: part of every cache key."""
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A metric for display; "–" when unknown (None or NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------
+
+def dataset_stamp(root) -> float:
+    """Latest change to the dataset: adding or removing an image changes its
+    folder's mtime; split lists and metadata tables are checked one by one."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0.0
+    entries = [root, *root.iterdir(), *root.glob("splits/*"), *root.glob("meta/*")]
+    return max(mtime(p) for p in entries)
+
+
+@st.cache_data(show_spinner="Indexing the dataset…")
+def _index(root: str, stamp: float) -> pd.DataFrame:
+    return data.index_dataset(root)
+
+
+def load_index(root=None) -> pd.DataFrame:
+    """core.data.index_dataset, cached; raises ValueError for a missing or malformed dataset."""
+    root = str(root or paths.data_dir())
+    return _index(root, dataset_stamp(root))
+
+
+def index_or_stop() -> pd.DataFrame:
+    """The dataset index, or an error on the page (and the page stops there)."""
+    try:
+        return load_index()
+    except ValueError as error:
+        st.error(f"The dataset cannot be read: {error}. Set $COVIDCT_DATA to the COVID-CT folder.")
+        st.stop()
+
+
+@st.cache_data(show_spinner="Reading image sizes…")
+def _sizes(root: str, stamp: float) -> pd.DataFrame:
+    index = _index(root, stamp)
+    return pd.concat([index, data.image_sizes(index["path"])], axis=1)
+
+
+def image_sizes(root=None) -> pd.DataFrame:
+    """The index with width and height columns (read from the file headers)."""
+    root = str(root or paths.data_dir())
+    return _sizes(root, dataset_stamp(root))
+
+
+@st.cache_data(show_spinner="Hashing every image (exact and perceptual hashes)…")
+def _audit(root: str, stamp: float) -> pd.DataFrame:
+    return data.audit_duplicates(_index(root, stamp))
+
+
+def duplicate_audit(root=None) -> pd.DataFrame:
+    root = str(root or paths.data_dir())
+    return _audit(root, dataset_stamp(root))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)  # decoded scans can be megabytes each
+def read_image(source: str | bytes, name: str, stamp: float = 0.0) -> np.ndarray:
+    """core.data.load_image of a path or of uploaded bytes (stamp: the file's
+    mtime, so an edited file is read again). Raises ImageReadError."""
+    return data.load_image(source, name=name)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(path: str, size: int = 220) -> np.ndarray:
+    """A scan shrunk to fit size x size, keeping its aspect ratio."""
+    image = Image.fromarray(data.load_image(path))
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+# ---------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------
+
+def has_model(run: dict) -> bool:
+    return run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+
+
+def has_results(run: dict) -> bool:
+    """A completed run with test predictions and metrics (what Evaluate needs)."""
+    return (has_model(run) and (run["path"] / "predictions.csv").exists()
+            and "test" in (run["metrics"] or {}))
+
+
+def run_label(run: dict) -> str:
+    test = ((run["metrics"] or {}).get("test") or {}).get("at_threshold") or {}
+    auc = f" · test ROC-AUC {fmt(test['roc_auc'])}" if test.get("roc_auc") is not None else ""
+    config = run["config"]
+    return f"{run['id']} ({config.get('backbone', '?')}, {config.get('input_size', '?')} px{auc})"
+
+
+def no_runs_yet(what: str = "a completed training run") -> None:
+    st.info(f"This page needs {what}, and there is none yet in {paths.runs_dir()}. "
+            "Train one first.")
+    st.page_link(TRAIN, label="Go to Train", icon=MENU[2][2])
+
+
+def pick_run(needs_test_results: bool = True) -> dict:
+    """Select a completed run (newest first). The choice is kept for the whole
+    session, so Evaluate, Misclassified and Predict show the same run. With no
+    usable run the page says so, links to Train and stops."""
+    usable = [run for run in runs.list_runs()
+              if (has_results(run) if needs_test_results else has_model(run))]
+    if not usable:
+        no_runs_yet()
+        st.stop()
+    by_id = {run["id"]: run for run in usable}
+    if st.session_state.get("run_id") not in by_id:
+        st.session_state["run_id"] = usable[0]["id"]
+    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]),
+                          key="run_id", persist_state="session")
+    return by_id[run_id]
+
+
+def class_names(run: dict) -> tuple[str, str]:
+    """(negative, positive) class names of a run."""
+    labels = (run["metrics"] or {}).get("labels") or {}
+    return (labels.get("negative", "NonCOVID"),
+            labels.get("positive", run["config"].get("positive_class", "COVID")))
+
+
+def chosen_threshold(run: dict) -> float:
+    return float(((run["metrics"] or {}).get("threshold") or {}).get("value", 0.5))
+
+
+def threshold_slider(run: dict) -> float:
+    """The decision threshold for `run`, shared by Evaluate and Misclassified.
+    It starts at the threshold chosen on the validation split."""
+    key = f"threshold_{run['id']}"
+    chosen = chosen_threshold(run)
+    st.session_state.setdefault(key, chosen)
+    threshold = st.slider(
+        "Decision threshold: a probability of COVID-19 at or above it counts as positive",
+        0.0, 1.0, step=0.001, format="%.3f", key=key, persist_state="session")
+    # A callback, because a widget's value can only be set before it is drawn.
+    st.button(f"Reset to the threshold chosen on validation ({chosen:.3f})", type="tertiary",
+              icon=":material/restart_alt:", key=f"reset_{key}", disabled=threshold == chosen,
+              on_click=lambda: st.session_state.update({key: chosen}))
+    return threshold
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _predictions(run_path: str, stamp: float) -> pd.DataFrame:
+    return runs.read_predictions(run_path)
+
+
+def predictions(run: dict) -> pd.DataFrame:
+    """The run's predictions.csv (path, y_true, prob, split), cached."""
+    return _predictions(str(run["path"]), mtime(run["path"] / "predictions.csv"))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _history(run_path: str, stamp: float) -> pd.DataFrame:
+    return runs.read_history(run_path)
+
+
+def history(run: dict) -> pd.DataFrame:
+    """The run's per-epoch log (empty before the first epoch ends), cached
+    until the training process appends the next epoch."""
+    try:
+        return _history(str(run["path"]), mtime(run["path"] / "history.csv"))
+    except pd.errors.ParserError:  # caught mid-write: the next refresh reads it whole
+        return pd.DataFrame()
+
+
+def image_path(run: dict, relpath: str) -> Path:
+    """Where a prediction's image is: under the run's data_dir, or the current
+    dataset folder when that one has moved."""
+    root = Path(run["config"].get("data_dir") or paths.data_dir())
+    return (root if root.is_dir() else paths.data_dir()) / relpath
+
+
+def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
+    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
+    most confident first (confidence = probability of the predicted class)."""
+    predicted = rows["prob"] >= threshold
+    actual = rows["y_true"] == 1
+    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
+              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
+    chosen = rows[wanted].copy()
+    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
+    return chosen.sort_values("confidence", ascending=False, ignore_index=True)
+
+
+def runs_table(all_runs: list[dict]) -> None:
+    """runs.compare_runs as a table: settings and test metrics of every run."""
+    table = runs.compare_runs(all_runs)
+    # Results first, then the settings that produced them.
+    results = [c for c in table if c.startswith("test_")]
+    table = table[["run", "state", *results, *[c for c in table if c not in results + ["run", "state"]]]]
+    numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in table if c.startswith("test_")}
+    st.dataframe(table, hide_index=True, column_config={
+        **numbers,
+        "head_lr": st.column_config.NumberColumn(format="%.0e"),
+        "finetune_lr": st.column_config.NumberColumn(format="%.0e"),
+        "train_seconds": st.column_config.NumberColumn("train s", format="%.0f"),
+    })
+
+
+# ---------------------------------------------------------------------------
+# Model: prediction and Grad-CAM
+# ---------------------------------------------------------------------------
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _predictor(run_path: str, model_stamp: float) -> Predictor:
+    return Predictor.from_run(run_path)
+
+
+def predictor(run: dict) -> Predictor:
+    """The run's model, loaded once and shared by every session."""
+    return _predictor(str(run["path"]), mtime(run["path"] / "model.keras"))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)  # a Prediction holds the decoded scan
+def _predict(run_path: str, model_stamp: float, content: bytes, name: str) -> Prediction:
+    return _predictor(run_path, model_stamp).predict_images([read_image(content, name)], [name])[0]
+
+
+def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
+    """Probability and decision for one uploaded file. A file that is not a
+    readable image raises core.data.ImageReadError (a ValueError) whose message
+    starts with its name."""
+    return _predict(str(run["path"]), mtime(run["path"] / "model.keras"), content, name)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _heatmap(run_path: str, model_stamp: float, source: str | bytes, name: str,
+             stamp: float, method: str) -> np.ndarray:
+    image = read_image(source, name, stamp)
+    return _predictor(run_path, model_stamp).gradcam(image, method)
+
+
+def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gradcam",
+                    opacity: float = 0.4) -> np.ndarray:
+    """The scan (a path or uploaded bytes) with its Grad-CAM (or Grad-CAM++)
+    heatmap blended over it. The heatmap is cached per run, image and method
+    (about a second on CPU), so changing the opacity costs only the blend."""
+    stamp = 0.0 if isinstance(source, bytes) else mtime(source)
+    source = source if isinstance(source, bytes) else str(source)
+    heatmap = _heatmap(str(run["path"]), mtime(run["path"] / "model.keras"), source, name, stamp, method)
+    return overlay(read_image(source, name, stamp), heatmap, alpha=opacity)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Charts
+# ---------------------------------------------------------------------------
+
+def history_figure(frame: pd.DataFrame) -> go.Figure:
+    """Loss and ROC-AUC per epoch, training vs validation, with a line where
+    fine-tuning starts (history.csv restarts its epoch count at each phase)."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "ROC-AUC"))
+    x = np.arange(1, len(frame) + 1)
+    for column, metric in enumerate(("loss", "auc"), start=1):
+        for prefix, name, color in (("", "train", TRAIN_COLOR), ("val_", "validation", VAL_COLOR)):
+            if prefix + metric in frame:
+                figure.add_scatter(x=x, y=frame[prefix + metric], name=name, mode="lines+markers",
+                                   line_color=color, legendgroup=name, showlegend=column == 1,
+                                   row=1, col=column)
+    if "epoch" in frame and len(frame) > 1:
+        for start in np.flatnonzero(frame["epoch"].diff() <= 0):
+            figure.add_vline(x=start + 0.5, line_dash="dot", line_color="gray")
+            figure.add_annotation(x=start + 0.5, y=1.08, yref="paper", text="fine-tuning",
+                                  showarrow=False, font_color="gray")
+    figure.update_xaxes(title_text="epoch (both phases)", dtick=1 if len(frame) <= 20 else None)
+    figure.update_layout(height=320, margin=dict(t=50, b=10, l=10, r=10),
+                         legend=dict(orientation="h", y=-0.3))
+    return figure
