@@ -47,6 +47,11 @@ def main() -> None:
     print(f"threshold {metrics['threshold']['value']:.3f} chosen on {metrics['threshold']['chosen_on']}")
     print(evaluate.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
     print(f"wall-clock {seconds / 60:.1f} min, peak memory {peak_gb:.2f} GB")
+    test = metrics["test"]["at_threshold"]
+    # One machine-readable line for bench/compare.py.
+    print("RESULT " + json.dumps({"run": run_dir.name, "minutes": round(seconds / 60, 2), "peak_gb": round(peak_gb, 2),
+                                  "val_roc_auc": metrics["val"]["at_threshold"]["roc_auc"],
+                                  "ci": test["ci"], **{k: test[k] for k in evaluate.METRICS}}))
 
 
 if __name__ == "__main__":
