@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
@@ -299,6 +300,15 @@ def predictor(run: dict) -> Predictor:
 @st.cache_data(max_entries=32, show_spinner=False)  # a Prediction holds the decoded scan
 def _predict(run_path: str, model_stamp: float, content: bytes, name: str) -> Prediction:
     return _predictor(run_path, model_stamp).predict_images([read_image(content, name)], [name])[0]
+
+
+def upload_name(name: str) -> str:
+    """An uploaded file's name as shown and offered back: its last path part,
+    without control characters, with Markdown's special characters escaped,
+    so a crafted name can neither point at a path nor inject links or images."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()) or "upload"
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~-])", r"\\\1", base)
 
 
 def predict_upload(run: dict, name: str, content: bytes) -> Prediction:

@@ -23,13 +23,14 @@ st.caption(f"The heatmaps show the regions that raised the probability of {posit
            "a uniformly blue map means no region did.")
 
 for i, upload in enumerate(uploads):
+    name = ui.upload_name(upload.name)
     with st.container(border=True):
         try:
-            prediction = ui.predict_upload(run, upload.name, upload.getvalue())
+            prediction = ui.predict_upload(run, name, upload.getvalue())
         except ValueError as error:  # ImageReadError: its message starts with the file name
             st.error(f"Cannot use this file: {error}")
             continue
-        st.markdown(f"#### {upload.name}")
+        st.markdown(f"#### {name}")
         details, scan, gradcam, gradcam_pp = st.columns([1.2, 2, 2, 2])
         details.metric(f"Probability of {positive}", f"{prediction.probability:.1%}")
         color = "red" if prediction.label == positive else "blue"
@@ -40,9 +41,9 @@ for i, upload in enumerate(uploads):
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in ((gradcam, "gradcam"), (gradcam_pp, "gradcam++")):
             with column, st.spinner(f"{ui.CAM_METHODS[method]}…"):
-                image = ui.gradcam_overlay(run, upload.getvalue(), upload.name, method, opacity)
+                image = ui.gradcam_overlay(run, upload.getvalue(), name, method, opacity)
                 st.image(image, caption=ui.CAM_METHODS[method], width="stretch")
                 st.download_button(f"Download {ui.CAM_METHODS[method]} PNG", ui.png_bytes(image),
-                                   file_name=f"{Path(upload.name).stem}-{method}.png",
+                                   file_name=f"{Path(upload.name.replace(chr(92), '/')).stem}-{method}.png",
                                    mime="image/png", key=f"download_{i}_{method}",
                                    on_click="ignore")

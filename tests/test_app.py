@@ -299,3 +299,25 @@ def test_duplicate_audit_shows_the_pairs(tmp_path, monkeypatch, data_dir):
     assert any(c.startswith(f"COVID/{covid[0].name}") for c in captions)
     assert any(c.startswith("NonCOVID/copy.png") for c in captions)
     assert "exact duplicate" in texts(at.markdown)
+
+
+@pytest.mark.parametrize("crafted, shown", [
+    ("../../etc/passwd", "passwd"),
+    ("C:\\Users\\x\\scan.png", "scan.png"),
+    ("/abs/path/scan.png", "scan.png"),
+    ("evil\x00name.png", "evilname.png"),
+    ("a_b-[x](y).png", "a\\_b\\-\\[x\\]\\(y\\).png"),  # no Markdown link survives
+])
+def test_upload_names_cannot_point_at_paths_or_inject_markdown(crafted, shown):
+    import ui
+
+    assert ui.upload_name(crafted) == shown
+
+
+def test_server_config_keeps_xsrf_protection_and_an_upload_limit():
+    import tomllib
+    from pathlib import Path
+
+    config = tomllib.loads((Path(__file__).parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["enableXsrfProtection"] is True
+    assert 0 < config["server"]["maxUploadSize"] <= 200
