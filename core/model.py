@@ -120,15 +120,15 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
 
     `flip_tta` averages with the left-right mirrored image (test-time
     augmentation: the model was trained with flips, so both views are
-    in-distribution). Calls the model on fixed-size batches rather than
-    model.predict, which builds a tf.data pipeline per call and costs more
-    than the forward pass for a single upload."""
+    in-distribution). Uses predict_on_batch, Keras' compiled forward pass:
+    model.predict builds a tf.data pipeline per call, and an eager model(x)
+    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan)."""
     images = np.asarray(images, dtype="float32")
     probs = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        prob = np.asarray(model(batch, training=False))[:, 1]
+        prob = np.asarray(model.predict_on_batch(batch))[:, 1]
         if flip_tta:
-            prob = (prob + np.asarray(model(batch[:, :, ::-1], training=False))[:, 1]) / 2
+            prob = (prob + np.asarray(model.predict_on_batch(np.ascontiguousarray(batch[:, :, ::-1])))[:, 1]) / 2
         probs.append(prob)
     return np.concatenate(probs) if probs else np.zeros((0,), "float32")

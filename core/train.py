@@ -44,9 +44,9 @@ class TrainConfig:
     optimizer: str = "adam"
     head_epochs: int = 5
     head_lr: float = 1e-3
-    finetune_epochs: int = 15
-    finetune_lr: float = 1e-4
-    train_from: str = "conv5"
+    finetune_epochs: int = 20
+    finetune_lr: float = 5e-5
+    train_from: str = "conv4"  # validation ROC-AUC 0.895 vs 0.827 for conv5 (bench, seed 0)
     train_batchnorm: bool = False
     cache_frozen: bool = True  # train on cached activations of the frozen stages
     cached_views: int = 4      # augmented views per training image in that cache
