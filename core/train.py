@@ -254,7 +254,7 @@ def _train_with_status(run_dir: Path, config: TrainConfig, report) -> Path:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    runs.set_status(run_dir, "completed", train_seconds=round(time.monotonic() - started, 1))
+    runs.set_status(run_dir, "completed", phase="done", train_seconds=round(time.monotonic() - started, 1))
     report(f"completed in {time.monotonic() - started:.0f} s: {run_dir}")
     return run_dir
 
