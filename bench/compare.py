@@ -50,7 +50,7 @@ def main() -> None:
           + " | ".join(mean_std([r[m] for r in default]) for m in SHOWN)
           + f" | {mean_std([r['minutes'] for r in default])} | {max(r['peak_gb'] for r in default):.1f} |")
     if naive:
-        print(f"| naive full fine-tuning, seed 0 | " + " | ".join(f"{naive[m]:.3f}" for m in SHOWN)
+        print("| naive full fine-tuning, seed 0 | " + " | ".join(f"{naive[m]:.3f}" for m in SHOWN)
               + f" | {naive['minutes']:.1f} | {naive['peak_gb']:.1f} |")
         print(f"\nnaive / default wall-clock: {naive['minutes'] / default[0]['minutes']:.1f}x (seed 0)")
     first = default[0]

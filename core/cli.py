@@ -29,7 +29,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"(default {default if default is not None else 'see README'})")
 
 
-def _config_from_args(args) -> "TrainConfig":
+def _config_from_args(args):
     from core.train import TrainConfig
 
     chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)

@@ -8,14 +8,12 @@ get a probability; Train reports config problems, starts a run, refuses a
 second one and cancels. The training process itself is faked where a test
 would otherwise train (core.train.launch_training is tested in test_train.py).
 """
-import os
 import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset

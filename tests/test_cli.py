@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from core.cli import main
