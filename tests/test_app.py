@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dicom_factory import ct_dataset, dicom_bytes
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from streamlit.testing.v1 import AppTest
 
 import ui
@@ -161,19 +160,7 @@ def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id,
 def ct_dicom(png_path: Path) -> bytes:
     """A CT DICOM made from a COVID-CT slice (grey levels as Hounsfield units)."""
     gray = np.asarray(Image.open(png_path).convert("L"), dtype=np.float64)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta, ds.Modality = meta, "CT"
-    ds.Rows, ds.Columns = gray.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 16, 16, 15, 1
-    ds.PixelRepresentation, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = (gray / 255 * 1500 - 1350 + 1024).astype(np.int16).tobytes()
-    path = png_path.parent / "scan.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path.read_bytes()
+    return dicom_bytes(ct_dataset((gray / 255 * 1500 - 1350).astype(np.int16)))
 
 
 def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(run_id, trained_run, data_dir,

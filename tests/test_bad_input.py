@@ -11,11 +11,11 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from dicom_factory import ct_dataset, dicom_bytes
 from PIL import Image, ImageFile
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from core import data
 from core.paths import data_dir
@@ -149,26 +149,13 @@ def test_pillows_decompression_bomb_checks_become_image_read_errors(load, monkey
 
 
 def ct_dicom(rows=32, columns=32, pixel_data=True, transfer_syntax=ExplicitVRLittleEndian):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds = ct_dataset(shape=(rows, columns), transfer_syntax=transfer_syntax)
     if pixel_data and transfer_syntax.is_compressed:
         # A compressed frame's start (JPEG-LS SOI + SOF55), then junk: only the syntax matters here.
         ds.add_new("PixelData", "OB", encapsulate([b"\xff\xd8\xff\xf7" + bytes(60)]))
     elif pixel_data:
         ds.PixelData = bytes(2 * min(rows * columns, 64 * 64))  # a header over the limit needs no pixels
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(ds)
 
 
 def test_dicom_is_read(load):

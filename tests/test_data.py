@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from dicom_factory import ct_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core import data
 from core.paths import data_dir
@@ -210,24 +209,12 @@ def test_transparent_pixels_become_black():
 
 def ct_dicom(with_pixels=True):
     """16x16 CT slice: air -1000 HU, a lung patch -800 HU, a bone patch +400 HU."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    if with_pixels:
-        hounsfield = np.full((16, 16), -1000, dtype=np.int16)
-        hounsfield[1:3, 1:3] = -800
-        hounsfield[5:7, 5:7] = 400
-        ds.Rows, ds.Columns = hounsfield.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (hounsfield + 1024).astype(np.int16).tobytes()
-    return ds
+    if not with_pixels:
+        return ct_dataset()
+    hounsfield = np.full((16, 16), -1000, dtype=np.int16)
+    hounsfield[1:3, 1:3] = -800
+    hounsfield[5:7, 5:7] = 400
+    return ct_dataset(hounsfield)
 
 
 def test_dicom_lung_window(tmp_path):
@@ -383,14 +370,7 @@ def test_image_sizes_reads_headers_of_png_jpeg_dicom_and_marks_unreadable(tmp_pa
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     Image.new("L", (20, 50)).save(tmp_path / "b.png", format="JPEG")  # JPEG named .png
     (tmp_path / "c.png").write_text("not an image")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 12, 16, 16, 16, 15
-    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 1, "MONOCHROME2"
-    ds.PixelData = np.zeros((12, 16), np.int16).tobytes()
+    ds = ct_dataset(np.zeros((12, 16), np.int16))
     ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
 
     sizes = data.image_sizes([tmp_path / n for n in ("a.png", "b.png", "c.png", "d.dcm")])
