@@ -7,6 +7,8 @@ Starts `streamlit run streamlit_app.py` on a free port and prints:
 - on Predict, with a warm model, upload of one real COVID-CT scan -> its
   probability and Grad-CAM overlay drawn (median over several scans; the
   first upload, which loads TensorFlow and the model, is reported apart).
+- the same upload without a browser (streamlit.testing AppTest): the
+  server's whole Predict run, prediction + Grad-CAM + Grad-CAM++ included.
 Uses the runs under $COVIDCT_ARTIFACTS (default ./artifacts).
 """
 import argparse
@@ -53,6 +55,22 @@ def time_upload(page, scan: Path) -> float:
     return gradcam
 
 
+def time_server_side(scans: list[Path]) -> list[float]:
+    """Seconds of the Predict page's script run for one upload, warm model."""
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.switch_page("pages/5_Predict.py")
+    app.run()
+    timings = []
+    for scan in scans:
+        app.file_uploader(key="uploads").set_value([(scan.name, scan.read_bytes(), "image/png")])
+        started = time.perf_counter()
+        app.run()
+        timings.append(time.perf_counter() - started)
+    return timings[1:]  # the first run loads TensorFlow and the model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=5)
@@ -87,6 +105,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+    server_side = time_server_side(scans)
+    print(f"server side, no browser: whole Predict run (probability, Grad-CAM, Grad-CAM++): "
+          f"median {statistics.median(server_side):.2f} s over {len(server_side)} scans")
 
 
 if __name__ == "__main__":
