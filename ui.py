@@ -200,13 +200,11 @@ def pick_run(needs_test_results: bool = True) -> dict:
 
 def class_names(run: dict) -> tuple[str, str]:
     """(negative, positive) class names of a run."""
-    labels = (run["metrics"] or {}).get("labels") or {}
-    return (labels.get("negative", "NonCOVID"),
-            labels.get("positive", run["config"].get("positive_class", "COVID")))
+    return runs.class_names(run["config"], run["metrics"])
 
 
 def chosen_threshold(run: dict) -> float:
-    return float(((run["metrics"] or {}).get("threshold") or {}).get("value", 0.5))
+    return runs.decision_threshold(run["metrics"])
 
 
 def threshold_slider(run: dict) -> float:

@@ -1,11 +1,10 @@
 """Train the default recipe on the official COVID-CT split; print the test
 metrics (threshold chosen on validation), wall-clock time and peak memory.
 
-    python bench/train_default.py [--seed 0] [--name bench] [--KEY VALUE ...]
+    python bench/train_default.py [--name bench] [TRAIN OPTIONS ...]
 
-Any TrainConfig setting can be overridden with --key value (e.g. --input_size 160).
+Takes the options of `python -m core train` (e.g. --input-size 160 --seed 1).
 """
-import argparse
 import dataclasses
 import json
 import resource
@@ -16,28 +15,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import evaluate  # noqa: E402
-from core.train import TrainConfig, train  # noqa: E402
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    overrides = {}
-    for key, value in zip(pairs[::2], pairs[1::2]):
-        key = key.lstrip("-").replace("-", "_")
-        kind = types.get(key)
-        overrides[key] = (value.lower() in ("1", "true", "yes") if kind == "bool"
-                          else int(value) if kind == "int" else float(value) if kind == "float" else value)
-    return overrides
+from core.cli import build_parser, config_from_args  # noqa: E402
+from core.train import train  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="bench-default")
-    args, rest = parser.parse_known_args()
-    config = TrainConfig.from_dict(parse_overrides(rest))
+    # The CLI's own train options, so the bench takes every TrainConfig setting.
+    args = build_parser().parse_args(["train", *sys.argv[1:]])
+    config = config_from_args(args)
 
     started = time.perf_counter()
-    run_dir = train(config, name=args.name)
+    run_dir = train(config, name=args.name or "bench-default")
     seconds = time.perf_counter() - started
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 

@@ -29,7 +29,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"(default {default if default is not None else 'see README'})")
 
 
-def _config_from_args(args):
+def config_from_args(args):
     from core.train import TrainConfig
 
     chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
         config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}))
         train(config, run_dir=Path(args.run_dir), report=_report)
     else:
-        train(_config_from_args(args), name=args.name, report=_report)
+        train(config_from_args(args), name=args.name, report=_report)
     return 0
 
 

@@ -56,12 +56,11 @@ class Predictor:
         if not model_path.exists():
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
         config = runs.read_json(run_dir / "config.json", {})
-        metrics = runs.read_json(run_dir / "metrics.json", {}) or {}
-        threshold = (metrics.get("threshold") or {}).get("value", 0.5)
-        labels = (metrics.get("labels") or {})
+        metrics = runs.read_json(run_dir / "metrics.json")
+        negative, positive = runs.class_names(config, metrics)
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
-                   threshold=float(threshold), positive_class=config.get("positive_class", "COVID"),
-                   negative_class=labels.get("negative", "NonCOVID"), flip_tta=bool(config.get("flip_tta", False)))
+                   threshold=runs.decision_threshold(metrics), positive_class=positive,
+                   negative_class=negative, flip_tta=bool(config.get("flip_tta", False)))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return data.resize_image(image, self.input_size).astype("float32")

@@ -131,6 +131,18 @@ def load_run(run_dir) -> dict:
     }
 
 
+def decision_threshold(metrics: dict | None) -> float:
+    """The threshold a run chose on validation (0.5 before it is evaluated)."""
+    return float(((metrics or {}).get("threshold") or {}).get("value", 0.5))
+
+
+def class_names(config: dict, metrics: dict | None) -> tuple[str, str]:
+    """(negative, positive) class names of a run."""
+    labels = (metrics or {}).get("labels") or {}
+    return (labels.get("negative", "NonCOVID"),
+            labels.get("positive", config.get("positive_class", "COVID")))
+
+
 def list_runs(runs_root=None) -> list[dict]:
     """All runs, newest first."""
     root = Path(runs_root or paths.runs_dir())
