@@ -195,10 +195,12 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: float(len(labels) / (2 * max(counts[c], 1))) for c in (0, 1)}
 
 
-def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report):
-    """One phase of model.fit with the run's callbacks; returns the history."""
+def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report,
+              extra_callbacks=()):
+    """One phase of model.fit with the run's callbacks (and the caller's, such
+    as a tuner's pruning callback); returns the history."""
     compile_model(model, config, learning_rate)
-    callbacks = [
+    callbacks = list(extra_callbacks) + [
         RunProgress(run_dir, phase, epochs, steps, report),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
@@ -219,30 +221,34 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
 
 
 def train(config: TrainConfig, name: str | None = None, report=print, runs_root=None,
-          run_dir: Path | None = None) -> Path:
+          run_dir: Path | None = None, callbacks=(), exclusive: bool = True) -> Path:
     """Train one run end to end; returns its folder. `run_dir` trains into a
-    folder already made by launch_training. The run is marked completed,
-    cancelled or failed (with the reason) whatever happens."""
+    folder already made by launch_training. `callbacks` join Keras' in both
+    phases. `exclusive` takes the training lock (a tuning search holds it for
+    its trials instead). The run is marked completed, cancelled or failed
+    (with the reason) whatever happens."""
     config.validate()
     runs_root = Path(run_dir).parent if run_dir else runs_root
-    runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
+    if exclusive:
+        runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
     try:
         if run_dir is None:
             run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
         run_dir = Path(run_dir)
         runs.set_status(run_dir, "running", pid=os.getpid())
         report(f"run folder: {run_dir}")
-        return _train_with_status(run_dir, config, report)
+        return _train_with_status(run_dir, config, report, callbacks)
     finally:
-        runs.release_training_lock(runs_root)
+        if exclusive:
+            runs.release_training_lock(runs_root)
 
 
-def _train_with_status(run_dir: Path, config: TrainConfig, report) -> Path:
+def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=()) -> Path:
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     started = time.monotonic()
     try:
-        _train_in(run_dir, config, report)
+        _train_in(run_dir, config, report, callbacks)
     except KeyboardInterrupt as reason:
         runs.set_status(run_dir, "cancelled", reason=str(reason) or "cancelled",
                         train_seconds=round(time.monotonic() - started, 1))
@@ -285,7 +291,7 @@ def _raise_cancelled(signum, frame):
     raise RunCancelled("stopped by SIGTERM")
 
 
-def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
+def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=()) -> None:
     keras.utils.set_random_seed(config.seed)
     index = select_images(data.index_dataset(config.data_dir, positive_class=config.positive_class,
                                              seed=config.seed, use_official_splits=config.use_official_splits),
@@ -326,13 +332,13 @@ def _train_in(run_dir: Path, config: TrainConfig, report) -> None:
             report("resumed after the head warm-up")
         elif config.head_epochs:
             fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
-                      train_ds, val_ds, steps, class_weight, report)
+                      train_ds, val_ds, steps, class_weight, report, callbacks)
             save_weights(model, run_dir / "head.weights.h5")
             runs.set_status(run_dir, "running", phases_done=["head"])
         if config.finetune_epochs and config.train_from != "head":
             set_trainable(model, config.train_from, config.train_batchnorm)
             fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
-                      train_ds, val_ds, steps, class_weight, report)
+                      train_ds, val_ds, steps, class_weight, report, callbacks)
         save_model(model, run_dir / "model.keras")
         runs.set_status(run_dir, "running", phases_done=["head", "trained"])
 
