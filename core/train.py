@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +23,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import data, evaluate, paths, runs
-from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, predict_proba,
+from core import data, distribute, evaluate, paths, runs
+from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
                         set_trainable, split_at)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -61,6 +63,8 @@ class TrainConfig:
     flip_tta: bool = True  # average predictions with the mirrored scan
     threshold_method: str = "youden"
     n_boot: int = 1000
+    strategy: str = "default"  # or "mirrored" (local GPUs) / "multiworker" (TF_CONFIG); core.distribute
+    cpu_devices: int = 0       # split the CPU into N logical devices (mirrored without GPUs)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -104,6 +108,10 @@ class TrainConfig:
                 found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
+        if self.strategy not in distribute.STRATEGIES:
+            found.append(f"strategy {self.strategy!r} is not one of {', '.join(distribute.STRATEGIES)}")
+        if self.cpu_devices < 0 or self.cpu_devices == 1:
+            found.append(f"cpu_devices {self.cpu_devices} must be 0 (no split) or at least 2")
         if not Path(self.data_dir).is_dir():
             found.append(f"data_dir {self.data_dir}: no such folder")
         return found
@@ -228,6 +236,11 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
     its trials instead). The run is marked completed, cancelled or failed
     (with the reason) whatever happens."""
     config.validate()
+    # Before any other TensorFlow work: a multi-worker strategy and a split
+    # CPU can only be set up in a fresh runtime.
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    if not distribute.is_chief(strategy):
+        return _train_as_worker(config, strategy, report, callbacks)
     runs_root = Path(run_dir).parent if run_dir else runs_root
     if exclusive:
         runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
@@ -237,18 +250,31 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         run_dir = Path(run_dir)
         runs.set_status(run_dir, "running", pid=os.getpid())
         report(f"run folder: {run_dir}")
-        return _train_with_status(run_dir, config, report, callbacks)
+        return _train_with_status(run_dir, config, report, callbacks, strategy)
     finally:
         if exclusive:
             runs.release_training_lock(runs_root)
 
 
-def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=()) -> Path:
+def _train_as_worker(config: TrainConfig, strategy, report, callbacks=()) -> None:
+    """A non-chief worker of a multi-worker run: it takes part in every step
+    (and in the evaluation, whose predictions are gathered across workers) but
+    keeps its files in a scratch folder, as the chief writes the run."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"covidct-{distribute.worker_name(strategy)}-"))
+    try:
+        runs.write_json(scratch / "config.json", asdict(config))
+        report(f"{distribute.worker_name(strategy)}: training with the chief; scratch folder {scratch}")
+        _train_in(scratch, config, report, callbacks, strategy)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> Path:
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_cancelled)
     started = time.monotonic()
     try:
-        _train_in(run_dir, config, report, callbacks)
+        _train_in(run_dir, config, report, callbacks, strategy)
     except KeyboardInterrupt as reason:
         runs.set_status(run_dir, "cancelled", reason=str(reason) or "cancelled",
                         train_seconds=round(time.monotonic() - started, 1))
@@ -291,7 +317,14 @@ def _raise_cancelled(signum, frame):
     raise RunCancelled("stopped by SIGTERM")
 
 
-def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=()) -> None:
+def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> None:
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if replicas > 1:  # per-replica batch and learning rates -> global ones (core.distribute)
+        config = distribute.scale_for_replicas(config, replicas)
+        report(f"{replicas} replicas ({distribute.worker_name(strategy)}): global batch {config.batch_size}, "
+               f"learning rates {config.head_lr:g} / {config.finetune_lr:g}")
+    runs.set_status(run_dir, "running", replicas=replicas)
     keras.utils.set_random_seed(config.seed)
     index = select_images(data.index_dataset(config.data_dir, positive_class=config.positive_class,
                                              seed=config.seed, use_official_splits=config.use_official_splits),
@@ -306,8 +339,40 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=()) -> None:
         labels[split] = rows.y.to_numpy()
     report(f"decoded and resized to {config.input_size} px")
 
-    model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
     augment = data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=config.seed)
+    # Models (and so their variables and optimizers) made under the strategy's
+    # scope are mirrored across its replicas; fit then splits each batch.
+    with strategy.scope():
+        model = fit_model(run_dir, config, images, labels, augment, report, callbacks)
+    if replicas > 1:
+        # Under a strategy, Keras 3.15's predict_on_batch returns the batch
+        # once per replica; evaluate the saved model on one device, as the app does.
+        model = load_model(run_dir / "model.keras")
+
+    runs.set_status(run_dir, "running", phase="evaluating")
+    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta)
+             for split in ("val", "test")}
+
+    predictions = pd.concat([
+        pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
+                      "prob": probs[split], "split": split})
+        for split in ("val", "test")
+    ], ignore_index=True)
+    runs.write_csv(run_dir / "predictions.csv", predictions)
+    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
+                                            threshold_method=config.threshold_method)
+    negative_class = index.loc[index.y == 0, "label"].iloc[0]
+    metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
+    runs.write_json(run_dir / "metrics.json", metrics)
+    test = metrics.get("test", {}).get("at_threshold", {})
+    report(f"test ROC-AUC {test.get('roc_auc')}  accuracy {test.get('accuracy')}  "
+           f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
+
+
+def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:
+    """Build the model and train it: head warm-up, then fine-tuning. Returns
+    the whole model, also saved as model.keras."""
+    model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
     boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None
     if boundary:
         fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
@@ -326,38 +391,22 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=()) -> None:
     if "trained" in done:
         model.load_weights(run_dir / "model.keras")
         report("resumed after training: evaluating")
-    else:
-        if config.head_epochs and "head" in done:
-            model.load_weights(run_dir / "head.weights.h5")
-            report("resumed after the head warm-up")
-        elif config.head_epochs:
-            fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
-                      train_ds, val_ds, steps, class_weight, report, callbacks)
-            save_weights(model, run_dir / "head.weights.h5")
-            runs.set_status(run_dir, "running", phases_done=["head"])
-        if config.finetune_epochs and config.train_from != "head":
-            set_trainable(model, config.train_from, config.train_batchnorm)
-            fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
-                      train_ds, val_ds, steps, class_weight, report, callbacks)
-        save_model(model, run_dir / "model.keras")
-        runs.set_status(run_dir, "running", phases_done=["head", "trained"])
-
-    runs.set_status(run_dir, "running", phase="evaluating")
-    predictions = pd.concat([
-        pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
-                      "prob": predict_proba(model, images[split], config.batch_size, config.flip_tta),
-                      "split": split})
-        for split in ("val", "test")
-    ], ignore_index=True)
-    runs.write_csv(run_dir / "predictions.csv", predictions)
-    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
-                                            threshold_method=config.threshold_method)
-    negative_class = index.loc[index.y == 0, "label"].iloc[0]
-    metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
-    runs.write_json(run_dir / "metrics.json", metrics)
-    test = metrics.get("test", {}).get("at_threshold", {})
-    report(f"test ROC-AUC {test.get('roc_auc')}  accuracy {test.get('accuracy')}  "
-           f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
+        return model
+    if config.head_epochs and "head" in done:
+        model.load_weights(run_dir / "head.weights.h5")
+        report("resumed after the head warm-up")
+    elif config.head_epochs:
+        fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
+                  train_ds, val_ds, steps, class_weight, report, callbacks)
+        save_weights(model, run_dir / "head.weights.h5")
+        runs.set_status(run_dir, "running", phases_done=["head"])
+    if config.finetune_epochs and config.train_from != "head":
+        set_trainable(model, config.train_from, config.train_batchnorm)
+        fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
+                  train_ds, val_ds, steps, class_weight, report, callbacks)
+    save_model(model, run_dir / "model.keras")
+    runs.set_status(run_dir, "running", phases_done=["head", "trained"])
+    return model
 
 
 def cached_datasets(model, boundary, images, labels, augment, config, run_dir, report):
@@ -454,4 +503,7 @@ def resume(run_dir: Path, report=print) -> Path:
         raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
     (run_dir / "cancel").unlink(missing_ok=True)
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}))
+    if config.strategy == "multiworker":
+        # The other workers' backups lived in scratch folders that are gone.
+        raise ValueError(f"run {run_dir.name} trained on several machines: start it again instead of resuming")
     return train(config, run_dir=run_dir, report=report)
