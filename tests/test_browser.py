@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,5 +90,12 @@ def test_predict_page_in_chromium_shows_probability_and_gradcam(app_url, data_di
                 expect(page.get_by_role("button", name=f"Download {method} PNG")).to_be_visible(timeout=SLOW)
             assert page.get_by_test_id("stException").count() == 0
             page.screenshot(path=str(screenshots / "predict.png"), full_page=True)
+
+            # The overlay PNG is encoded when asked for: the download is a PNG of the scan's size.
+            with page.expect_download(timeout=SLOW) as download:
+                page.get_by_role("button", name="Download Grad-CAM PNG").click()
+            assert download.value.suggested_filename == f"{scan.stem}-gradcam.png"
+            with Image.open(download.value.path()) as overlay:
+                assert overlay.format == "PNG" and overlay.size == Image.open(scan).size
         finally:
             browser.close()

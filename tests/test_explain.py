@@ -143,6 +143,28 @@ def test_all_zero_map_stays_zero_and_bad_arguments_fail():
         Explainer(small_classifier(), layer="no_such_layer")
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_compiled_backbone_gives_tf_keras_vis_own_heatmaps(trained_model, method):
+    """The Explainer runs the layers below the explained one as a compiled
+    function and stops the gradient there; its maps must equal tf-keras-vis
+    run its own way (a linear clone of the model, called eagerly)."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    # The trained model without its Lambda, which clone_model refuses.
+    model = keras.Model.from_config(keras.Model(trained_model.layers[1].output, trained_model.output).get_config())
+    model.set_weights(trained_model.get_weights())
+    images = corner_images()[0] / 255.0
+    visualizer = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus}[method]
+    expected = visualizer(model, model_modifier=ReplaceToLinear(), clone=True)(
+        CategoricalScore(1), images, penultimate_layer="last_conv", seek_penultimate_conv_layer=False)
+    actual = Explainer(model, layer="last_conv").heatmaps(images, method=method)
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+    np.testing.assert_allclose(model.predict(images, verbose=0).sum(axis=1), 1, rtol=1e-5)  # still softmax
+
+
 def test_overlay_keeps_image_shape_and_blends():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)  # not square
