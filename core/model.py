@@ -56,7 +56,8 @@ def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str 
 
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="head_dense")(x)
+    # float32 probabilities whatever the dtype policy (Keras' mixed-precision advice).
+    outputs = keras.layers.Dense(2, activation="softmax", dtype="float32", name="head_dense")(x)
     model = keras.Model(inputs, outputs, name=f"{backbone}_covidct")
     set_trainable(model, train_from, train_batchnorm)
     return model

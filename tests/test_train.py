@@ -136,3 +136,28 @@ def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp
     assert json.loads((run_dir / "config.json").read_text())["input_size"] == 32
     assert len(pd.read_csv(run_dir / "history.csv")) == 1  # the finished epoch is still there
     assert runs.active_training(tmp_path) is None  # the lock is released
+
+
+def test_bfloat16_run_computes_in_bfloat16_and_restores_the_policy(tmp_path, data_dir, weights):
+    import keras
+
+    from core import data
+    from core.model import predict_proba
+
+    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
+                         max_images_per_split=4, head_epochs=1, finetune_epochs=1, n_boot=20,
+                         precision="mixed_bfloat16")
+    run_dir = train(config, runs_root=tmp_path, report=lambda line: None)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process goes on in float32
+
+    model = load_model(run_dir / "model.keras")
+    assert model.get_layer("conv5_block3_out").compute_dtype == "bfloat16"
+    assert model.get_layer("conv5_block3_out").variable_dtype == "float32"
+    assert model.get_layer("head_dense").compute_dtype == "float32"  # probabilities in float32
+    predictions = pd.read_csv(run_dir / "predictions.csv").head(4)
+    images = data.load_images([str(data_dir / p) for p in predictions.path], 32)
+    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-3)
+
+
+def test_unknown_precision_is_refused(data_dir):
+    assert any("precision 'float8'" in p for p in TrainConfig(data_dir=str(data_dir), precision="float8").problems())
