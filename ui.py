@@ -270,9 +270,9 @@ def runs_table(all_runs: list[dict]) -> None:
     """runs.compare_runs as a table: settings and test metrics of every run."""
     table = runs.compare_runs(all_runs)
     # Results first, then the settings that produced them.
-    results = [c for c in table if c.startswith("test_")]
+    results = [c for c in table if c.startswith(("val_", "test_"))]
     table = table[["run", "state", *results, *[c for c in table if c not in results + ["run", "state"]]]]
-    numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in table if c.startswith("test_")}
+    numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in results}
     st.dataframe(table, hide_index=True, column_config={
         **numbers,
         "head_lr": st.column_config.NumberColumn(format="%.0e"),

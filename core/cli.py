@@ -1,4 +1,4 @@
-"""Command line: python -m core train | resume | evaluate | predict | explain | audit | runs.
+"""Command line: python -m core train | resume | tune | evaluate | predict | explain | audit | runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -29,12 +30,19 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                 help=f"(default {default if default is not None else 'see README'})")
 
 
-def config_from_args(args):
+def given_settings(args) -> dict:
+    """The TrainConfig settings given as options."""
     from core.train import TrainConfig
 
-    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if getattr(args, f.name) is not None}
-    return TrainConfig(**chosen).validate()
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name) is not None}
+
+
+def config_from_args(args):
+    """The default config (promoted from a search, if one was) with the options given."""
+    from core.tune import load_default_config
+
+    return dataclasses.replace(load_default_config(), **given_settings(args)).validate()
 
 
 def _run_dir(run_id: str | None) -> Path:
@@ -69,6 +77,48 @@ def cmd_resume(args) -> int:
     from core.train import resume
 
     resume(_run_dir(args.run), report=_report)
+    return 0
+
+
+def _space_changes(args) -> dict | None:
+    """--space (a JSON file, or JSON itself) and --backbones, as changes to the default space."""
+    changes = None
+    if args.space:
+        text = args.space if args.space.lstrip().startswith("{") else Path(args.space).read_text()
+        try:
+            changes = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--space is not valid JSON: {error}") from None
+        if not isinstance(changes, dict):
+            raise ValueError('--space must be a JSON object such as {"backbone": ["resnet50"]}')
+    if args.backbones:
+        changes = {**(changes or {}), "backbone": args.backbones}
+    return changes
+
+
+def cmd_tune(args) -> int:
+    from core import paths, tune
+
+    if args.reset_default:
+        print("defaults reset to the project's recipe" if tune.reset_default() else "no promoted defaults to reset")
+        return 0
+    if not args.study:
+        raise ValueError("give --study NAME")
+    if args.trials is not None:
+        study = tune.run_search(args.study, args.trials, base=given_settings(args), space=_space_changes(args),
+                                timeout=args.timeout, storage=args.storage, report=_report)
+    elif args.show or args.promote:
+        study = tune.load_study(args.study, args.storage)
+    else:
+        raise ValueError("give --trials N (finished trials wanted in the study), --show or --promote")
+
+    table = tune.trials_table(study)
+    print(table.to_string(index=False, float_format="%.4g", na_rep="") if len(table) else "no trials yet")
+    best = tune.best_trial(study)
+    print(f"best: {tune.describe(best)}" if best else "best: none yet (no completed trial)")
+    if args.promote:
+        tune.promote_best(args.study, args.storage)
+        print(f"promoted trial {best.number}'s config to the defaults: {paths.default_config_path()}")
     return 0
 
 
@@ -156,6 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted, failed or cancelled run")
     resume.add_argument("run", help="run id")
     resume.set_defaults(func=cmd_resume)
+
+    tune = commands.add_parser(
+        "tune", help="hyperparameter search (Optuna), scored on validation ROC-AUC",
+        description="Search learning rates, batch size, frozen stages, input size, augmentation strength, "
+                    "dropout and backbone; each trial is a run. The study is artifacts/studies/NAME.db: "
+                    "re-run the same command to resume, start it again elsewhere to add a worker. "
+                    "Settings given as options are fixed for every trial (and leave the search).")
+    tune.add_argument("--study", help="study name (letters, digits, '.', '_', '-')")
+    tune.add_argument("--trials", type=int, help="finished (completed or pruned) trials wanted in the study, "
+                                                 "counting earlier sessions and other workers")
+    tune.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    tune.add_argument("--space", help='changes to the search space: a JSON file or JSON, e.g. '
+                                      '{"batch_size": [16, 32], "dropout": {"low": 0.1, "high": 0.5}, '
+                                      '"input_size": null} (null: not searched)')
+    tune.add_argument("--backbones", nargs="+", help="backbones to search (default: those the weights "
+                                                     "load into: resnet50 for the ResNet-50 file, all three "
+                                                     "for --weights imagenet)")
+    tune.add_argument("--storage", help="database URL instead of the study's SQLite file, for workers "
+                                        "on several machines (e.g. postgresql://host/db)")
+    tune.add_argument("--show", action="store_true", help="print the trials and the best, run nothing")
+    tune.add_argument("--promote", action="store_true", help="make the best trial's config the default")
+    tune.add_argument("--reset-default", action="store_true", help="go back to the project's default config")
+    _add_config_options(tune)
+    tune.set_defaults(func=cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="test metrics with 95%% bootstrap CIs for a run")
     evaluate.add_argument("--run", default="latest", help="run id (default: newest completed)")

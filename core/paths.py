@@ -33,3 +33,13 @@ def artifacts_dir() -> Path:
 
 def runs_dir() -> Path:
     return artifacts_dir() / "runs"
+
+
+def studies_dir() -> Path:
+    """Hyperparameter searches: one Optuna SQLite file (and a worker log) per study."""
+    return artifacts_dir() / "studies"
+
+
+def default_config_path() -> Path:
+    """The training defaults promoted from a search (core.tune.promote_best)."""
+    return artifacts_dir() / "default_config.json"

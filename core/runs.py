@@ -18,7 +18,8 @@ import pandas as pd
 
 from core import paths
 
-STATES = ("running", "completed", "failed", "cancelled", "interrupted")
+# "pruned": stopped early by a hyperparameter search (core.tune) for a poor validation AUC.
+STATES = ("running", "completed", "failed", "cancelled", "interrupted", "pruned")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -94,7 +95,7 @@ def set_status(run_dir, state: str, **fields) -> dict:
     return status
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
     try:
         pid = int(pid)
         # A training started by this process (the app) that died stays a
@@ -114,7 +115,7 @@ def read_status(run_dir) -> dict:
     """status.json, with a 'running' run whose process is gone reported as
     'interrupted' (it was killed or the machine stopped)."""
     status = read_json(Path(run_dir) / "status.json", {"state": "interrupted"})
-    if status.get("state") == "running" and not _pid_alive(status.get("pid")):
+    if status.get("state") == "running" and not pid_alive(status.get("pid")):
         status["state"] = "interrupted"
     return status
 
@@ -169,12 +170,15 @@ COMPARED_SETTINGS = ("backbone", "input_size", "batch_size", "train_from", "head
 
 
 def compare_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: its hyperparameters and its test metrics at the
-    validation-chosen threshold, for judging hyperparameter choices."""
+    """One row per run: its hyperparameters, its validation ROC-AUC (what a
+    search scores) and its test metrics at the validation-chosen threshold;
+    `study` names the search a trial run belongs to."""
     rows = []
     for run in runs:
-        row = {"run": run["id"], "state": run["status"].get("state")}
+        row = {"run": run["id"], "state": run["status"].get("state"), "study": run["status"].get("study")}
         row.update({key: run["config"].get(key) for key in COMPARED_SETTINGS})
+        val = ((run["metrics"] or {}).get("val") or {}).get("at_threshold") or {}
+        row["val_roc_auc"] = val.get("roc_auc")
         test = ((run["metrics"] or {}).get("test") or {}).get("at_threshold") or {}
         for metric in ("roc_auc", "pr_auc", "accuracy", "f1", "recall", "specificity"):
             row[f"test_{metric}"] = test.get(metric)
@@ -196,7 +200,7 @@ def active_training(runs_root=None) -> dict | None:
     """The live training job ({pid, run}) or None. A lock left by a process
     that died (killed, machine stopped) is stale and does not count."""
     lock = read_json(_lock_path(runs_root))
-    if lock and _pid_alive(lock.get("pid")):
+    if lock and pid_alive(lock.get("pid")):
         return lock
     return None
 

@@ -287,8 +287,8 @@ def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(),
                         train_seconds=round(time.monotonic() - started, 1))
         report("run cancelled")
         raise
-    except Exception as error:
-        runs.set_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}",
+    except Exception as error:  # an error may name another final state (a tuner's "pruned")
+        runs.set_status(run_dir, getattr(error, "run_state", "failed"), reason=f"{type(error).__name__}: {error}",
                         train_seconds=round(time.monotonic() - started, 1))
         raise
     finally:

@@ -1,26 +1,31 @@
 """Train: every hyperparameter of core.train.TrainConfig, a preview of the
-augmentation, and a run started in the background and followed live.
+augmentation, a run started in the background and followed live, and a
+hyperparameter search (core.tune) whose best trial can become the defaults.
 
 The training runs in its own process (core.train.launch_training), so it goes
 on when this tab is closed or reloaded; this page only reads the run folder.
+A search worker (core.tune.launch_search) likewise; the page reads its study.
 """
 import dataclasses
 import os
 
 import keras
 import numpy as np
+import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, runs, train
+from core import data, distribute, runs, train, tune
 from core.model import BACKBONES, TRAIN_FROM
 
-CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM),
+CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precision": list(train.PRECISIONS),
+           "strategy": list(distribute.STRATEGIES),
            "optimizer": list(train.OPTIMIZERS), "threshold_method": ["youden", "f1"]}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed"],
-     "Evaluation": ["threshold_method", "n_boot", "flip_tta"]},
+     "Evaluation": ["threshold_method", "n_boot", "flip_tta"],
+     "Devices": ["strategy", "cpu_devices", "precision"]},
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
      "Augmentation": ["rotation", "zoom", "contrast", "flip"]},
     {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
@@ -50,6 +55,11 @@ HELP = {
     "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
     "cache_frozen": "Run the frozen stages once and train on their cached activations (much faster).",
     "cached_views": "Augmented views of each training image in that cache.",
+    "strategy": "default: one device; mirrored: every local GPU (or the CPU split by 'Cpu devices'); "
+                "multiworker: several machines, from TF_CONFIG. Batch size and learning rates are per "
+                "replica (README, 'Distributed training').",
+    "cpu_devices": "Split the CPU into this many logical devices for 'mirrored' (0: no split).",
+    "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
 }
 STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05,
          "rotation": 1.0, "zoom": 0.05, "contrast": 0.05}
@@ -92,8 +102,26 @@ st.caption("Every setting of a run (core.train.TrainConfig); the defaults are th
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 
+def forget_form() -> None:
+    """Drop the form's values, so that it shows the (new) defaults."""
+    for key in [k for k in st.session_state if str(k).startswith("cfg_")]:
+        del st.session_state[key]
+
+
 # --- Settings -------------------------------------------------------------------
-defaults = train.TrainConfig()
+try:
+    defaults = tune.load_default_config()  # the project's recipe, or a search's promoted best
+except ValueError as error:
+    st.error(f"Promoted defaults ignored: {error}")
+    defaults = train.TrainConfig()
+if promoted := tune.promoted_from():
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.info(f"Defaults promoted from study **{promoted['study']}**, trial {promoted['trial']} "
+              f"(validation ROC-AUC {ui.fmt(promoted['val_roc_auc'])}, run {promoted['run']}).")
+    if right.button("Back to the project's defaults"):
+        tune.reset_default()
+        forget_form()
+        st.rerun()
 fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
 placed = {name for column in LAYOUT for names in column.values() for name in names}
 other = [name for name in fields if name not in placed]
@@ -205,6 +233,8 @@ def progress():
     elif state == "completed":
         st.success(f"Completed in {status.get('train_seconds', '?')} s.")
         st.page_link(ui.EVALUATE, label="Evaluate it", icon=":material/monitoring:")
+    elif state == "pruned":
+        st.info(f"Trial run pruned by the hyperparameter search: {status.get('reason', '')}")
     elif state == "interrupted":
         st.warning("Run interrupted: its process ended without finishing (killed, or the machine "
                    "restarted).")
@@ -222,3 +252,124 @@ def progress():
 
 
 progress()
+
+
+# --- Hyperparameter search ------------------------------------------------------------
+st.divider()
+st.subheader("Hyperparameter search")
+st.caption("Optuna (TPE sampler, median pruning) scores each trial on the **validation** ROC-AUC only. "
+           "Every trial is a run (`<date>-<study>-t<n>`), listed on Evaluate. Settings not searched "
+           "come from the form above. The study is a file in artifacts/studies: stopping loses only "
+           "the trial in progress, and starting it again continues it.")
+studies = tune.list_studies()
+left, right = st.columns([3, 1])
+study_name = left.text_input("Study", value=studies[-1] if studies else "search", key="study_name",
+                             persist_state="session",
+                             help=f"Existing: {', '.join(studies) or 'none yet'}. "
+                                  "Letters, digits, '.', '_', '-'.").strip()
+n_trials = int(right.number_input("Trials in total", min_value=1, max_value=1000, value=20, step=1,
+                                  key="study_trials", persist_state="session",
+                                  help="Finished (completed or pruned) trials wanted in the study; "
+                                       "a continued search runs only the missing ones."))
+exists = study_name in studies
+try:
+    tune.check_study_name(study_name)
+except ValueError as error:
+    st.error(str(error))
+    study_name = ""
+
+SEARCHED_CHOICES = {"backbone": ("Backbones", tune.loadable_backbones(config.weights)),
+                    "batch_size": ("Batch sizes", [8, 16, 32, 64]),
+                    "input_size": ("Input sizes", [128, 160, 192, 224, 256, 288, 320]),
+                    "train_from": ("Fine-tune from", list(TRAIN_FROM))}
+SEARCHED_RANGES = {"Learning rates": ("head_lr", "finetune_lr"), "Dropout": ("dropout",),
+                   "Augmentation strength": ("augment_strength",)}
+space = {}
+if exists:
+    st.caption(f"Study **{study_name}** exists: Start continues it with the settings and space it was "
+               "created with.")
+else:
+    st.markdown("**Search space** (an empty list or an unticked box: the form's value is used)")
+    columns = st.columns(len(SEARCHED_CHOICES) + 1)
+    for column, (name, (label, options)) in zip(columns, SEARCHED_CHOICES.items()):
+        default = [o for o in tune.SPACE[name] if o in options]
+        chosen = column.multiselect(label, options, default=default, key=f"space_{name}", persist_state="session")
+        if chosen:
+            space[name] = sorted(chosen, key=options.index)
+    for label, names in SEARCHED_RANGES.items():
+        ranges = ", ".join(f"{n} {tune.SPACE[n]['low']:g}–{tune.SPACE[n]['high']:g}" for n in names)
+        if columns[-1].checkbox(label, value=True, key=f"space_{names[0]}", help=ranges,
+                                persist_state="session"):
+            space.update({n: tune.SPACE[n] for n in names})
+
+worker = tune.search_worker(study_name) if study_name else None
+left, right = st.columns([1, 3], vertical_alignment="center")
+# The form matters to a new study only; an existing one keeps its own settings.
+if left.button("Start search", type="primary",
+               disabled=not study_name or worker is not None or bool(problems and not exists)):
+    try:
+        busy, alive = current_run()
+        if alive:
+            raise runs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
+        base = {k: v for k, v in dataclasses.asdict(config).items() if k not in tune.searched_fields(space)}
+        pid = tune.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
+    except (runs.TrainingBusy, ValueError, OSError) as error:
+        right.error(f"Not started: {error}")
+    else:
+        right.success(f"Search {study_name} started in the background (process {pid}).")
+        worker = tune.search_worker(study_name)
+
+
+def styled_trials(table, best):
+    """The trials table with the best trial's row in colour and readable numbers."""
+    colour = ["background-color: rgba(46, 160, 67, 0.35)"] * len(table.columns)
+    styler = table.style.apply(lambda row: colour if best and row["trial"] == best.number else [""] * len(row),
+                               axis=1)
+    rates = [c for c in ("head_lr", "finetune_lr") if c in table]
+    return styler.format(precision=3, na_rep="").format("{:.1e}", subset=rates, na_rep="")
+
+
+@st.fragment(run_every=3 if worker else None)
+def search_results(name: str, worker_at_start: bool):
+    """The study's trials (the best in colour), a chart, Stop and Promote."""
+    try:
+        study = tune.load_study(name)
+    except ValueError:
+        st.info("No study by this name yet: choose the space and start one.")
+        return
+    table, best, worker = tune.trials_table(study), tune.best_trial(study), tune.search_worker(name)
+    if worker_at_start and not worker:
+        st.rerun()  # the search ended: redraw the page once, without refreshing
+    finished = int(table["state"].isin(["complete", "pruned"]).sum()) if len(table) else 0
+    state = f"running in process {worker['pid']}" if worker else "no search running"
+    st.markdown(f"**{name}**: {finished} finished trial(s) of {len(table)}, {state}.")
+    if worker and st.button("Stop search"):
+        tune.stop_search(name)
+        st.info("Stop requested: the trial in progress is cancelled and recorded as failed.")
+    scored = table.dropna(subset=["val_roc_auc"])
+    if len(scored):
+        figure = px.scatter(scored, x="trial", y="val_roc_auc", color="state", hover_data=["run"],
+                            title="Validation ROC-AUC by trial")
+        figure.add_scatter(x=scored["trial"], y=scored["val_roc_auc"].cummax(), mode="lines",
+                           line_shape="hv", name="best so far", line_color="gray")
+        figure.update_layout(height=300, margin={"t": 40, "b": 10, "l": 10, "r": 10})
+        st.plotly_chart(figure)
+    if len(table):
+        st.dataframe(styled_trials(table, best), hide_index=True)
+    if best is not None:
+        st.success(f"Best: trial {best.number}, validation ROC-AUC {best.value:.3f} "
+                   f"(run {best.user_attrs.get('run')}).")
+        if st.button("Promote best to default", help="The Train form and `python -m core train` start from "
+                                                     "this trial's settings (undo: 'Back to the project's "
+                                                     "defaults')."):
+            tune.promote_best(name)
+            forget_form()
+            st.rerun()
+    log = tune.log_path(name)
+    if log.exists():
+        with st.expander("End of the search log"):
+            st.code("\n".join(log.read_text(errors="replace").splitlines()[-20:]) or "(empty)", language=None)
+
+
+if study_name:
+    search_results(study_name, worker is not None)
