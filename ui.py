@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 from plotly.subplots import make_subplots
+from streamlit.runtime.scriptrunner import script_runner
 
 from core import data, paths, runs
 from core.explain import overlay
@@ -49,6 +50,20 @@ CELLS = {"fp": "False positives", "fn": "False negatives",
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 # The same class colours on every chart; a class name not listed gets Plotly's next colour.
 CLASS_COLORS = {"COVID": "#e45756", "NonCOVID": "#4c78a8"}
+
+
+def _keep_tensorflow_kernels() -> None:
+    """Streamlit calls keras.backend.clear_session() after every script run
+    (script_runner._clean_problem_modules, Streamlit 1.67), to free the models
+    that scripts build on each run. That also empties TensorFlow's kernel
+    cache, so in the next run the first call of each compiled model rebuilds
+    its kernels: 0.5 s more for a prediction, and again for its Grad-CAM.
+    This app builds its models once (st.cache_resource) and keeps them; it
+    draws no matplotlib figure (the function's other duty)."""
+    script_runner._clean_problem_modules = lambda: None
+
+
+_keep_tensorflow_kernels()
 
 DISCLAIMER = ("Research use only. This tool is not a medical device and must not be used "
               "to diagnose, treat or rule out COVID-19.")

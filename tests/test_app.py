@@ -186,6 +186,23 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(run_id, t
     assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG"] * 2
 
 
+def test_script_runs_keep_tensorflow_kernels(run_id, data_dir, monkeypatch):
+    """Streamlit clears the Keras session after each script run, which throws
+    away TensorFlow's compiled kernels (0.5 s per model call in the next run);
+    the app turns that off (ui._keep_tensorflow_kernels)."""
+    import keras
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: cleared.append(1))
+    scan = data_dir / "COVID" / "2020.03.13.20035212-p23-155.png"
+    at = open_page(ui.PREDICT)
+    for _ in range(2):
+        at.file_uploader(key="uploads").set_value([(scan.name, scan.read_bytes(), "image/png")]).run()
+        assert_no_exception(at)
+    assert [m.label for m in at.metric] == ["Probability of COVID"]
+    assert cleared == []
+
+
 # ---------------------------------------------------------------------------
 # Train
 # ---------------------------------------------------------------------------
