@@ -117,6 +117,9 @@ class TrainConfig:
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
         if self.strategy not in distribute.STRATEGIES:
             found.append(f"strategy {self.strategy!r} is not one of {', '.join(distribute.STRATEGIES)}")
+        if self.strategy == "multiworker" and not os.environ.get("TF_CONFIG", "").strip():
+            found.append("strategy 'multiworker' needs TF_CONFIG describing the cluster "
+                         "(README, 'Distributed training')")
         if self.cpu_devices < 0 or self.cpu_devices == 1:
             found.append(f"cpu_devices {self.cpu_devices} must be 0 (no split) or at least 2")
         if not Path(self.data_dir).is_dir():
@@ -245,7 +248,12 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
     config.validate()
     # Before any other TensorFlow work: a multi-worker strategy and a split
     # CPU can only be set up in a fresh runtime.
-    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    try:
+        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    except (ValueError, RuntimeError) as error:  # a folder made by launch_training says why
+        if run_dir:
+            runs.set_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
+        raise
     if not distribute.is_chief(strategy):
         return _train_as_worker(config, strategy, report, callbacks)
     runs_root = Path(run_dir).parent if run_dir else runs_root

@@ -137,14 +137,17 @@ def test_cli_refuses_multiworker_without_cluster(tmp_path, data_dir):
                            "--strategy", "multiworker"], env=env, cwd=paths.PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "error: strategy 'multiworker' needs TF_CONFIG" in done.stderr
+    last_line = done.stderr.strip().splitlines()[-1]  # after TensorFlow's start-up lines
+    assert last_line.startswith("error: ") and "strategy 'multiworker' needs TF_CONFIG" in last_line
     assert not (tmp_path / "runs").exists() or not runs.list_runs(tmp_path / "runs")
 
 
-def test_config_refuses_unknown_strategy_and_one_cpu_device(data_dir):
+def test_config_refuses_unknown_strategy_and_one_cpu_device(data_dir, monkeypatch):
     problems = TrainConfig(data_dir=str(data_dir), strategy="horovod", cpu_devices=1).problems()
     assert any("strategy 'horovod' is not one of default, mirrored, multiworker" in p for p in problems)
     assert any("cpu_devices 1" in p for p in problems)
+    monkeypatch.delenv("TF_CONFIG", raising=False)  # so the Train page refuses it before launching
+    assert any("needs TF_CONFIG" in p for p in TrainConfig(data_dir=str(data_dir), strategy="multiworker").problems())
 
 
 def test_batch_and_learning_rates_scale_with_replicas(data_dir):
