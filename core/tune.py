@@ -285,10 +285,11 @@ def _exists(name: str, storage: str | None) -> bool:
 
 def _definition(base: dict, space: dict | None) -> dict:
     """What a new study stores: its full base config and its checked space."""
-    config = TrainConfig.from_dict({**asdict(load_default_config()), **base}).validate()
+    config = TrainConfig.from_dict({**asdict(load_default_config()), **base})
     if config.strategy == "multiworker":  # each search worker runs its own trial
         raise ValueError("a search cannot train with strategy 'multiworker': every process of the cluster "
                          "would have to run the same trial; use 'default' or 'mirrored'")
+    config.validate()
     return {"base": asdict(config), "space": make_space(space, config, fixed=base)}
 
 
