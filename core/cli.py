@@ -40,7 +40,7 @@ def given_settings(args) -> dict:
 
 def config_from_args(args):
     """The default config (promoted from a search, if one was) with the options given."""
-    from core.tune import load_default_config
+    from core.train import load_default_config
 
     return dataclasses.replace(load_default_config(), **given_settings(args)).validate()
 
@@ -97,10 +97,10 @@ def _space_changes(args) -> dict | None:
 
 
 def cmd_tune(args) -> int:
-    from core import paths, tune
+    from core import paths, train, tune
 
     if args.reset_default:
-        print("defaults reset to the project's recipe" if tune.reset_default() else "no promoted defaults to reset")
+        print("defaults reset to the project's recipe" if train.reset_default() else "no promoted defaults to reset")
         return 0
     if not args.study:
         raise ValueError("give --study NAME")

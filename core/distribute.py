@@ -42,11 +42,30 @@ def split_cpu(devices: int) -> None:
                                f"has started in this process: {error}") from error
 
 
+def problems(name: str, cpu_devices: int = 0) -> list[str]:
+    """What is wrong with these settings on this machine (TrainConfig.problems
+    lists them with the others, so a bad config is refused before any work)."""
+    found = []
+    if name not in STRATEGIES:
+        found.append(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
+    if cpu_devices < 0 or cpu_devices == 1:
+        found.append(f"cpu_devices {cpu_devices} must be 0 (no split) or at least 2")
+    if name == "multiworker":
+        try:
+            if not cluster_spec():
+                found.append("strategy 'multiworker' needs TF_CONFIG describing the cluster "
+                             "(README, 'Distributed training')")
+        except ValueError as error:
+            found.append(str(error))
+    return found
+
+
 def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
     """The strategy a run trains under; call before any other TensorFlow work
     in the process (multi-worker and CPU splitting both require it)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
+    found = problems(name, cpu_devices)
+    if found:
+        raise ValueError("; ".join(found))
     if cpu_devices > 1:
         split_cpu(cpu_devices)
     if name == "default":
@@ -56,10 +75,6 @@ def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
         if not devices and cpu_devices > 1:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices or None)
-    cluster = cluster_spec()
-    if not cluster:
-        raise ValueError("strategy 'multiworker' needs TF_CONFIG describing the cluster "
-                         "(see the README, 'Distributed training')")
     _patch_keras_for_multiworker()
     return tf.distribute.MultiWorkerMirroredStrategy()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -234,6 +236,24 @@ def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -
 def hand_training_lock(run_id: str, pid: int, runs_root=None) -> None:
     """Pass the lock to the training process that was just started."""
     write_json(_lock_path(runs_root), {"pid": pid, "run": run_id})
+
+
+def start_with_lock(args: list[str], log_path, holder: str, runs_root=None) -> int:
+    """Start `python -u -m core <args>` in a session of its own, so that it
+    outlives the caller (the app's page), its output appended to `log_path`,
+    and hand it the training lock the caller took (the caller takes it first:
+    TensorFlow takes seconds to import, and a second start in that window
+    must be refused too). Returns its pid; on failure the lock is released."""
+    try:
+        with open(log_path, "a") as log:
+            child = subprocess.Popen([sys.executable, "-u", "-m", "core", *args], cwd=paths.PROJECT_ROOT,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+    except BaseException:
+        release_training_lock(runs_root)
+        raise
+    hand_training_lock(holder, child.pid, runs_root)
+    return child.pid
 
 
 def release_training_lock(runs_root=None) -> None:

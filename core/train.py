@@ -12,8 +12,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -115,13 +113,7 @@ class TrainConfig:
                 found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
-        if self.strategy not in distribute.STRATEGIES:
-            found.append(f"strategy {self.strategy!r} is not one of {', '.join(distribute.STRATEGIES)}")
-        if self.strategy == "multiworker" and not os.environ.get("TF_CONFIG", "").strip():
-            found.append("strategy 'multiworker' needs TF_CONFIG describing the cluster "
-                         "(README, 'Distributed training')")
-        if self.cpu_devices < 0 or self.cpu_devices == 1:
-            found.append(f"cpu_devices {self.cpu_devices} must be 0 (no split) or at least 2")
+        found += distribute.problems(self.strategy, self.cpu_devices)
         if not Path(self.data_dir).is_dir():
             found.append(f"data_dir {self.data_dir}: no such folder")
         return found
@@ -131,6 +123,36 @@ class TrainConfig:
         if found:
             raise ValueError("invalid config: " + "; ".join(found))
         return self
+
+
+# Defaults promoted from a hyperparameter search (core.tune.promote_best).
+
+def load_default_config() -> TrainConfig:
+    """TrainConfig with the promoted defaults when a search's best was
+    promoted, else the project's recipe (TrainConfig())."""
+    path = paths.default_config_path()
+    try:
+        saved = runs.read_json(path)
+        return TrainConfig.from_dict(saved["config"]) if saved else TrainConfig()
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: {error}; correct it, or go back to the project's defaults with "
+                         "`python -m core tune --reset-default`") from None
+
+
+def promoted_from() -> dict | None:
+    """Where the promoted defaults come from (study, trial, run, val_roc_auc), None without any."""
+    try:
+        return (runs.read_json(paths.default_config_path()) or {}).get("promoted_from")
+    except ValueError:
+        return None
+
+
+def reset_default() -> bool:
+    """Back to the project's recipe; False when nothing was promoted."""
+    path = paths.default_config_path()
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
 
 
 class RunCancelled(KeyboardInterrupt):
@@ -311,20 +333,14 @@ def launch_training(config: TrainConfig, name: str | None = None, runs_root=None
     app's page or tab); returns its folder at once. Refused while another
     training is alive."""
     config.validate()
-    # Take the lock here, not in the child: TensorFlow takes seconds to import,
-    # and a second start in that window must be refused too.
     runs.acquire_training_lock("starting", runs_root)
     try:
         run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
-        with open(run_dir / "train.log", "w") as log:
-            child = subprocess.Popen([sys.executable, "-u", "-m", "core", "train", "--run-dir", str(run_dir)],
-                                     cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
     except BaseException:
         runs.release_training_lock(runs_root)
         raise
-    runs.hand_training_lock(run_dir.name, child.pid, runs_root)
-    runs.set_status(run_dir, "running", pid=child.pid)
+    pid = runs.start_with_lock(["train", "--run-dir", str(run_dir)], run_dir / "train.log", run_dir.name, runs_root)
+    runs.set_status(run_dir, "running", pid=pid)
     return run_dir
 
 

@@ -21,8 +21,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -38,7 +36,7 @@ from optuna.trial import TrialState
 
 from core import paths, runs
 from core.model import BACKBONES
-from core.train import TrainConfig, train
+from core.train import TrainConfig, load_default_config, train
 
 # The default search space. A list: the choices; a dict: a range, sampled on a log scale when "log".
 SPACE = {
@@ -488,34 +486,6 @@ def promote_best(name: str, storage: str | None = None) -> dict:
     return promoted
 
 
-def load_default_config() -> TrainConfig:
-    """TrainConfig with the promoted defaults when a search's best was
-    promoted, else the project's recipe (TrainConfig())."""
-    path = paths.default_config_path()
-    try:
-        saved = runs.read_json(path)
-        return TrainConfig.from_dict(saved["config"]) if saved else TrainConfig()
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: {error}; correct it, or go back to the project's defaults with "
-                         "`python -m core tune --reset-default`") from None
-
-
-def promoted_from() -> dict | None:
-    """Where the promoted defaults come from (study, trial, run, val_roc_auc), None without any."""
-    try:
-        return (runs.read_json(paths.default_config_path()) or {}).get("promoted_from")
-    except ValueError:
-        return None
-
-
-def reset_default() -> bool:
-    """Back to the project's recipe; False when nothing was promoted."""
-    path = paths.default_config_path()
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
-
-
 # ---------------------------------------------------------------------------
 # A search in the background (the app)
 # ---------------------------------------------------------------------------
@@ -540,19 +510,11 @@ def launch_search(name: str, n_trials: int, base: dict | None = None, space: dic
                                 "stop that search first")
     lock_name = f"search-{name}"
     runs.acquire_training_lock(lock_name)
-    try:
-        command = [sys.executable, "-u", "-m", "core", "tune", "--study", name, "--trials", str(n_trials)]
-        with open(log_path(name), "a") as log:
-            child = subprocess.Popen(command + (["--timeout", str(timeout)] if timeout else []),
-                                     cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-    except BaseException:
-        runs.release_training_lock()
-        raise
-    runs.hand_training_lock(lock_name, child.pid)
-    runs.write_json(_worker_path(name), {"pid": child.pid, "trials": n_trials,
+    args = ["tune", "--study", name, "--trials", str(n_trials)] + (["--timeout", str(timeout)] if timeout else [])
+    pid = runs.start_with_lock(args, log_path(name), lock_name)
+    runs.write_json(_worker_path(name), {"pid": pid, "trials": n_trials,
                                          "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    return child.pid
+    return pid
 
 
 def stop_search(name: str) -> bool:

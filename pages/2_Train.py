@@ -110,16 +110,16 @@ def forget_form() -> None:
 
 # --- Settings -------------------------------------------------------------------
 try:
-    defaults = tune.load_default_config()  # the project's recipe, or a search's promoted best
+    defaults = train.load_default_config()  # the project's recipe, or a search's promoted best
 except ValueError as error:
     st.error(f"Promoted defaults ignored: {error}")
     defaults = train.TrainConfig()
-if promoted := tune.promoted_from():
+if promoted := train.promoted_from():
     left, right = st.columns([3, 1], vertical_alignment="center")
     left.info(f"Defaults promoted from study **{promoted['study']}**, trial {promoted['trial']} "
               f"(validation ROC-AUC {ui.fmt(promoted['val_roc_auc'])}, run {promoted['run']}).")
     if right.button("Back to the project's defaults"):
-        tune.reset_default()
+        train.reset_default()
         forget_form()
         st.rerun()
 fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}

@@ -101,7 +101,7 @@ def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, da
     class FakeChild:
         pid = os.getpid()  # alive, like a child still starting up
 
-    monkeypatch.setattr(core.train.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
+    monkeypatch.setattr(runs.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
     config = core.train.TrainConfig(data_dir=str(data_dir))
     first = core.train.launch_training(config, runs_root=tmp_path)
     assert runs.active_training(tmp_path)["run"] == first.name
