@@ -625,19 +625,24 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
 # Training pipeline
 # ---------------------------------------------------------------------------
 
+FILL_MODES = ("reflect", "constant", "nearest")
+
+
 def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: float = 0.1,
-                        flip: bool = True, seed: int | None = None) -> keras.Sequential:
+                        flip: bool = True, seed: int | None = None, fill_mode: str = "reflect") -> keras.Sequential:
     """Random rotation (+/- `rotation` degrees), zoom, contrast and horizontal
-    flip, for float32 images in 0..255; a switch at 0/False leaves its layer out."""
+    flip, for float32 images in 0..255; a switch at 0/False leaves its layer out.
+    `fill_mode` fills what rotation and zooming out uncover: "constant" with
+    black (air, as around a whole CT slice), "reflect" mirrors the image's edge."""
     def layer_seed(offset):
         # Distinct seeds, so the layers do not draw the same random numbers.
         return None if seed is None else seed + offset
 
     layers = []
     if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360, seed=layer_seed(0)))
+        layers.append(keras.layers.RandomRotation(rotation / 360, fill_mode=fill_mode, seed=layer_seed(0)))
     if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, seed=layer_seed(1)))
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode=fill_mode, seed=layer_seed(1)))
     if contrast:
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=layer_seed(2)))
     if flip:
@@ -648,10 +653,11 @@ def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: flo
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool = False,
-                 augment: keras.Sequential | None = None, seed: int = 0) -> tf.data.Dataset:
+                 augment: keras.Sequential | None = None, seed: int = 0, mixup: float = 0.0) -> tf.data.Dataset:
     """(float32 images 0..255 (B, S, S, 3), one-hot float32 labels (B, 2)) batches.
 
-    Training: shuffled (seeded, reshuffled each epoch), augmented per batch.
+    Training: shuffled (seeded, reshuffled each epoch), augmented per batch,
+    and with `mixup` > 0 mixed pairwise (core.train.mix_pairs).
     Not training: batches in the given order, never augmented.
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -671,4 +677,21 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     if training and augment is not None:
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
+    if training and mixup:
+        dataset = dataset.map(_mixup_in_graph(mixup, seed), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _mixup_in_graph(alpha: float, seed: int):
+    """Mixup for tf.data batches: lam ~ Beta(alpha, alpha) per example, as
+    Gamma(a) / (Gamma(a) + Gamma(a)), with a random partner from the batch."""
+    def mix(x, y):
+        n = tf.shape(x)[0]
+        a = tf.random.gamma([n], alpha, seed=seed)
+        lam = a / (a + tf.random.gamma([n], alpha, seed=seed + 1))
+        partner = tf.random.shuffle(tf.range(n), seed=seed + 2)
+        lam_x = tf.reshape(lam, [-1, 1, 1, 1])
+        lam_y = tf.reshape(lam, [-1, 1])
+        return (lam_x * x + (1 - lam_x) * tf.gather(x, partner),
+                lam_y * y + (1 - lam_y) * tf.gather(y, partner))
+    return mix

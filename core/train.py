@@ -56,11 +56,13 @@ class TrainConfig:
     cache_frozen: bool = True  # train on cached activations of the frozen stages
     cached_views: int = 4      # augmented views per training image in that cache
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) on training pairs; 0 = off
     class_weights: bool = True
     rotation: float = 10.0
     zoom: float = 0.1
     contrast: float = 0.1
     flip: bool = True
+    fill_mode: str = "reflect"  # what rotation/zoom uncover: "reflect", "constant" (black) or "nearest"
     early_stopping_patience: int = 5
     lr_patience: int = 2
     flip_tta: bool = True  # average predictions with the mirrored scan
@@ -97,13 +99,16 @@ class TrainConfig:
                 found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
         if self.cached_views < 1:
             found.append(f"cached_views {self.cached_views} must be at least 1")
-        for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience", "lr_patience"):
+        for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience",
+                     "lr_patience"):
             if getattr(self, name) < 0:
                 found.append(f"{name} {getattr(self, name)} must not be negative")
         if self.head_epochs + self.finetune_epochs == 0:
             found.append("head_epochs + finetune_epochs must be at least 1")
         if not 0 <= self.dropout < 1:
             found.append(f"dropout {self.dropout} must be in [0, 1)")
+        if not 0 <= self.mixup <= 10:
+            found.append(f"mixup {self.mixup} must be between 0 (off) and 10")
         if not 0 <= self.label_smoothing < 0.5:
             found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
         if not 0 <= self.rotation <= 180:
@@ -111,6 +116,8 @@ class TrainConfig:
         for name in ("zoom", "contrast"):
             if not 0 <= getattr(self, name) < 1:
                 found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
+        if self.fill_mode not in data.FILL_MODES:
+            found.append(f"fill_mode {self.fill_mode!r} is not one of {', '.join(data.FILL_MODES)}")
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
         found += distribute.problems(self.strategy, self.cpu_devices)
@@ -370,7 +377,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         labels[split] = rows.y.to_numpy()
     report(f"decoded and resized to {config.input_size} px")
 
-    augment = data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=config.seed)
+    augment = augmentation(config, seed=config.seed)
     # Models (and so their variables and optimizers) made under the strategy's
     # scope are mirrored across its replicas; fit then splits each batch.
     with strategy.scope(), dtype_policy(config.precision):
@@ -400,6 +407,12 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
            f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
 
 
+def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
+    """The config's training augmentation (core.data.augmentation_layers)."""
+    return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed,
+                                    fill_mode=config.fill_mode)
+
+
 @contextlib.contextmanager
 def dtype_policy(name: str):
     """Build layers under a Keras dtype policy, then restore the previous
@@ -422,7 +435,7 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     else:
         fitted = model
         train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                     augment=augment, seed=config.seed)
+                                     augment=augment, seed=config.seed, mixup=config.mixup)
         val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
@@ -469,7 +482,7 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
 
     class_weight = balanced_class_weights(labels["train"]) if config.class_weights else None
     train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
-                                      seed=config.seed, class_weight=class_weight)
+                                      seed=config.seed, class_weight=class_weight, mixup=config.mixup)
     val_batches = ActivationBatches(val_x, labels["val"], config.batch_size)
     return top, train_batches, val_batches
 
@@ -497,14 +510,17 @@ class ActivationBatches(keras.utils.PyDataset):
 
     For training, each epoch draws as many samples as there are training
     images, at random from all views, so each epoch mixes augmentations.
-    Indexing the array avoids the copies a tf.data shuffle buffer would make."""
+    Indexing the array avoids the copies a tf.data shuffle buffer would make.
+    With `mixup` > 0, training batches are mixed pairwise (mixup at the input
+    of the trained stages, "manifold mixup")."""
 
-    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None):
+    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None, mixup=0.0):
         super().__init__()
         self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
         self.epoch_size = epoch_size or len(x)
         self.rng = np.random.default_rng(seed) if epoch_size else None
         self.class_weight = class_weight
+        self.mixup = mixup if epoch_size else 0.0
         self.on_epoch_end()
 
     def __len__(self):
@@ -516,6 +532,8 @@ class ActivationBatches(keras.utils.PyDataset):
         batch = (self.x[rows].astype("float32"), np.eye(2, dtype="float32")[labels])
         if self.class_weight:
             batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
+        if self.mixup:
+            batch = mix_pairs(batch, self.rng, self.mixup)
         return batch
 
     def on_epoch_end(self):
@@ -523,6 +541,20 @@ class ActivationBatches(keras.utils.PyDataset):
             self.order = np.arange(len(self.x))
         else:
             self.order = self.rng.permutation(len(self.x))[:self.epoch_size]
+
+
+def mix_pairs(batch: tuple, rng: np.random.Generator, alpha: float) -> tuple:
+    """Mixup (Zhang et al. 2018): each example becomes lam * itself +
+    (1 - lam) * a random partner from the batch, lam ~ Beta(alpha, alpha),
+    with labels (and sample weights) mixed alike. Softer targets than one
+    image's own keep the model from memorising the few hundred scans."""
+    partner = rng.permutation(len(batch[0]))
+    lam = rng.beta(alpha, alpha, size=len(batch[0])).astype("float32")
+    mixed = []
+    for part in batch:
+        shape = (-1,) + (1,) * (part.ndim - 1)
+        mixed.append(lam.reshape(shape) * part + (1 - lam.reshape(shape)) * part[partner])
+    return tuple(mixed)
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -20,16 +20,17 @@ from core.model import BACKBONES, TRAIN_FROM
 
 CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precision": list(train.PRECISIONS),
            "strategy": list(distribute.STRATEGIES),
-           "optimizer": list(train.OPTIMIZERS), "threshold_method": ["youden", "f1"]}
+           "optimizer": list(train.OPTIMIZERS), "threshold_method": ["youden", "f1"],
+           "fill_mode": list(data.FILL_MODES)}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed"],
      "Evaluation": ["threshold_method", "n_boot", "flip_tta"],
      "Devices": ["strategy", "cpu_devices", "precision"]},
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
-     "Augmentation": ["rotation", "zoom", "contrast", "flip"]},
+     "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode"]},
     {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
-                      "finetune_lr", "label_smoothing", "class_weights",
+                      "finetune_lr", "label_smoothing", "mixup", "class_weights",
                       "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
 ]
 HELP = {
@@ -43,6 +44,8 @@ HELP = {
     "train_batchnorm": "Also train BatchNorm layers of the unfrozen stages (noisy on small batches).",
     "head_epochs": "Phase 1: the new head on a frozen backbone.",
     "finetune_epochs": "Phase 2: unfrozen stages at the lower learning rate.",
+    "mixup": "Mixup's alpha: train on pairs of scans (or their cached activations) mixed with a "
+             "Beta(alpha, alpha) weight, labels alike (0 = off).",
     "class_weights": "Weight classes inversely to their frequency in the training split.",
     "early_stopping_patience": "Fine-tuning stops after this many epochs without a better validation AUC.",
     "lr_patience": "Halve the learning rate after this many epochs without a better validation AUC.",
@@ -50,6 +53,8 @@ HELP = {
     "zoom": "Random zoom, ± fraction (0 = off).",
     "contrast": "Random contrast, ± fraction (0 = off).",
     "flip": "Random horizontal flip.",
+    "fill_mode": "What rotation and zooming out uncover: the mirrored edge (reflect), black (constant) "
+                 "or the nearest pixel.",
     "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
     "n_boot": "Bootstrap resamples for the 95% confidence intervals.",
     "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
@@ -61,7 +66,7 @@ HELP = {
     "cpu_devices": "Split the CPU into this many logical devices for 'mirrored' (0: no split).",
     "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
 }
-STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05,
+STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1,
          "rotation": 1.0, "zoom": 0.05, "contrast": 0.05}
 
 
@@ -139,7 +144,7 @@ config = train.TrainConfig(**values)
 
 problems = config.problems()
 try:  # problems() does not check the augmentation strengths; Keras does, building the layers
-    data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip)
+    train.augmentation(config)
 except ValueError as error:
     problems.append(f"augmentation: {error}")
 if problems:
@@ -163,8 +168,7 @@ def augmentation_preview(config: train.TrainConfig):
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:
-        augment = data.augmentation_layers(config.rotation, config.zoom, config.contrast,
-                                           config.flip, seed=draw)
+        augment = train.augmentation(config, seed=draw)
         augmented = keras.ops.convert_to_numpy(augment(images.astype("float32"), training=True))
     except ValueError as error:  # Keras refuses e.g. a contrast factor above 1
         st.info(f"No preview with these augmentation settings: {error}")

@@ -312,13 +312,24 @@ def test_audit_reports_only_pairs_that_cross(tmp_path):
 # ---------------------------------------------------------------------------
 
 def test_augmentation_switches():
-    names = lambda model: [type(layer).__name__ for layer in model.layers]
+    def names(model):
+        return [type(layer).__name__ for layer in model.layers]
+
     assert names(data.augmentation_layers()) == [
         "RandomRotation", "RandomZoom", "RandomContrast", "RandomFlip"]
     assert names(data.augmentation_layers(rotation=0, contrast=0)) == ["RandomZoom", "RandomFlip"]
     identity = data.augmentation_layers(rotation=0, zoom=0, contrast=0, flip=False)
     batch = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(identity(batch, training=True)), batch)
+
+
+def test_fill_mode_decides_what_a_rotation_uncovers():
+    bright = np.full((4, 32, 32, 3), 200.0, dtype="float32")
+    rotate = dict(rotation=45, zoom=0, contrast=0, flip=False, seed=0)
+    black_corners = np.asarray(data.augmentation_layers(fill_mode="constant", **rotate)(bright, training=True))
+    assert (black_corners[:, 0, 0] == 0).any()  # a rotated square uncovers its corners, filled black
+    mirrored = np.asarray(data.augmentation_layers(fill_mode="reflect", **rotate)(bright, training=True))
+    np.testing.assert_allclose(mirrored, 200.0, rtol=1e-5)  # the mirrored edge is the image itself
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import runs
+from core import data, runs
 from core.model import load_model
 from core.train import TrainConfig, select_images, train
 
@@ -115,6 +115,40 @@ def test_activation_batches_draw_from_all_views_with_class_weights():
 
     val = ActivationBatches(x[:n], y[:n], batch_size=4)
     np.testing.assert_array_equal(np.concatenate([val[i][0][:, 0] for i in range(len(val))]), np.arange(n))
+
+
+def test_mixup_mixes_training_pairs_alike_and_leaves_validation_alone():
+    from core.train import ActivationBatches
+
+    n = 8
+    x = np.stack([np.full((2, 2), i, dtype="float16") for i in range(n)])  # sample i is all i
+    y = np.array([0, 1] * (n // 2))
+    train_batches = ActivationBatches(x, y, batch_size=n, epoch_size=n, seed=0, class_weight={0: 1.0, 1: 3.0},
+                                      mixup=0.4)
+    xb, yb, wb = train_batches[0]
+    assert not np.isin(xb, np.arange(n)).all()  # mixed, not the original samples
+    np.testing.assert_allclose(yb.sum(axis=1), 1.0, rtol=1e-6)  # soft labels stay a distribution
+    # Each mixed sample is lam * a + (1 - lam) * b; even ids are class 0, so
+    # the label's class-1 share and the weight follow the same lam.
+    assert ((yb[:, 1] > 0) & (yb[:, 1] < 1)).any()
+    np.testing.assert_allclose(wb, 1.0 + 2.0 * yb[:, 1], rtol=1e-5)
+    assert np.all((xb >= 0) & (xb <= n - 1))
+
+    val = ActivationBatches(x, y, batch_size=n, mixup=0.4)
+    np.testing.assert_array_equal(val[0][0][:, 0, 0], np.arange(n))
+    np.testing.assert_array_equal(val[0][1].argmax(axis=1), y)
+
+
+def test_mixup_in_the_image_pipeline_mixes_images_and_labels_only_in_training():
+    images = np.stack([np.full((4, 4, 3), 10 * i, dtype="uint8") for i in range(6)])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    (x, y), = data.make_dataset(images, labels, batch_size=6, training=True, seed=1, mixup=0.4).take(1)
+    x, y = x.numpy(), y.numpy()
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    assert ((y[:, 1] > 0.01) & (y[:, 1] < 0.99)).any()
+    assert not np.isin(x[:, 0, 0, 0], 10 * np.arange(6)).all()
+    (x, y), = data.make_dataset(images, labels, batch_size=6, mixup=0.4).take(1)
+    np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], 10 * np.arange(6))
 
 
 def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp_path, data_dir, weights, monkeypatch):
