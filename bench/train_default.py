@@ -31,7 +31,8 @@ def main() -> None:
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(f"\nrun {run_dir.name}")
-    print(f"config: {json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in ('data_dir', 'weights')})}")
+    shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_dir", "weights")}
+    print(f"config: {json.dumps(shown)}")
     print(f"threshold {metrics['threshold']['value']:.3f} chosen on {metrics['threshold']['chosen_on']}")
     print(evaluate.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
     print(f"wall-clock {seconds / 60:.1f} min, peak memory {peak_gb:.2f} GB")

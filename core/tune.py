@@ -116,7 +116,8 @@ def make_space(changes: dict | None, base: TrainConfig, fixed=()) -> dict:
         for value in values:  # TrainConfig's own words, which name the setting they are about
             problems += [p if p.startswith(name) else f"{name} {value!r}: {p}"
                          for p in _value_problems(base, name, value)]
-    unloadable = [b for b in checked.get("backbone", []) if b in BACKBONES and b not in loadable_backbones(base.weights)]
+    loadable = loadable_backbones(base.weights)
+    unloadable = [b for b in checked.get("backbone", []) if b in BACKBONES and b not in loadable]
     if unloadable:
         problems.append(f"backbone {', '.join(unloadable)} cannot load the weights {base.weights} "
                         "(ResNet-101/152 need --weights imagenet)")

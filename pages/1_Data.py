@@ -44,7 +44,8 @@ st.subheader("Image sizes")
 sizes = ui.image_sizes()
 st.plotly_chart(px.scatter(sizes, x="width", y="height", color="label", hover_name="relpath",
                            marginal_x="histogram", marginal_y="histogram", opacity=0.6,
-                           color_discrete_map=ui.CLASS_COLORS, height=420, labels={"width": "width (px)", "height": "height (px)"}))
+                           color_discrete_map=ui.CLASS_COLORS, height=420,
+                           labels={"width": "width (px)", "height": "height (px)"}))
 st.caption(f"Median {sizes['width'].median():.0f} × {sizes['height'].median():.0f} px, from "
            f"{sizes['width'].min():.0f} to {sizes['width'].max():.0f} px wide. Every image is "
            "resized to the model's square input size, so wide figures get squeezed.")
