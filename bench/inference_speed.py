@@ -1,6 +1,6 @@
 """Inference speed of a trained run on real COVID-CT scans.
 
-    python bench/inference_speed.py [--run RUN_ID] [--images 64]
+    python bench/inference_speed.py [--run RUN_ID] [--images 64] [--rotate-zoom-tta]
 
 Prints: batch inference (core.model.predict_proba) vs a per-image
 `model.predict` loop, images/s and their ratio; and, with a warm model, the
@@ -25,10 +25,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run id (default: newest completed)")
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--rotate-zoom-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the run's own setting for the upload timing")
     args = parser.parse_args()
 
     run_dir = runs.run_path(args.run) if args.run else latest_completed_run()
     predictor = Predictor.from_run(run_dir)
+    if args.rotate_zoom_tta is not None:
+        predictor.rotate_zoom_tta = args.rotate_zoom_tta
     index = data.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
     batch = data.load_images(files, predictor.input_size).astype("float32")
@@ -55,7 +59,8 @@ def main() -> None:
         predictor.predict_images([scan], ["scan"])
         predictor.gradcam_overlay(scan)
         timings.append(time.perf_counter() - started)
-    print(f"one upload -> probability + Grad-CAM overlay: median {statistics.median(timings):.2f} s "
+    views = 1 + predictor.flip_tta + 3 * predictor.rotate_zoom_tta
+    print(f"one upload -> probability ({views} TTA views) + Grad-CAM overlay: median {statistics.median(timings):.2f} s "
           f"(min {min(timings):.2f}, max {max(timings):.2f})")
 
 

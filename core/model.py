@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import keras
 import numpy as np
 
@@ -116,20 +117,45 @@ def load_model(path) -> keras.Model:
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False) -> np.ndarray:
+# Test-time views besides the scan and its mirror: within the training
+# augmentation's range (rotation +/- 10 degrees, zoom +/- 10%).
+TTA_ANGLES = (7.0, -7.0)
+TTA_CROP = 0.9
+BORDERS = {"reflect": cv2.BORDER_REFLECT, "constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE}
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False,
+                  rotate_zoom_tta: bool = False, fill_mode: str = "reflect") -> np.ndarray:
     """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
 
-    `flip_tta` averages with the left-right mirrored image (test-time
-    augmentation: the model was trained with flips, so both views are
-    in-distribution). Uses predict_on_batch, Keras' compiled forward pass:
-    model.predict builds a tf.data pipeline per call, and an eager model(x)
-    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan)."""
+    Test-time augmentation averages over views the model was trained on:
+    `flip_tta` the left-right mirrored scan, `rotate_zoom_tta` the scan
+    rotated by +/- 7 degrees (uncovered corners filled as in training,
+    `fill_mode`) and its central 90% enlarged. Uses predict_on_batch, Keras'
+    compiled forward pass: model.predict builds a tf.data pipeline per call,
+    and an eager model(x) dispatches ResNet's ~180 layers one by one (0.25 s
+    for a single scan)."""
     images = np.asarray(images, dtype="float32")
     probs = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        prob = np.asarray(model.predict_on_batch(batch))[:, 1]
-        if flip_tta:
-            prob = (prob + np.asarray(model.predict_on_batch(np.ascontiguousarray(batch[:, :, ::-1])))[:, 1]) / 2
-        probs.append(prob)
+        views = tta_views(images[start:start + batch_size], flip_tta, rotate_zoom_tta, fill_mode)
+        probs.append(np.mean([np.asarray(model.predict_on_batch(view))[:, 1] for view in views], axis=0))
     return np.concatenate(probs) if probs else np.zeros((0,), "float32")
+
+
+def tta_views(batch: np.ndarray, flip: bool, rotate_zoom: bool, fill_mode: str = "reflect") -> list[np.ndarray]:
+    """The batch itself, then each test-time view of it (same shape)."""
+    views = [batch]
+    if flip:
+        views.append(np.ascontiguousarray(batch[:, :, ::-1]))
+    if rotate_zoom:
+        size = batch.shape[1]
+        for angle in TTA_ANGLES:
+            turn = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
+            views.append(np.stack([cv2.warpAffine(image, turn, (size, size), flags=cv2.INTER_LINEAR,
+                                                  borderMode=BORDERS[fill_mode]) for image in batch]))
+        kept = int(round(size * TTA_CROP))
+        edge = (size - kept) // 2
+        views.append(np.stack([cv2.resize(image[edge:edge + kept, edge:edge + kept], (size, size),
+                                          interpolation=cv2.INTER_LINEAR) for image in batch]))
+    return views

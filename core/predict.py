@@ -46,6 +46,8 @@ class Predictor:
     positive_class: str
     negative_class: str
     flip_tta: bool = False
+    rotate_zoom_tta: bool = False  # runs trained before this option had none
+    fill_mode: str = "reflect"
     _explainer: Explainer | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -60,7 +62,9 @@ class Predictor:
         negative, positive = runs.class_names(config, metrics)
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=runs.decision_threshold(metrics), positive_class=positive,
-                   negative_class=negative, flip_tta=bool(config.get("flip_tta", False)))
+                   negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
+                   rotate_zoom_tta=bool(config.get("rotate_zoom_tta", False)),
+                   fill_mode=config.get("fill_mode", "reflect"))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return data.resize_image(image, self.input_size).astype("float32")
@@ -68,7 +72,9 @@ class Predictor:
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
         """Decoded scans (any size) -> one Prediction each, in one batch."""
         batch = np.stack([self.prepare(image) for image in images]) if images else np.zeros((0,))
-        probabilities = predict_proba(self.model, batch, flip_tta=self.flip_tta) if len(batch) else []
+        probabilities = (predict_proba(self.model, batch, flip_tta=self.flip_tta,
+                                       rotate_zoom_tta=self.rotate_zoom_tta, fill_mode=self.fill_mode)
+                         if len(batch) else [])
         return [Prediction(name, image, float(p), self.threshold, self.positive_class, self.negative_class)
                 for name, image, p in zip(names, images, probabilities)]
 

@@ -66,6 +66,7 @@ class TrainConfig:
     early_stopping_patience: int = 5
     lr_patience: int = 2
     flip_tta: bool = True  # average predictions with the mirrored scan
+    rotate_zoom_tta: bool = True  # ... and with the scan rotated +/- 7 degrees and zoomed in 10%
     threshold_method: str = "youden"
     n_boot: int = 1000
     strategy: str = "default"  # or "mirrored" (local GPUs) / "multiworker" (TF_CONFIG); core.distribute
@@ -388,7 +389,8 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         model = load_model(run_dir / "model.keras")
 
     runs.set_status(run_dir, "running", phase="evaluating")
-    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta)
+    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta,
+                                  config.rotate_zoom_tta, config.fill_mode)
              for split in ("val", "test")}
 
     predictions = pd.concat([

@@ -25,7 +25,7 @@ CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precisi
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed"],
-     "Evaluation": ["threshold_method", "n_boot", "flip_tta"],
+     "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
      "Devices": ["strategy", "cpu_devices", "precision"]},
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
      "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode"]},
@@ -58,6 +58,7 @@ HELP = {
     "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
     "n_boot": "Bootstrap resamples for the 95% confidence intervals.",
     "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
+    "rotate_zoom_tta": "Also average with the scan rotated by ± 7° and with its centre zoomed in by 10%.",
     "cache_frozen": "Run the frozen stages once and train on their cached activations (much faster).",
     "cached_views": "Augmented views of each training image in that cache.",
     "strategy": "default: one device; mirrored: every local GPU (or the CPU split by 'Cpu devices'); "

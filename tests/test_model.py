@@ -78,6 +78,24 @@ def test_model_with_code_in_a_lambda_is_refused(tmp_path):
         load_model(tmp_path / "evil.keras")
 
 
+def test_rotate_zoom_tta_averages_five_views(model):
+    import cv2
+
+    from core.model import tta_views
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    views = tta_views(images, flip=True, rotate_zoom=True)
+    assert len(views) == 5 and all(view.shape == images.shape for view in views)
+    np.testing.assert_array_equal(views[1], images[:, :, ::-1])
+    turn = cv2.getRotationMatrix2D((32, 32), 7.0, 1.0)
+    np.testing.assert_allclose(views[2][0], cv2.warpAffine(images[0], turn, (64, 64), borderMode=cv2.BORDER_REFLECT))
+    np.testing.assert_allclose(views[4][0], cv2.resize(images[0][3:61, 3:61], (64, 64)))  # central 58 px
+    expected = np.mean([predict_proba(model, view) for view in views], axis=0)
+    np.testing.assert_allclose(predict_proba(model, images, batch_size=1, flip_tta=True, rotate_zoom_tta=True),
+                               expected, atol=1e-6)
+    corner = tta_views(np.full((1, 64, 64, 3), 200.0, "float32"), False, True, fill_mode="constant")[1]
+    assert corner[0, 0, 0, 0] == 0  # uncovered corners are filled as in training
+
+
 def test_flip_tta_averages_the_scan_and_its_mirror(model):
     images = np.random.default_rng(3).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     plain = predict_proba(model, images)
