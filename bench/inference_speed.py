@@ -60,7 +60,8 @@ def main() -> None:
         predictor.gradcam_overlay(scan)
         timings.append(time.perf_counter() - started)
     views = 1 + predictor.flip_tta + 3 * predictor.rotate_zoom_tta
-    print(f"one upload -> probability ({views} TTA views) + Grad-CAM overlay: median {statistics.median(timings):.2f} s "
+    print(f"one upload -> probability ({views} TTA views) + Grad-CAM overlay: "
+          f"median {statistics.median(timings):.2f} s "
           f"(min {min(timings):.2f}, max {max(timings):.2f})")
 
 

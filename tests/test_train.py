@@ -40,7 +40,8 @@ def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
     images = data.load_images([str(data_dir / p) for p in predictions.path], 64)
-    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True, rotate_zoom_tta=True), predictions.prob, atol=1e-4)
+    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True, rotate_zoom_tta=True), predictions.prob,
+                               atol=1e-4)
 
 
 def test_select_images_is_class_balanced_per_split(data_dir):
@@ -190,7 +191,8 @@ def test_bfloat16_run_computes_in_bfloat16_and_restores_the_policy(tmp_path, dat
     assert model.get_layer("head_dense").compute_dtype == "float32"  # probabilities in float32
     predictions = pd.read_csv(run_dir / "predictions.csv").head(4)
     images = data.load_images([str(data_dir / p) for p in predictions.path], 32)
-    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True, rotate_zoom_tta=True), predictions.prob, atol=1e-3)
+    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True, rotate_zoom_tta=True), predictions.prob,
+                               atol=1e-3)
 
 
 def test_unknown_precision_is_refused(data_dir):
