@@ -131,16 +131,21 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
     Test-time augmentation averages over views the model was trained on:
     `flip_tta` the left-right mirrored scan, `rotate_zoom_tta` the scan
     rotated by +/- 7 degrees (uncovered corners filled as in training,
-    `fill_mode`) and its central 90% enlarged. Uses predict_on_batch, Keras'
-    compiled forward pass: model.predict builds a tf.data pipeline per call,
-    and an eager model(x) dispatches ResNet's ~180 layers one by one (0.25 s
-    for a single scan)."""
+    `fill_mode`) and its central 90% enlarged. The views of a few images go
+    through the model as one batch of at most `batch_size` (one call for a
+    single upload). Uses predict_on_batch, Keras' compiled forward pass:
+    model.predict builds a tf.data pipeline per call, and an eager model(x)
+    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan)."""
     images = np.asarray(images, dtype="float32")
+    if not len(images):
+        return np.zeros((0,), "float32")
+    chunk = max(1, batch_size // len(tta_views(images[:1], flip_tta, rotate_zoom_tta)))
     probs = []
-    for start in range(0, len(images), batch_size):
-        views = tta_views(images[start:start + batch_size], flip_tta, rotate_zoom_tta, fill_mode)
-        probs.append(np.mean([np.asarray(model.predict_on_batch(view))[:, 1] for view in views], axis=0))
-    return np.concatenate(probs) if probs else np.zeros((0,), "float32")
+    for start in range(0, len(images), chunk):
+        views = tta_views(images[start:start + chunk], flip_tta, rotate_zoom_tta, fill_mode)
+        prob = np.asarray(model.predict_on_batch(np.concatenate(views)))[:, 1]
+        probs.append(prob.reshape(len(views), -1).mean(axis=0))
+    return np.concatenate(probs)
 
 
 def tta_views(batch: np.ndarray, flip: bool, rotate_zoom: bool, fill_mode: str = "reflect") -> list[np.ndarray]:

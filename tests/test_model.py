@@ -90,8 +90,9 @@ def test_rotate_zoom_tta_averages_five_views(model):
     np.testing.assert_allclose(views[2][0], cv2.warpAffine(images[0], turn, (64, 64), borderMode=cv2.BORDER_REFLECT))
     np.testing.assert_allclose(views[4][0], cv2.resize(images[0][3:61, 3:61], (64, 64)))  # central 58 px
     expected = np.mean([predict_proba(model, view) for view in views], axis=0)
-    np.testing.assert_allclose(predict_proba(model, images, batch_size=1, flip_tta=True, rotate_zoom_tta=True),
-                               expected, atol=1e-6)
+    for batch_size in (1, 5, 32):  # one image per call, or all ten views at once
+        np.testing.assert_allclose(predict_proba(model, images, batch_size=batch_size, flip_tta=True,
+                                                 rotate_zoom_tta=True), expected, atol=1e-5)
     corner = tta_views(np.full((1, 64, 64, 3), 200.0, "float32"), False, True, fill_mode="constant")[1]
     assert corner[0, 0, 0, 0] == 0  # uncovered corners are filled as in training
 
