@@ -657,7 +657,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     """(float32 images 0..255 (B, S, S, 3), one-hot float32 labels (B, 2)) batches.
 
     Training: shuffled (seeded, reshuffled each epoch), augmented per batch,
-    and with `mixup` > 0 mixed pairwise (core.train.mix_pairs).
+    and with `mixup` > 0 mixed pairwise (mixup, as core.train.mix_pairs does
+    for cached activations).
     Not training: batches in the given order, never augmented.
     """
     images, labels = np.asarray(images), np.asarray(labels)
