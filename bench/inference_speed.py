@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import data, paths, runs  # noqa: E402
-from core.model import predict_proba  # noqa: E402
+from core.model import predict_proba, tta_view_count  # noqa: E402
 from core.predict import Predictor, latest_completed_run  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main() -> None:
         predictor.predict_images([scan], ["scan"])
         predictor.gradcam_overlay(scan)
         timings.append(time.perf_counter() - started)
-    views = 1 + predictor.flip_tta + 3 * predictor.rotate_zoom_tta
+    views = tta_view_count(predictor.flip_tta, predictor.rotate_zoom_tta)
     print(f"one upload -> probability ({views} TTA views) + Grad-CAM overlay: "
           f"median {statistics.median(timings):.2f} s "
           f"(min {min(timings):.2f}, max {max(timings):.2f})")

@@ -7,17 +7,18 @@ TTA changes only the predictions, so the same trained models measure each
 setting. Settings are compared on validation; the test split is reported for
 the chosen setting only, with the threshold chosen on validation.
 """
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from compare import mean_std  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from core import data, evaluate, paths, runs  # noqa: E402
-from core.model import load_model, predict_proba  # noqa: E402
+from core.model import load_model, predict_proba, tta_view_count, tta_views  # noqa: E402
 
 SETTINGS = {"none": (False, False), "flip": (True, False), "flip+rotate/zoom": (True, True)}
 CHOSEN = "flip+rotate/zoom"
@@ -31,15 +32,18 @@ def measure(run_dir: Path) -> tuple[dict, dict]:
     root = Path(config["data_dir"])
     images = data.load_images([str(root / path) for path in rows.path], config["input_size"])
     model = load_model(run_dir / "model.keras")
+    # Each view predicted once; a setting averages its first views (tta_views' order).
+    per_view = [predict_proba(model, view) for view in
+                tta_views(images.astype("float32"), True, True, config.get("fill_mode", "reflect"))]
+    val = rows.split == "val"
     val_auc, chosen = {}, None
     for name, (flip, rotate_zoom) in SETTINGS.items():
-        probs = predict_proba(model, images, flip_tta=flip, rotate_zoom_tta=rotate_zoom,
-                              fill_mode=config.get("fill_mode", "reflect"))
-        val = rows.split == "val"
+        probs = np.mean(per_view[:tta_view_count(flip, rotate_zoom)], axis=0)
         val_auc[name] = roc_auc_score(rows.y_true[val], probs[val])
         if name == CHOSEN:
             chosen = rows.assign(prob=probs)
-    metrics = evaluate.evaluate_predictions(chosen, n_boot=1000, seed=config.get("seed", 0))
+    metrics = evaluate.evaluate_predictions(chosen, n_boot=1000, seed=config.get("seed", 0),
+                                            threshold_method=config.get("threshold_method", "youden"))
     return val_auc, metrics["test"]["at_threshold"]
 
 
@@ -62,10 +66,6 @@ def main() -> None:
     name, (_, test) = next(iter(results.items()))
     print(f"bootstrap 95% CI of {name}: "
           + ", ".join(f"{m} [{test['ci'][m][0]:.3f}, {test['ci'][m][1]:.3f}]" for m in SHOWN))
-
-
-def mean_std(values) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 if __name__ == "__main__":

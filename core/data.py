@@ -657,8 +657,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     """(float32 images 0..255 (B, S, S, 3), one-hot float32 labels (B, 2)) batches.
 
     Training: shuffled (seeded, reshuffled each epoch), augmented per batch,
-    and with `mixup` > 0 mixed pairwise (mixup, as core.train.mix_pairs does
-    for cached activations).
+    and with `mixup` > 0 mixed pairwise (mix_pairs).
     Not training: batches in the given order, never augmented.
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -679,20 +678,31 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
     if training and mixup:
-        dataset = dataset.map(_mixup_in_graph(mixup, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        # Sequential: the map shares one NumPy generator.
+        dataset = dataset.map(_mixup_for_batches(mixup, seed))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _mixup_in_graph(alpha: float, seed: int):
-    """Mixup for tf.data batches: lam ~ Beta(alpha, alpha) per example, as
-    Gamma(a) / (Gamma(a) + Gamma(a)), with a random partner from the batch."""
+def mix_pairs(batch: tuple, rng: np.random.Generator, alpha: float) -> tuple:
+    """Mixup (Zhang et al. 2018): each example becomes lam * itself +
+    (1 - lam) * a random partner from the batch, lam ~ Beta(alpha, alpha),
+    with labels (and sample weights) mixed alike. Softer targets than one
+    image's own keep the model from memorising the few hundred scans."""
+    partner = rng.permutation(len(batch[0]))
+    lam = rng.beta(alpha, alpha, size=len(batch[0])).astype("float32")
+    mixed = []
+    for part in batch:
+        shape = (-1,) + (1,) * (part.ndim - 1)
+        mixed.append(lam.reshape(shape) * part + (1 - lam.reshape(shape)) * part[partner])
+    return tuple(mixed)
+
+
+def _mixup_for_batches(alpha: float, seed: int):
+    """mix_pairs as a tf.data map over (images, one-hot labels) batches."""
+    rng = np.random.default_rng(seed)
+
     def mix(x, y):
-        n = tf.shape(x)[0]
-        a = tf.random.gamma([n], alpha, seed=seed)
-        lam = a / (a + tf.random.gamma([n], alpha, seed=seed + 1))
-        partner = tf.random.shuffle(tf.range(n), seed=seed + 2)
-        lam_x = tf.reshape(lam, [-1, 1, 1, 1])
-        lam_y = tf.reshape(lam, [-1, 1])
-        return (lam_x * x + (1 - lam_x) * tf.gather(x, partner),
-                lam_y * y + (1 - lam_y) * tf.gather(y, partner))
+        mixed_x, mixed_y = tf.numpy_function(lambda a, b: mix_pairs((a, b), rng, alpha), [x, y],
+                                             [tf.float32, tf.float32])
+        return tf.ensure_shape(mixed_x, x.shape), tf.ensure_shape(mixed_y, y.shape)
     return mix

@@ -139,13 +139,18 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
     images = np.asarray(images, dtype="float32")
     if not len(images):
         return np.zeros((0,), "float32")
-    chunk = max(1, batch_size // len(tta_views(images[:1], flip_tta, rotate_zoom_tta)))
+    chunk = max(1, batch_size // tta_view_count(flip_tta, rotate_zoom_tta))
     probs = []
     for start in range(0, len(images), chunk):
         views = tta_views(images[start:start + chunk], flip_tta, rotate_zoom_tta, fill_mode)
         prob = np.asarray(model.predict_on_batch(np.concatenate(views)))[:, 1]
         probs.append(prob.reshape(len(views), -1).mean(axis=0))
     return np.concatenate(probs)
+
+
+def tta_view_count(flip: bool, rotate_zoom: bool) -> int:
+    """How many views tta_views returns: the scan, its mirror, each angle, the zoom."""
+    return 1 + flip + (len(TTA_ANGLES) + 1) * rotate_zoom
 
 
 def tta_views(batch: np.ndarray, flip: bool, rotate_zoom: bool, fill_mode: str = "reflect") -> list[np.ndarray]:

@@ -537,7 +537,7 @@ class ActivationBatches(keras.utils.PyDataset):
         if self.class_weight:
             batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
         if self.mixup:
-            batch = mix_pairs(batch, self.rng, self.mixup)
+            batch = data.mix_pairs(batch, self.rng, self.mixup)
         return batch
 
     def on_epoch_end(self):
@@ -545,20 +545,6 @@ class ActivationBatches(keras.utils.PyDataset):
             self.order = np.arange(len(self.x))
         else:
             self.order = self.rng.permutation(len(self.x))[:self.epoch_size]
-
-
-def mix_pairs(batch: tuple, rng: np.random.Generator, alpha: float) -> tuple:
-    """Mixup (Zhang et al. 2018): each example becomes lam * itself +
-    (1 - lam) * a random partner from the batch, lam ~ Beta(alpha, alpha),
-    with labels (and sample weights) mixed alike. Softer targets than one
-    image's own keep the model from memorising the few hundred scans."""
-    partner = rng.permutation(len(batch[0]))
-    lam = rng.beta(alpha, alpha, size=len(batch[0])).astype("float32")
-    mixed = []
-    for part in batch:
-        shape = (-1,) + (1,) * (part.ndim - 1)
-        mixed.append(lam.reshape(shape) * part + (1 - lam.reshape(shape)) * part[partner])
-    return tuple(mixed)
 
 
 def save_model(model: keras.Model, path: Path) -> None:

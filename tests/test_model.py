@@ -81,10 +81,13 @@ def test_model_with_code_in_a_lambda_is_refused(tmp_path):
 def test_rotate_zoom_tta_averages_five_views(model):
     import cv2
 
-    from core.model import tta_views
+    from core.model import tta_view_count, tta_views
     images = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     views = tta_views(images, flip=True, rotate_zoom=True)
     assert len(views) == 5 and all(view.shape == images.shape for view in views)
+    for flip in (False, True):
+        for rotate_zoom in (False, True):
+            assert tta_view_count(flip, rotate_zoom) == len(tta_views(images, flip, rotate_zoom))
     np.testing.assert_array_equal(views[1], images[:, :, ::-1])
     turn = cv2.getRotationMatrix2D((32, 32), 7.0, 1.0)
     np.testing.assert_allclose(views[2][0], cv2.warpAffine(images[0], turn, (64, 64), borderMode=cv2.BORDER_REFLECT))
