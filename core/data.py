@@ -629,11 +629,16 @@ FILL_MODES = ("reflect", "constant", "nearest")
 
 
 def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: float = 0.1,
-                        flip: bool = True, seed: int | None = None, fill_mode: str = "reflect") -> keras.Sequential:
-    """Random rotation (+/- `rotation` degrees), zoom, contrast and horizontal
-    flip, for float32 images in 0..255; a switch at 0/False leaves its layer out.
-    `fill_mode` fills what rotation and zooming out uncover: "constant" with
-    black (air, as around a whole CT slice), "reflect" mirrors the image's edge."""
+                        flip: bool = True, seed: int | None = None, fill_mode: str = "reflect",
+                        blur: float = 0.0) -> keras.Sequential:
+    """Random rotation (+/- `rotation` degrees), zoom, contrast, horizontal
+    flip and Gaussian blur, for float32 images in 0..255; a switch at 0/False
+    leaves its layer out. `fill_mode` fills what rotation and zooming out
+    uncover: "constant" with black (air, as around a whole CT slice), "reflect"
+    mirrors the image's edge. `blur` > 0 blurs half the images with a sigma of
+    up to `blur` pixels: COVID-CT's scans come at very different resolutions
+    (in its training split the COVID ones have half the pixels of the others),
+    and blurring sharp scans as well keeps sharpness from telling the classes apart."""
     def layer_seed(offset):
         # Distinct seeds, so the layers do not draw the same random numbers.
         return None if seed is None else seed + offset
@@ -647,6 +652,10 @@ def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: flo
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=layer_seed(2)))
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed(3)))
+    if blur:
+        # One sigma per batch and axis (Keras' choice); a kernel of 2 * 3 sigma + 1 holds the Gaussian.
+        layers.append(keras.layers.RandomGaussianBlur(factor=(0.5, 0.5), kernel_size=2 * int(np.ceil(3 * blur)) + 1,
+                                                      sigma=(0.0, blur), value_range=(0, 255), seed=layer_seed(4)))
     if not layers:
         layers.append(keras.layers.Identity())  # an empty Sequential cannot be called
     return keras.Sequential(layers, name="augmentation")

@@ -63,6 +63,7 @@ class TrainConfig:
     contrast: float = 0.1
     flip: bool = True
     fill_mode: str = "reflect"  # what rotation/zoom uncover: "reflect", "constant" (black) or "nearest"
+    blur: float = 0.0  # largest sigma (pixels) of a Gaussian blur on half the training images; 0 = off
     early_stopping_patience: int = 5
     lr_patience: int = 2
     flip_tta: bool = True  # average predictions with the mirrored scan
@@ -116,6 +117,8 @@ class TrainConfig:
             found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
         if not 0 <= self.rotation <= 180:
             found.append(f"rotation {self.rotation} must be between 0 and 180 degrees")
+        if not 0 <= self.blur <= 5:
+            found.append(f"blur {self.blur} must be between 0 (off) and 5 pixels")
         for name in ("zoom", "contrast"):
             if not 0 <= getattr(self, name) < 1:
                 found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
@@ -414,7 +417,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
     """The config's training augmentation (core.data.augmentation_layers)."""
     return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed,
-                                    fill_mode=config.fill_mode)
+                                    fill_mode=config.fill_mode, blur=config.blur)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ LAYOUT = [
      "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
      "Devices": ["strategy", "cpu_devices", "precision"]},
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
-     "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode"]},
+     "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode", "blur"]},
     {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
                       "finetune_lr", "label_smoothing", "mixup", "class_weights",
                       "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
@@ -55,6 +55,8 @@ HELP = {
     "flip": "Random horizontal flip.",
     "fill_mode": "What rotation and zooming out uncover: the mirrored edge (reflect), black (constant) "
                  "or the nearest pixel.",
+    "blur": "Largest sigma (pixels) of a Gaussian blur on half the training scans, so that a scan's "
+            "sharpness (its source's resolution) says nothing of its class (0 = off).",
     "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
     "n_boot": "Bootstrap resamples for the 95% confidence intervals.",
     "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
@@ -68,7 +70,7 @@ HELP = {
     "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
 }
 STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1,
-         "rotation": 1.0, "zoom": 0.05, "contrast": 0.05}
+         "rotation": 1.0, "zoom": 0.05, "contrast": 0.05, "blur": 0.25}
 
 
 def setting_widget(field: dataclasses.Field, default):

@@ -33,11 +33,12 @@ def test_train_help_offers_every_hyperparameter():
 
 
 def test_impossible_config_exits_2_with_one_line(tmp_path):
-    result = run_cli("train", "--batch-size", "0", "--input-size", "8", env={"COVIDCT_ARTIFACTS": str(tmp_path)})
+    result = run_cli("train", "--batch-size", "0", "--input-size", "8", "--blur", "9",
+                     env={"COVIDCT_ARTIFACTS": str(tmp_path)})
     assert result.returncode == 2
     # TensorFlow prints its own start-up lines on stderr; ours is one line.
     (reason,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "batch_size" in reason and "input_size" in reason
+    assert "batch_size" in reason and "input_size" in reason and "blur 9.0" in reason
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
