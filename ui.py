@@ -269,6 +269,17 @@ def image_path(run: dict, relpath: str) -> Path:
     return (root if root.is_dir() else paths.data_dir()) / relpath
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pixel_counts(files: tuple) -> np.ndarray:
+    sizes = data.image_sizes(files)
+    return (sizes.width * sizes.height).to_numpy()
+
+
+def pixel_counts(run: dict, relpaths) -> np.ndarray:
+    """width x height of each image file (NaN where unreadable), from headers, cached."""
+    return _pixel_counts(tuple(str(image_path(run, relpath)) for relpath in relpaths))
+
+
 def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
     """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
     most confident first (confidence = probability of the predicted class)."""

@@ -250,3 +250,23 @@ def metrics_table(metrics: dict, split: str = "test", at: str = "at_threshold") 
         low, high = ci.get(name, [None, None])
         rows.append({"value": chosen[name], "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, index=list(METRICS), dtype=float)
+
+
+def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
+    """Does the model lean on a scan's resolution? Spearman correlation of
+    the predicted probability with the scan's pixel count (width x height of
+    the file), within each split and true class, so that a class that just
+    happens to come at another resolution does not count. Near 0: no lean;
+    negative: low-resolution scans look more positive. COVID-CT invites
+    this shortcut: its training split's COVID scans have half the pixels of
+    the others, its test split's slightly more. Columns split, y_true, n, rho."""
+    from scipy.stats import spearmanr  # scikit-learn's own dependency
+
+    frame = predictions.assign(pixels=np.asarray(pixels, dtype=float))
+    rows = []
+    for (split, y_true), group in frame.groupby(["split", "y_true"], sort=True):
+        usable = group.dropna(subset=["pixels"])
+        varies = usable.pixels.nunique() > 1 and usable.prob.nunique() > 1
+        rho = float(spearmanr(usable.prob, usable.pixels)[0]) if varies else float("nan")
+        rows.append({"split": split, "y_true": int(y_true), "n": len(usable), "rho": rho})
+    return pd.DataFrame(rows)

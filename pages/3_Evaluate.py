@@ -99,6 +99,23 @@ with matrix_column:
             st.session_state["review_split"] = "test"
             st.switch_page(ui.MISCLASSIFIED)
 
+# --- Does the model lean on scan resolution? -----------------------------------------
+st.subheader("Shortcut check: scan resolution")
+pixels = ui.pixel_counts(run, test["path"])
+bias = evaluate.resolution_bias(test, pixels).set_index("y_true")
+names = {0: negative, 1: positive}
+figure = px.scatter(x=pixels, y=prob, color=y.map(names), log_x=True, opacity=0.7,
+                    labels={"x": "pixels in the scan file (width × height)", "y": f"P({positive})",
+                            "color": "true class"})
+figure.update_layout(height=360)
+st.plotly_chart(figure)
+st.caption("Spearman ρ between the probability and the scan's pixel count, within each true class: "
+           + ", ".join(f"{names[c]} ρ = {bias.rho[c]:+.2f}" for c in bias.index if c in names)
+           + ". Near 0: the model does not lean on resolution. A clearly negative ρ means low-resolution "
+           "scans look more positive, whatever their class: a warning sign where one class's training "
+           "scans come at lower resolution (COVID-CT's COVID training scans have half the pixels of the "
+           "others). It can also be content: check the low-resolution cases on the Misclassified page.")
+
 # --- Training curves and all runs ---------------------------------------------------
 st.subheader("Training curves")
 frame = ui.history(run)

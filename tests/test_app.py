@@ -20,7 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import evaluate, runs, train
+from core import data, evaluate, runs, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -101,6 +101,17 @@ def expected_metrics(test: pd.DataFrame, threshold: float) -> dict:
     m = evaluate.binary_metrics(test["y_true"], test["prob"], threshold)
     return {"Sensitivity": m["recall"], "Specificity": m["specificity"],
             "Precision": m["precision"], "F1": m["f1"], "Accuracy": m["accuracy"]}
+
+
+def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, trained_run):
+    test = runs.read_predictions(trained_run).query("split == 'test'")
+    root = Path(runs.read_json(trained_run / "config.json")["data_dir"])
+    sizes = data.image_sizes([root / path for path in test.path])
+    bias = evaluate.resolution_bias(test, sizes.width * sizes.height)
+    at = open_page(ui.EVALUATE)
+    (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
+    for rho in bias.rho:
+        assert f"ρ = {rho:+.2f}" in caption
 
 
 def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):

@@ -23,6 +23,7 @@ from core.evaluate import (
     evaluate_predictions,
     metrics_table,
     pr_points,
+    resolution_bias,
     roc_points,
 )
 
@@ -188,3 +189,21 @@ def test_curves_and_confusion_frame():
     assert list(confusion.index) == ["true NonCOVID", "true COVID"]
     assert list(confusion.columns) == ["predicted NonCOVID", "predicted COVID"]
     assert confusion.to_numpy().tolist() == [[4, 1], [2, 3]]
+
+
+def test_resolution_bias_is_measured_within_each_class():
+    # Within each class, lower-resolution scans get higher probabilities
+    # (rho -1) in one split and are unrelated (rho near 0) in the other.
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(1e4, 1e6, 80)
+    y_true = np.tile([0, 1], 40)
+    split = np.repeat(["test", "val"], 40)
+    prob = np.where(split == "test", 1 - pixels / 2e6, rng.uniform(0, 1, 80)) * 0.5 + 0.5 * y_true
+    predictions = pd.DataFrame({"y_true": y_true, "prob": prob, "split": split})
+    bias = resolution_bias(predictions, pixels)
+    assert list(zip(bias.split, bias.y_true, bias.n)) == [("test", 0, 20), ("test", 1, 20), ("val", 0, 20),
+                                                          ("val", 1, 20)]
+    np.testing.assert_allclose(bias.rho[:2], -1.0)
+    assert (bias.rho[2:].abs() < 0.5).all()
+    # One size for every scan: no correlation to speak of, not an error.
+    assert resolution_bias(predictions, np.full(80, 5e4)).rho.isna().all()
