@@ -64,6 +64,10 @@ class TrainConfig:
     flip: bool = True
     fill_mode: str = "reflect"  # what rotation/zoom uncover: "reflect", "constant" (black) or "nearest"
     blur: float = 0.0  # largest sigma (pixels) of a Gaussian blur on half the training images; 0 = off
+    # Momentum of an exponential moving average of the fine-tuned weights
+    # (Polyak averaging); validation, checkpoints and the saved model use the
+    # average. Smooths the epoch-to-epoch swings that best-epoch selection chases.
+    ema: float = 0.0  # 0 = off
     early_stopping_patience: int = 5
     lr_patience: int = 2
     flip_tta: bool = True  # average predictions with the mirrored scan
@@ -113,6 +117,8 @@ class TrainConfig:
             found.append(f"dropout {self.dropout} must be in [0, 1)")
         if not 0 <= self.mixup <= 10:
             found.append(f"mixup {self.mixup} must be between 0 (off) and 10")
+        if not 0 <= self.ema < 1:
+            found.append(f"ema {self.ema} must be in [0, 1) (0 = off)")
         if not 0 <= self.label_smoothing < 0.5:
             found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
         if not 0 <= self.rotation <= 180:
@@ -218,19 +224,20 @@ def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     return shuffled.groupby(["split", "y"]).head(per_class).sort_values("relpath").reset_index(drop=True)
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float, ema: float = 0.0):
+    averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, **averaging)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4, **averaging)
+    return keras.optimizers.Adam(learning_rate, **averaging)
 
 
-def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float) -> None:
+def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float, ema: float = 0.0) -> None:
     """Cross-entropy on one-hot labels (label smoothing needs them) and the
     positive-class precision, recall and AUC."""
     model.compile(
-        optimizer=make_optimizer(config.optimizer, learning_rate),
+        optimizer=make_optimizer(config.optimizer, learning_rate, ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -252,14 +259,22 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
               extra_callbacks=()):
     """One phase of model.fit with the run's callbacks (and the caller's, such
     as a tuner's pruning callback); returns the history."""
-    compile_model(model, config, learning_rate)
+    # Weight averaging in fine-tuning only: the few steps of the head warm-up
+    # would leave the average near the random initial head.
+    ema = config.ema if phase == "finetune" else 0.0
+    compile_model(model, config, learning_rate, ema)
     callbacks = list(extra_callbacks) + [
         RunProgress(run_dir, phase, epochs, steps, report),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        # Backs up before the averaged weights are swapped in below.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
                                           patience=config.lr_patience, min_lr=1e-7),
     ]
+    if ema:
+        # Validation sees the averaged weights; at each epoch's end they stay
+        # in the model for the callbacks below (best weights, checkpoint).
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if phase == "finetune":
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,

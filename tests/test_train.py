@@ -203,3 +203,33 @@ def test_bfloat16_run_computes_in_bfloat16_and_restores_the_policy(tmp_path, dat
 
 def test_unknown_precision_is_refused(data_dir):
     assert any("precision 'float8'" in p for p in TrainConfig(data_dir=str(data_dir), precision="float8").problems())
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path, ema):
+    """With weight averaging, validation scores the averaged weights and the
+    model keeps those of the best epoch, not the raw ones the optimizer steps."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from core.train import ActivationBatches, fit_phase
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 8)).astype("float32")
+    y = (x[:, 0] + rng.normal(scale=1.0, size=96) > 0).astype(int)
+    train_batches = ActivationBatches(x[:64], y[:64], batch_size=8, epoch_size=64, seed=0)
+    val_batches = ActivationBatches(x[64:], y[64:], batch_size=32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+
+    raw = []  # the optimizer's own weights at each epoch's end (these callbacks run first)
+    keep_raw = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: raw.append(model.get_weights()))
+    config = TrainConfig(data_dir=str(tmp_path), ema=ema, early_stopping_patience=2)
+    history = fit_phase(model, config, tmp_path, "finetune", 6, 0.05, train_batches, val_batches, 8, None,
+                        report=lambda _: None, extra_callbacks=[keep_raw])
+
+    best = int(np.argmax(history.history["val_auc"]))
+    kept_auc = roc_auc_score(y[64:], model.predict(x[64:], verbose=0)[:, 1])
+    assert kept_auc == pytest.approx(history.history["val_auc"][best], abs=2e-3)
+    same_as_raw = all(np.allclose(a, b) for a, b in zip(model.get_weights(), raw[best]))
+    assert same_as_raw == (ema == 0.0)
