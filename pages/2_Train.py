@@ -30,7 +30,7 @@ LAYOUT = [
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
      "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode", "blur"]},
     {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
-                      "finetune_lr", "label_smoothing", "mixup", "class_weights",
+                      "finetune_lr", "label_smoothing", "mixup", "ema", "class_weights",
                       "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
 ]
 HELP = {
@@ -46,6 +46,8 @@ HELP = {
     "finetune_epochs": "Phase 2: unfrozen stages at the lower learning rate.",
     "mixup": "Mixup's alpha: train on pairs of scans (or their cached activations) mixed with a "
              "Beta(alpha, alpha) weight, labels alike (0 = off).",
+    "ema": "Keep a moving average of the fine-tuned weights with this momentum (e.g. 0.97); validation, "
+           "the checkpoint and the saved model use the average (0 = off).",
     "class_weights": "Weight classes inversely to their frequency in the training split.",
     "early_stopping_patience": "Fine-tuning stops after this many epochs without a better validation AUC.",
     "lr_patience": "Halve the learning rate after this many epochs without a better validation AUC.",
@@ -69,7 +71,7 @@ HELP = {
     "cpu_devices": "Split the CPU into this many logical devices for 'mirrored' (0: no split).",
     "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
 }
-STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1,
+STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1, "ema": 0.01,
          "rotation": 1.0, "zoom": 0.05, "contrast": 0.05, "blur": 0.25}
 
 
