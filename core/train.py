@@ -51,7 +51,7 @@ class TrainConfig:
     head_lr: float = 1e-3
     finetune_epochs: int = 20
     finetune_lr: float = 5e-5
-    train_from: str = "conv3"  # validation ROC-AUC: conv3 0.896, conv4 0.894, conv5 0.827 (README)
+    train_from: str = "conv3"  # validation ROC-AUC: conv2 0.870, conv3 0.896, conv4 0.894, conv5 0.827 (README)
     train_batchnorm: bool = False
     cache_frozen: bool = True  # train on cached activations of the frozen stages
     cached_views: int = 4      # augmented views per training image in that cache
