@@ -1,4 +1,4 @@
-"""Command line: python -m core train | resume | tune | evaluate | predict | explain | audit | runs.
+"""Command line: python -m core train | cv | resume | tune | evaluate | predict | explain | audit | runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -70,6 +70,29 @@ def cmd_train(args) -> int:
         train(config, run_dir=Path(args.run_dir), report=_report)
     else:
         train(config_from_args(args), name=args.name, report=_report)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from core import evaluate, runs
+    from core.train import cross_validate
+
+    if args.cv_folds is None:
+        args.cv_folds = 5
+    config = config_from_args(args)
+    run_dirs = cross_validate(config, name=args.name, report=_report)
+    summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs],
+                                                n_boot=config.n_boot, seed=config.seed)
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}):")
+    for run_dir, auc in zip(run_dirs, summary["fold_roc_auc"]):
+        print(f"  {run_dir.name}: validation ROC-AUC {fmt(auc)}")
+    low, high = summary["pooled_ci"]
+    print(f"mean {fmt(summary['mean_roc_auc'])} ± {fmt(summary['std_roc_auc'])}; pooled out-of-fold ROC-AUC "
+          f"{fmt(summary['pooled_roc_auc'])} [{fmt(low)}, {fmt(high)}] over {summary['n_images']} images")
     return 0
 
 
@@ -202,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="train into this existing run folder with its config.json")
     _add_config_options(train)
     train.set_defaults(func=cmd_train)
+
+    cv = commands.add_parser(
+        "cv", help="score a recipe by k-fold cross-validation over train + val (one run per fold)",
+        description="Regroups the train and validation images into --cv-folds folds of whole patients "
+                    "(default 5) and trains one run per fold, each validating on its fold; prints each "
+                    "fold's validation ROC-AUC and that of all out-of-fold predictions pooled. Takes the "
+                    "options of train. The test split is not used to score.")
+    cv.add_argument("--name", help="suffix for the run ids (default cv)")
+    _add_config_options(cv)
+    cv.set_defaults(func=cmd_cv)
 
     resume = commands.add_parser("resume", help="continue an interrupted, failed or cancelled run")
     resume.add_argument("run", help="run id")

@@ -562,6 +562,31 @@ def _grouped_split(y: np.ndarray, groups: np.ndarray, seed: int,
     return split
 
 
+def cross_validation_split(index: pd.DataFrame, folds: int, fold: int, seed: int = 0) -> pd.DataFrame:
+    """The index with its train and validation images regrouped for k-fold
+    cross-validation: `folds` folds of whole patients, stratified by class
+    (StratifiedGroupKFold, shuffled with `seed`); fold `fold` (0-based)
+    becomes the validation split, the others train. Test images stay as
+    they are, in no fold. Every train + val image validates in exactly one
+    fold, so k runs score a recipe on all of them instead of on one small
+    validation split."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} of {folds}: need at least 2 folds and 0 <= fold < folds")
+    pool = index.index[index["split"].isin(["train", "val"])].to_numpy()
+    n_patients = index.loc[pool, "patient_id"].nunique()
+    if n_patients < folds:
+        raise ValueError(f"only {n_patients} patients in train + val: cannot make {folds} folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    _, held_out = list(splitter.split(pool, index.loc[pool, "y"], index.loc[pool, "patient_id"]))[fold]
+    regrouped = index.copy()
+    regrouped.loc[pool, "split"] = "train"
+    regrouped.loc[pool[held_out], "split"] = "val"
+    regrouped.attrs = dict(index.attrs, split_source=f"{index.attrs.get('split_source', 'split')}; train + val "
+                                                     f"regrouped by patient, fold {fold + 1} of {folds} "
+                                                     f"validates (seed {seed})")
+    return regrouped
+
+
 def split_counts(index: pd.DataFrame) -> pd.DataFrame:
     """Images per split (rows train/val/test, then "total") x label (columns, then "total")."""
     counts = pd.crosstab(index["split"], index["label"], margins=True, margins_name="total")

@@ -40,6 +40,10 @@ class TrainConfig:
     use_official_splits: bool = True
     seed: int = 0
     max_images_per_split: int = 0  # 0 = all; a small number for smoke runs
+    # k-fold cross-validation over train + val (data.cross_validation_split): with
+    # cv_folds >= 2 the run validates on fold cv_fold (0-based); 0 = the split as indexed.
+    cv_folds: int = 0
+    cv_fold: int = 0
     backbone: str = "resnet50"
     weights: str | None = field(default_factory=paths.weights_path)
     input_size: int = 224
@@ -105,6 +109,10 @@ class TrainConfig:
         for name in ("head_lr", "finetune_lr"):
             if not 0 < getattr(self, name) < 1:
                 found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
+        if self.cv_folds and not 2 <= self.cv_folds <= 20:
+            found.append(f"cv_folds {self.cv_folds} must be 0 (no cross-validation) or between 2 and 20")
+        elif self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
+            found.append(f"cv_fold {self.cv_fold} must be between 0 and cv_folds - 1 ({self.cv_folds - 1})")
         if self.cached_views < 1:
             found.append(f"cached_views {self.cached_views} must be at least 1")
         for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience",
@@ -356,6 +364,21 @@ def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(),
     return run_dir
 
 
+def cross_validate(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
+    """One run per fold of config.cv_folds (at least 2), each validating on
+    its own fold of train + val; returns their folders, to be scored with
+    evaluate.cross_validation_summary. A failed fold stops the rest (the
+    finished folds stay as runs)."""
+    if config.cv_folds < 2:
+        raise ValueError(f"cross-validation needs cv_folds of at least 2, got {config.cv_folds}")
+    run_dirs = []
+    for fold in range(config.cv_folds):
+        report(f"fold {fold + 1} of {config.cv_folds}")
+        run_dirs.append(train(dataclasses.replace(config, cv_fold=fold), name=f"{name or 'cv'}-fold{fold + 1}",
+                              report=report, runs_root=runs_root))
+    return run_dirs
+
+
 def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:
     """Start a run in a background process that outlives the caller (the
     app's page or tab); returns its folder at once. Refused while another
@@ -385,9 +408,11 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
                f"learning rates {config.head_lr:g} / {config.finetune_lr:g}")
     runs.set_status(run_dir, "running", replicas=replicas)
     keras.utils.set_random_seed(config.seed)
-    index = select_images(data.index_dataset(config.data_dir, positive_class=config.positive_class,
-                                             seed=config.seed, use_official_splits=config.use_official_splits),
-                          config)
+    index = data.index_dataset(config.data_dir, positive_class=config.positive_class,
+                               seed=config.seed, use_official_splits=config.use_official_splits)
+    if config.cv_folds:
+        index = data.cross_validation_split(index, config.cv_folds, config.cv_fold, config.seed)
+    index = select_images(index, config)
     report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
 
     images, labels = {}, {}

@@ -24,7 +24,8 @@ CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precisi
            "fill_mode": list(data.FILL_MODES)}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
-    {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed"],
+    {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed",
+              "cv_folds", "cv_fold"],
      "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
      "Devices": ["strategy", "cpu_devices", "precision"]},
     {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
@@ -38,6 +39,9 @@ HELP = {
     "positive_class": "The class folder predicted as positive.",
     "use_official_splits": "Use the split lists in splits/; off: split by patient, stratified by class.",
     "max_images_per_split": "0 = all images; a small number for a quick smoke run.",
+    "cv_folds": "Cross-validation: regroup train + val into this many folds of whole patients (0 = off); "
+                "`python -m core cv` trains every fold and scores them together.",
+    "cv_fold": "The fold (from 0) this run validates on.",
     "weights": "ImageNet weights file; empty = random initialisation.",
     "input_size": "Images are resized to this square size (pixels).",
     "train_from": "Fine-tuning trains the ResNet stages from this one up ('head': the head only).",

@@ -18,7 +18,7 @@ def run_cli(*args, env=None):
 def test_help_lists_every_command():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate", "predict", "explain", "audit", "runs"):
+    for command in ("train", "cv", "evaluate", "predict", "explain", "audit", "runs"):
         assert command in result.stdout
 
 
@@ -74,3 +74,30 @@ def test_no_run_yet_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     assert main(["predict", "x.png"]) == 2
     assert "no completed run" in capsys.readouterr().err
+
+
+def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_dir, weights, tmp_path,
+                                                                           monkeypatch, capsys):
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from core import runs
+
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    tiny = ["--data-dir", str(data_dir), "--weights", weights, "--input-size", "64", "--batch-size", "4",
+            "--max-images-per-split", "8", "--head-epochs", "1", "--finetune-epochs", "1", "--n-boot", "20"]
+    assert main(["cv", "--cv-folds", "2", "--name", "tiny", *tiny]) == 0
+    out = capsys.readouterr().out
+
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert [d.name.split("-", 2)[-1] for d in run_dirs] == ["tiny-fold1", "tiny-fold2"]
+    assert [runs.read_json(d / "config.json")["cv_fold"] for d in run_dirs] == [0, 1]
+    predictions = [runs.read_predictions(d) for d in run_dirs]
+    val = [set(p.path[p.split == "val"]) for p in predictions]
+    assert val[0] and val[1] and not val[0] & val[1]  # each fold validates on its own images
+    pooled = pd.concat([p[p.split == "val"] for p in predictions])
+    assert "2-fold cross-validation over train + val" in out
+    assert f"pooled out-of-fold ROC-AUC {roc_auc_score(pooled.y_true, pooled.prob):.3f}" in out
+    assert f"over {len(pooled)} images" in out
+    for run_dir in run_dirs:
+        assert run_dir.name in out

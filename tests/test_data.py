@@ -54,6 +54,26 @@ def test_official_split_on_covid_ct(official_index):
 
 
 @needs_real_data
+def test_cross_validation_folds_validate_each_image_once_and_keep_patients_together(official_index):
+    index = official_index
+    pool = index.split != "test"
+    validates = pd.Series(0, index=index.index)
+    for fold in range(5):
+        regrouped = data.cross_validation_split(index, 5, fold, seed=0)
+        assert (regrouped.loc[~pool, "split"] == "test").all()  # test stays aside
+        assert set(regrouped.loc[pool, "split"]) == {"train", "val"}
+        assert regrouped[pool].groupby("patient_id")["split"].nunique().max() == 1
+        val = regrouped[regrouped.split == "val"]
+        assert 0.4 < val.y.mean() < 0.6 and 100 <= len(val) <= 120  # stratified: about 543 / 5 each
+        validates += regrouped.split == "val"
+        assert f"fold {fold + 1} of 5" in regrouped.attrs["split_source"]
+    assert (validates[pool] == 1).all() and (validates[~pool] == 0).all()
+    assert (index.split[pool] != "test").all()  # the caller's index is left as it was
+    with pytest.raises(ValueError, match="fold 5 of 5"):
+        data.cross_validation_split(index, 5, 5)
+
+
+@needs_real_data
 def test_patient_ids_come_from_both_metadata_files(official_index):
     patient = official_index.set_index("relpath")["patient_id"]
     # The xlsx lists this one without ".png".

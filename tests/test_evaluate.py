@@ -20,6 +20,7 @@ from core.evaluate import (
     bootstrap_ci,
     choose_threshold,
     confusion_frame,
+    cross_validation_summary,
     evaluate_predictions,
     metrics_table,
     pr_points,
@@ -207,3 +208,30 @@ def test_resolution_bias_is_measured_within_each_class():
     assert (bias.rho[2:].abs() < 0.5).all()
     # One size for every scan: no correlation to speak of, not an error.
     assert resolution_bias(predictions, np.full(80, 5e4)).rho.isna().all()
+
+
+def test_cross_validation_summary_scores_each_fold_and_the_pooled_out_of_fold_predictions():
+    rng = np.random.default_rng(0)
+
+    def fold_run(first, n):  # one fold's run: its own validation images, and the shared test images
+        y = np.tile([0, 1], n // 2)
+        val = pd.DataFrame({"path": [f"img{i}" for i in range(first, first + n)], "y_true": y,
+                            "prob": np.clip(0.3 * y + rng.uniform(0, 0.7, n), 0, 1), "split": "val"})
+        test = pd.DataFrame({"path": ["t0", "t1"], "y_true": [0, 1], "prob": [0.9, 0.1], "split": "test"})
+        return pd.concat([val, test], ignore_index=True)
+
+    runs = [fold_run(0, 40), fold_run(40, 40), fold_run(80, 40)]
+    summary = cross_validation_summary(runs, n_boot=200)
+    vals = [r[r.split == "val"] for r in runs]
+    expected = [roc_auc_score(v.y_true, v.prob) for v in vals]
+    np.testing.assert_allclose(summary["fold_roc_auc"], expected)
+    assert summary["mean_roc_auc"] == pytest.approx(np.mean(expected))
+    assert summary["std_roc_auc"] == pytest.approx(np.std(expected, ddof=1))
+    pooled = pd.concat(vals)
+    assert summary["pooled_roc_auc"] == pytest.approx(roc_auc_score(pooled.y_true, pooled.prob))
+    low, high = summary["pooled_ci"]
+    assert low < summary["pooled_roc_auc"] < high
+    assert summary["n_images"] == 120  # the (inverted) test predictions play no part
+
+    with pytest.raises(ValueError, match="img0 validates in more than one fold"):
+        cross_validation_summary([runs[0], runs[0]])

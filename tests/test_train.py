@@ -57,6 +57,8 @@ def test_select_images_is_class_balanced_per_split(data_dir):
     ({"finetune_lr": -1e-4}, "finetune_lr"),
     ({"backbone": "vgg16"}, "backbone"),
     ({"data_dir": "/nonexistent"}, "data_dir"),
+    ({"cv_folds": 1}, "cv_folds 1 must be 0"),
+    ({"cv_folds": 5, "cv_fold": 5}, "cv_fold 5 must be between 0 and cv_folds - 1"),
 ])
 def test_impossible_config_is_refused_before_any_work(tmp_path, change, message):
     config = TrainConfig(**change)
