@@ -75,19 +75,24 @@ def cmd_train(args) -> int:
 
 def cmd_cv(args) -> int:
     from core import evaluate, runs
-    from core.train import cross_validate
+    from core.train import TrainConfig, cross_validate
 
-    if args.cv_folds is None:
-        args.cv_folds = 5
-    config = config_from_args(args)
-    run_dirs = cross_validate(config, name=args.name, report=_report)
+    if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
+        run_dirs = [_run_dir(run_id) for run_id in args.score]
+        config = TrainConfig.from_dict(runs.read_json(run_dirs[0] / "config.json", {}))
+    else:
+        if args.cv_folds is None:
+            args.cv_folds = 5
+        config = config_from_args(args)
+        run_dirs = cross_validate(config, name=args.name, report=_report)
     summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs],
                                                 n_boot=config.n_boot, seed=config.seed)
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
-    print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}):")
+    print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}), "
+          f"{len(run_dirs)} fold runs:")
     for run_dir, auc in zip(run_dirs, summary["fold_roc_auc"]):
         print(f"  {run_dir.name}: validation ROC-AUC {fmt(auc)}")
     low, high = summary["pooled_ci"]
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "fold's validation ROC-AUC and that of all out-of-fold predictions pooled. Takes the "
                     "options of train. The test split is not used to score.")
     cv.add_argument("--name", help="suffix for the run ids (default cv)")
+    cv.add_argument("--score", nargs="+", metavar="RUN", help="train nothing: score these finished fold runs")
     _add_config_options(cv)
     cv.set_defaults(func=cmd_cv)
 

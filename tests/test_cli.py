@@ -101,3 +101,7 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     assert f"over {len(pooled)} images" in out
     for run_dir in run_dirs:
         assert run_dir.name in out
+
+    # The same fold runs, scored again without training.
+    assert main(["cv", "--score", *[d.name for d in run_dirs]]) == 0
+    assert capsys.readouterr().out.strip() == out[out.index("2-fold"):].strip()
