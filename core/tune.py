@@ -53,8 +53,9 @@ INTEGERS = ("batch_size", "input_size")
 # augment_strength scales three settings together: 0 turns them off, 0.5 is the
 # default recipe (10 degrees, 0.1, 0.1), 1 doubles it. Flips stay as set.
 AUGMENT_AT_FULL_STRENGTH = {"rotation": 20.0, "zoom": 0.2, "contrast": 0.2}
-# Where the data is and how this machine trains: not part of a promoted default.
-MACHINE_SETTINGS = ("data_dir", "strategy", "cpu_devices")
+# Where the data is, how this machine trains and which cross-validation fold a
+# run validates on: not part of a promoted default.
+MACHINE_SETTINGS = ("data_dir", "strategy", "cpu_devices", "cv_folds", "cv_fold")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Median rule: nothing is pruned before 5 trials have finished, nor before a trial's 3rd epoch.

@@ -251,7 +251,8 @@ def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     assert config_from_args(build_parser().parse_args(["train"])) == expected
     assert config_from_args(build_parser().parse_args(["train", "--seed", "3"])) == replace(expected, seed=3)
     saved = json.loads(paths.default_config_path().read_text())
-    assert "data_dir" not in saved["config"]  # the dataset's place stays with the machine
+    # The dataset's place stays with the machine; a cross-validation fold stays with its run.
+    assert not {"data_dir", "cv_folds", "cv_fold"} & set(saved["config"])
     assert saved["promoted_from"]["trial"] == best.number
 
     assert main(["tune", "--reset-default"]) == 0
