@@ -276,8 +276,10 @@ def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int = 1000
     """Score a recipe from its k cross-validation runs (core.train.cross_validate):
     each run's validation ROC-AUC, their mean and standard deviation, and the
     ROC-AUC of all out-of-fold predictions pooled, with a bootstrap 95% CI.
-    Pooled over all train + val images, it is a steadier score than one small
-    validation split. Test predictions are left out: recipes are chosen here."""
+    The mean over folds is the recipe's score (as scikit-learn's
+    cross_val_score); the pooled figure also asks that the fold models'
+    probabilities be alike, as one model's would be. Test predictions are
+    left out: recipes are chosen here."""
     folds = [frame[frame["split"] == "val"] for frame in predictions]
     pooled = pd.concat(folds, ignore_index=True)
     repeated = pooled["path"][pooled["path"].duplicated()]
