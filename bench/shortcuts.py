@@ -26,14 +26,13 @@ from core import data, evaluate, paths, runs  # noqa: E402
 
 
 def file_properties(index: pd.DataFrame) -> pd.DataFrame:
-    """log pixel count and is-JPEG (by content, not extension) of each scan."""
-    sizes = data.image_sizes(index.path.tolist())
-    jpeg = []
+    """log pixel count and is-JPEG (by content, not extension) of each scan,
+    from one header read per file."""
+    rows = []
     for path in index.path:
-        with Image.open(path) as image:
-            jpeg.append(image.format == "JPEG")
-    return pd.DataFrame({"log_pixels": np.log(sizes.width * sizes.height).to_numpy(),
-                         "jpeg": np.array(jpeg, dtype=float)}, index=index.index)
+        with Image.open(path) as image:  # lazy: the header only
+            rows.append({"log_pixels": np.log(image.width * image.height), "jpeg": float(image.format == "JPEG")})
+    return pd.DataFrame(rows, index=index.index)
 
 
 def main() -> None:

@@ -78,6 +78,8 @@ def cmd_cv(args) -> int:
     from core.train import TrainConfig, cross_validate
 
     if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
+        if given_settings(args):
+            raise ValueError("--score trains nothing: it takes no training options")
         run_dirs = [_run_dir(run_id) for run_id in args.score]
         config = TrainConfig.from_dict(runs.read_json(run_dirs[0] / "config.json", {}))
     else:

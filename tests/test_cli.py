@@ -105,3 +105,5 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     # The same fold runs, scored again without training.
     assert main(["cv", "--score", *[d.name for d in run_dirs]]) == 0
     assert capsys.readouterr().out.strip() == out[out.index("2-fold"):].strip()
+    assert main(["cv", "--score", run_dirs[0].name, "--seed", "3"]) == 2
+    assert "takes no training options" in capsys.readouterr().err
