@@ -25,7 +25,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import data, paths, runs
+from core import data, paths, runs, train
 from core.explain import overlay
 from core.predict import Prediction, Predictor
 
@@ -305,6 +305,20 @@ def runs_table(all_runs: list[dict]) -> None:
         "finetune_lr": st.column_config.NumberColumn(format="%.0e"),
         "train_seconds": st.column_config.NumberColumn("train s", format="%.0f"),
     })
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
+def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
+    return train.cross_validation_table([runs.load_run(path) for path in run_paths])
+
+
+def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
+    """train.cross_validation_table over the completed fold runs, cached until
+    one of their predictions changes or a fold is added."""
+    folds = [run for run in all_runs if (run["config"].get("cv_folds") or 0) >= 2
+             and run["status"].get("state") == "completed"]
+    return _cross_validation(tuple(str(run["path"]) for run in folds),
+                             tuple(mtime(run["path"] / "predictions.csv") for run in folds))
 
 
 # ---------------------------------------------------------------------------

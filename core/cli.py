@@ -215,9 +215,15 @@ def cmd_audit(args) -> int:
 
 def cmd_runs(args) -> int:
     from core import runs
+    from core.train import cross_validation_table
 
-    table = runs.compare_runs(runs.list_runs())
+    all_runs = runs.list_runs()
+    table = runs.compare_runs(all_runs)
     print(table.to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    recipes = cross_validation_table(all_runs)
+    if len(recipes):  # fold runs, scored together: the mean fold ROC-AUC is the recipe's score
+        print("\nCross-validated recipes (validation folds of train + val):")
+        print(recipes.to_string(index=False, float_format="%.3f"))
     return 0
 
 
@@ -297,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--csv", help="also write the pairs to this CSV file")
     audit.set_defaults(func=cmd_audit)
 
-    listing = commands.add_parser("runs", help="list runs with their settings and test metrics")
+    listing = commands.add_parser("runs", help="list runs with their settings and test metrics, and score "
+                                  "each cross-validated recipe from its fold runs")
     listing.set_defaults(func=cmd_runs)
     return parser
 

@@ -167,6 +167,21 @@ def read_predictions(run_dir) -> pd.DataFrame:
     return pd.read_csv(Path(run_dir) / "predictions.csv")
 
 
+def cross_validation_groups(all_runs: list[dict]) -> list[list[dict]]:
+    """Completed cross-validation runs (cv_folds >= 2) grouped by recipe: runs
+    whose settings agree in everything but the fold they validate on. A group
+    holds one run per fold in fold order (the newest, where a fold was trained
+    twice); it can lack folds not trained yet. Groups come newest first."""
+    groups: dict[str, dict[int, dict]] = {}
+    for run in sorted(all_runs, key=lambda r: r["id"], reverse=True):
+        config = run["config"]
+        if run["status"].get("state") != "completed" or (config.get("cv_folds") or 0) < 2:
+            continue
+        recipe = json.dumps({k: v for k, v in config.items() if k != "cv_fold"}, sort_keys=True)
+        groups.setdefault(recipe, {}).setdefault(config.get("cv_fold", 0), run)
+    return [[folds[f] for f in sorted(folds)] for folds in groups.values()]
+
+
 COMPARED_SETTINGS = ("backbone", "input_size", "batch_size", "train_from", "head_epochs",
                      "finetune_epochs", "head_lr", "finetune_lr", "dropout", "label_smoothing", "seed")
 

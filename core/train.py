@@ -379,6 +379,48 @@ def cross_validate(config: TrainConfig, name: str | None = None, report=print, r
     return run_dirs
 
 
+# Where a run's data and weights sit, and which fold it validates on, do not make another recipe.
+_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed")
+
+
+def recipe_changes(config: dict) -> str:
+    """The settings of a run that differ from the project's recipe
+    (TrainConfig's defaults), e.g. "train_from=conv2, ema=0.97"."""
+    defaults = asdict(TrainConfig())
+    changed = [f"{key}={value}" for key, value in config.items()
+               if key not in _NOT_RECIPE and key in defaults and value != defaults[key]]
+    return ", ".join(changed) or "project defaults"
+
+
+def cross_validation_table(all_runs: list[dict], n_boot: int = 1000) -> pd.DataFrame:
+    """One row per cross-validated recipe found among the runs
+    (runs.cross_validation_groups), scored by evaluate.cross_validation_summary
+    over the folds trained so far: the mean fold ROC-AUC is the recipe's score."""
+    rows = []
+    for group in runs.cross_validation_groups(all_runs):
+        config = group[0]["config"]
+        row = {"recipe": recipe_changes(config), "seed": config.get("seed", 0),
+               "folds": f"{len(group)} of {config['cv_folds']}", "runs": " ".join(run["id"] for run in group)}
+        try:
+            summary = evaluate.cross_validation_summary([runs.read_predictions(run["path"]) for run in group],
+                                                        n_boot=n_boot, seed=config.get("seed", 0))
+        except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
+            rows.append({**row, "problem": f"{type(error).__name__}: {error}"})
+            continue
+        low, high = summary["pooled_ci"]
+        rows.append({
+            **row,
+            "mean_roc_auc": summary["mean_roc_auc"],
+            "std_roc_auc": summary["std_roc_auc"],
+            "fold_roc_auc": ", ".join("n/a" if auc is None else f"{auc:.3f}" for auc in summary["fold_roc_auc"]),
+            "pooled_roc_auc": summary["pooled_roc_auc"],
+            "pooled_ci_low": low,
+            "pooled_ci_high": high,
+            "images": summary["n_images"],
+        })
+    return pd.DataFrame(rows)
+
+
 def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:
     """Start a run in a background process that outlives the caller (the
     app's page or tab); returns its folder at once. Refused while another

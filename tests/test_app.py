@@ -114,6 +114,34 @@ def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, tra
         assert f"ρ = {rho:+.2f}" in caption
 
 
+def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monkeypatch):
+    runs_root = tmp_path / "artifacts" / "runs"
+    shutil.copytree(trained_run, runs_root / trained_run.name)  # a run for the page to show
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+    at = open_page(ui.EVALUATE)
+    assert_no_exception(at)
+    assert "No cross-validation runs yet" in texts(at.info)
+
+    # Two fold runs of the tiny run's recipe, each validating on its own half of its predictions.
+    config = runs.read_json(trained_run / "config.json")
+    val = runs.read_predictions(trained_run).query("split == 'val'")
+    halves = [val.iloc[0::2], val.iloc[1::2]]
+    for fold, half in enumerate(halves):
+        run_dir = runs.new_run({**config, "cv_folds": 2, "cv_fold": fold}, name=f"cv-fold{fold + 1}",
+                               runs_root=runs_root)
+        runs.write_csv(run_dir / "predictions.csv", half)
+        runs.set_status(run_dir, "completed")
+    summary = evaluate.cross_validation_summary(halves, n_boot=config["n_boot"], seed=config["seed"])
+
+    at = open_page(ui.EVALUATE)
+    assert_no_exception(at)
+    (table,) = [frame.value for frame in at.dataframe if "mean_roc_auc" in frame.value]
+    assert table.loc[0, "folds"] == "2 of 2"
+    assert table.loc[0, "recipe"] == train.recipe_changes(config)
+    assert table.loc[0, "mean_roc_auc"] == pytest.approx(summary["mean_roc_auc"])
+    assert table.loc[0, "pooled_roc_auc"] == pytest.approx(summary["pooled_roc_auc"])
+
+
 def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
     test = runs.read_predictions(trained_run).query("split == 'test'")
     chosen = runs.read_json(trained_run / "metrics.json")["threshold"]["value"]

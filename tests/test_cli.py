@@ -107,3 +107,10 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     assert capsys.readouterr().out.strip() == out[out.index("2-fold"):].strip()
     assert main(["cv", "--score", run_dirs[0].name, "--seed", "3"]) == 2
     assert "takes no training options" in capsys.readouterr().err
+
+    # `runs` finds the fold runs by itself and scores their recipe.
+    assert main(["runs"]) == 0
+    listing = capsys.readouterr().out
+    recipes = listing[listing.index("Cross-validated recipes"):]
+    assert "2 of 2" in recipes and " ".join(d.name for d in run_dirs) in recipes
+    assert f"{roc_auc_score(pooled.y_true, pooled.prob):.3f}" in recipes

@@ -108,3 +108,25 @@ def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, da
     with pytest.raises(runs.TrainingBusy, match=first.name):
         core.train.launch_training(config, runs_root=tmp_path)
     assert len(started) == 1
+
+
+def _finished_run(runs_root, name: str, config: dict, state: str = "completed") -> str:
+    run_dir = runs.new_run(config, name=name, runs_root=runs_root)
+    runs.set_status(run_dir, state)
+    return run_dir.name
+
+
+def test_cross_validation_groups_hold_one_completed_run_per_fold_of_each_recipe(tmp_path):
+    cv = {"cv_folds": 2, "seed": 0, "train_from": "conv3"}
+    a_fold1 = _finished_run(tmp_path, "a-fold1", {**cv, "cv_fold": 0})
+    _finished_run(tmp_path, "a-fold2-try1", {**cv, "cv_fold": 1})
+    a_fold2 = _finished_run(tmp_path, "a-fold2-try2", {**cv, "cv_fold": 1})  # trained again: the newest counts
+    b_fold1 = _finished_run(tmp_path, "b-fold1", {**cv, "cv_fold": 0, "train_from": "conv2"})  # another recipe
+    _finished_run(tmp_path, "b-fold2", {**cv, "cv_fold": 1, "train_from": "conv2"}, state="failed")
+    _finished_run(tmp_path, "c-fold1", {**cv, "cv_fold": 0, "seed": 1})  # another seed: other folds
+    _finished_run(tmp_path, "plain", {"cv_folds": 0, "cv_fold": 0, "seed": 0, "train_from": "conv3"})
+
+    groups = runs.cross_validation_groups(runs.list_runs(tmp_path))
+    ids = [[run["id"] for run in group] for group in groups]
+    assert len(ids) == 3 and ids[1:] == [[b_fold1], [a_fold1, a_fold2]]  # newest recipe first
+    assert ids[0][0].endswith("c-fold1")

@@ -235,3 +235,41 @@ def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path, ema):
     assert kept_auc == pytest.approx(history.history["val_auc"][best], abs=2e-3)
     same_as_raw = all(np.allclose(a, b) for a, b in zip(model.get_weights(), raw[best]))
     assert same_as_raw == (ema == 0.0)
+
+
+def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_path):
+    from dataclasses import asdict
+
+    from sklearn.metrics import roc_auc_score
+
+    from core.train import cross_validation_table
+
+    rng = np.random.default_rng(0)
+
+    def fold_run(name: str, config: TrainConfig, first: int) -> None:  # its own 20 validation images
+        run_dir = runs.new_run(asdict(config), name=f"{name}-fold{config.cv_fold + 1}", runs_root=tmp_path)
+        y = np.tile([0, 1], 10)
+        runs.write_csv(run_dir / "predictions.csv", pd.DataFrame({
+            "path": [f"img{i}" for i in range(first, first + 20)], "y_true": y,
+            "prob": np.clip(0.3 * y + rng.uniform(0, 0.7, 20), 0, 1), "split": "val"}))
+        runs.set_status(run_dir, "completed")
+
+    for fold in range(3):
+        fold_run("a-default", TrainConfig(cv_folds=3, cv_fold=fold), 20 * fold)
+    fold_run("b-conv2", TrainConfig(cv_folds=3, cv_fold=0, train_from="conv2"), 0)
+    fold_run("c-ema", TrainConfig(cv_folds=2, cv_fold=0, ema=0.97), 0)
+    (runs.list_runs(tmp_path)[0]["path"] / "predictions.csv").unlink()  # c-ema's, newest
+
+    table = cross_validation_table(runs.list_runs(tmp_path), n_boot=50).set_index("recipe")
+    assert list(table.index) == ["ema=0.97", "train_from=conv2", "project defaults"]
+    assert list(table.folds) == ["1 of 2", "1 of 3", "3 of 3"]
+    assert "predictions.csv" in table.problem["ema=0.97"]  # named, not raised
+
+    folds = [runs.read_predictions(run["path"]) for run in runs.list_runs(tmp_path)[2:]]
+    expected = [roc_auc_score(f.y_true, f.prob) for f in reversed(folds)]
+    row = table.loc["project defaults"]
+    assert row.mean_roc_auc == pytest.approx(np.mean(expected))
+    assert row.fold_roc_auc == ", ".join(f"{auc:.3f}" for auc in expected)
+    pooled = pd.concat(folds)
+    assert row.pooled_roc_auc == pytest.approx(roc_auc_score(pooled.y_true, pooled.prob))
+    assert row.images == 60 and pd.isna(row.problem)
