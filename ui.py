@@ -315,8 +315,7 @@ def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     """train.cross_validation_table over the completed fold runs, cached until
     one of their predictions changes or a fold is added."""
-    folds = [run for run in all_runs if (run["config"].get("cv_folds") or 0) >= 2
-             and run["status"].get("state") == "completed"]
+    folds = [run for group in runs.cross_validation_groups(all_runs) for run in group]
     return _cross_validation(tuple(str(run["path"]) for run in folds),
                              tuple(mtime(run["path"] / "predictions.csv") for run in folds))
 
