@@ -395,30 +395,63 @@ def recipe_changes(config: dict) -> str:
 def cross_validation_table(all_runs: list[dict], n_boot: int = 1000) -> pd.DataFrame:
     """One row per cross-validated recipe found among the runs
     (runs.cross_validation_groups), scored by evaluate.cross_validation_summary
-    over the folds trained so far: the mean fold ROC-AUC is the recipe's score."""
-    rows = []
+    over the folds trained so far: the mean fold ROC-AUC is the recipe's score.
+    Folds differ in difficulty far more than recipes do, so a recipe is also
+    compared with the project defaults fold by fold, on the same folds
+    (same data, seed and number of folds): the mean paired difference and its
+    standard error."""
+    scored = []  # (recipe, config, runs, summary or the error that stopped it)
     for group in runs.cross_validation_groups(all_runs):
         config = group[0]["config"]
-        row = {"recipe": recipe_changes(config), "seed": config.get("seed", 0),
-               "folds": f"{len(group)} of {config['cv_folds']}", "runs": " ".join(run["id"] for run in group)}
         try:
             summary = evaluate.cross_validation_summary([runs.read_predictions(run["path"]) for run in group],
                                                         n_boot=n_boot, seed=config.get("seed", 0))
         except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
-            rows.append({**row, "problem": f"{type(error).__name__}: {error}"})
+            summary = error
+        scored.append((recipe_changes(config), config, group, summary))
+
+    def same_folds(config):
+        return config.get("data_dir"), config["cv_folds"], config.get("seed", 0)
+
+    def fold_scores(group, summary):
+        return dict(zip([run["config"]["cv_fold"] for run in group], summary["fold_roc_auc"]))
+
+    defaults = {same_folds(config): fold_scores(group, summary) for recipe, config, group, summary in scored
+                if recipe == "project defaults" and isinstance(summary, dict)}
+    rows = []
+    for recipe, config, group, summary in scored:
+        row = {"recipe": recipe, "seed": config.get("seed", 0), "folds": f"{len(group)} of {config['cv_folds']}"}
+        fold_runs = " ".join(run["id"] for run in group)
+        if not isinstance(summary, dict):
+            rows.append({**row, "problem": f"{type(summary).__name__}: {summary}", "runs": fold_runs})
             continue
+        baseline = None if recipe == "project defaults" else defaults.get(same_folds(config))
+        difference, standard_error = _paired_difference(fold_scores(group, summary), baseline)
         low, high = summary["pooled_ci"]
         rows.append({
             **row,
             "mean_roc_auc": summary["mean_roc_auc"],
             "std_roc_auc": summary["std_roc_auc"],
+            "vs_defaults": difference,
+            "vs_defaults_se": standard_error,
             "fold_roc_auc": ", ".join("n/a" if auc is None else f"{auc:.3f}" for auc in summary["fold_roc_auc"]),
             "pooled_roc_auc": summary["pooled_roc_auc"],
             "pooled_ci_low": low,
             "pooled_ci_high": high,
             "images": summary["n_images"],
+            "runs": fold_runs,
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table[[c for c in table if c != "runs"] + ["runs"]] if len(table) else table
+
+
+def _paired_difference(scores: dict, baseline: dict | None) -> tuple[float | None, float | None]:
+    """Mean and standard error of scores[fold] - baseline[fold] over the folds both scored."""
+    common = [f for f in scores if baseline and baseline.get(f) is not None and scores[f] is not None]
+    differences = np.array([scores[f] - baseline[f] for f in common])
+    if len(differences) < 2:
+        return None, None
+    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
 
 
 def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:

@@ -134,12 +134,19 @@ if len(recipes):
     st.dataframe(recipes, hide_index=True, column_config={
         **{c: st.column_config.NumberColumn(format="%.3f") for c in recipes if c.endswith(("roc_auc", "_ci_low",
                                                                                           "_ci_high"))},
+        "vs_defaults": st.column_config.NumberColumn("vs defaults", format="%+.3f",
+                                                     help="Mean fold-by-fold difference from the project "
+                                                          "defaults on the same folds"),
+        "vs_defaults_se": st.column_config.NumberColumn("± SE", format="%.3f"),
         "fold_roc_auc": "ROC-AUC per fold"})
     st.caption("Each recipe's fold runs validate on disjoint folds of whole patients drawn from train + val, "
                "so every one of those scans is scored once by a model that never trained on it. The mean "
-               "fold ROC-AUC is the recipe's score, steadier than one validation split. The pooled figure "
-               "ranks all folds' scans together and also asks that the fold models' probabilities agree. "
-               "Test predictions stay out: recipes are chosen here, test is reported for the chosen one.")
+               "fold ROC-AUC is the recipe's score, steadier than one validation split. Folds differ in "
+               "difficulty more than recipes do, so *vs defaults* compares a recipe with the project defaults "
+               "fold by fold, on the same folds: a gain smaller than about two standard errors is noise. "
+               "The pooled figure ranks all folds' scans together and also asks that the fold models' "
+               "probabilities agree. Test predictions stay out: recipes are chosen here, test is reported "
+               "for the chosen one.")
 else:
     st.info("No cross-validation runs yet: on the Train page set *Cv folds* and train one run per *Cv fold*, "
             "or run `python -m core cv`. The folds of each recipe are scored here together.")

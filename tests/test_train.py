@@ -256,16 +256,17 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
 
     for fold in range(3):
         fold_run("a-default", TrainConfig(cv_folds=3, cv_fold=fold), 20 * fold)
-    fold_run("b-conv2", TrainConfig(cv_folds=3, cv_fold=0, train_from="conv2"), 0)
+    for fold in range(2):  # the same folds, a fold not trained yet
+        fold_run("b-conv2", TrainConfig(cv_folds=3, cv_fold=fold, train_from="conv2"), 20 * fold)
     fold_run("c-ema", TrainConfig(cv_folds=2, cv_fold=0, ema=0.97), 0)
     (runs.list_runs(tmp_path)[0]["path"] / "predictions.csv").unlink()  # c-ema's, newest
 
     table = cross_validation_table(runs.list_runs(tmp_path), n_boot=50).set_index("recipe")
     assert list(table.index) == ["ema=0.97", "train_from=conv2", "project defaults"]
-    assert list(table.folds) == ["1 of 2", "1 of 3", "3 of 3"]
+    assert list(table.folds) == ["1 of 2", "2 of 3", "3 of 3"]
     assert "predictions.csv" in table.problem["ema=0.97"]  # named, not raised
 
-    folds = [runs.read_predictions(run["path"]) for run in runs.list_runs(tmp_path)[2:]]
+    folds = [runs.read_predictions(run["path"]) for run in runs.list_runs(tmp_path)[3:]]
     expected = [roc_auc_score(f.y_true, f.prob) for f in reversed(folds)]
     row = table.loc["project defaults"]
     assert row.mean_roc_auc == pytest.approx(np.mean(expected))
@@ -273,3 +274,10 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
     pooled = pd.concat(folds)
     assert row.pooled_roc_auc == pytest.approx(roc_auc_score(pooled.y_true, pooled.prob))
     assert row.images == 60 and pd.isna(row.problem)
+    assert pd.isna(row.vs_defaults)
+
+    # train_from=conv2 against the defaults, fold by fold, on the two folds both have.
+    conv2 = [runs.read_predictions(run["path"]) for run in reversed(runs.list_runs(tmp_path)[1:3])]
+    differences = [roc_auc_score(f.y_true, f.prob) - auc for f, auc in zip(conv2, expected)]
+    assert table.loc["train_from=conv2", "vs_defaults"] == pytest.approx(np.mean(differences))
+    assert table.loc["train_from=conv2", "vs_defaults_se"] == pytest.approx(np.std(differences, ddof=1) / np.sqrt(2))
