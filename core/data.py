@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from sklearn.model_selection import StratifiedGroupKFold
+
+from core import lung
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -281,15 +284,21 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def load_images(paths, size: int, progress=None) -> np.ndarray:
-    """Decode and resize once: uint8 array N x size x size x 3.
+def model_input(image: np.ndarray, size: int, lung_crop: bool = False) -> np.ndarray:
+    """What a model sees of a decoded scan: its lung fields (core.lung, when
+    the run crops to them), resized to size x size (uint8)."""
+    return resize_image(lung.crop_to_lungs(image) if lung_crop else image, size)
+
+
+def load_images(paths, size: int, progress=None, lung_crop: bool = False) -> np.ndarray:
+    """Decode, crop (lung_crop) and resize once: uint8 array N x size x size x 3.
 
     progress(done, total) is called after each image.
     """
     paths = list(paths)
     images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        images[i] = resize_image(load_image(path), size)
+        images[i] = model_input(load_image(path), size, lung_crop)
         if progress is not None:
             progress(i + 1, len(paths))
     return images
@@ -320,14 +329,35 @@ def image_sizes(paths) -> pd.DataFrame:
 # Indexing and splitting
 # ---------------------------------------------------------------------------
 
+def source_dirs(data_dir) -> list[Path]:
+    """The dataset folders named by `data_dir`: one path, several joined with
+    os.pathsep (as in $COVIDCT_DATA or the CLI's --data-dir), or a list."""
+    parts = data_dir if isinstance(data_dir, (list, tuple)) else str(data_dir).split(os.pathsep)
+    folders = [Path(part.strip()).expanduser() for part in map(str, parts) if part.strip()]
+    if not folders:
+        raise ValueError("no dataset folder given")
+    names = [folder.resolve().name for folder in folders]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"two dataset folders share the name {repeated[0]!r}: each source is known by its "
+                         "folder's name, so rename one")
+    return folders
+
+
 def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
                   val_fraction: float = 0.15, test_fraction: float = 0.2,
                   use_official_splits: bool = True, check_files: bool = True) -> pd.DataFrame:
-    """One row per image: path, relpath, label, y, split, patient_id (sorted by relpath).
+    """One row per image: path, relpath, label, y, split, patient_id, source (sorted by relpath).
 
-    Uses the split lists in root/splits when there are any (and
-    use_official_splits), else a split stratified by class and grouped by
-    patient, deterministic for `seed`. df.attrs["split_source"] says which.
+    `root` is a dataset folder, or several (source_dirs): each image keeps
+    its `source`, the name of its folder. With several, relpath and patient_id
+    start with the source ("COVID-CT/COVID/1.png", "COVID-CT:patient 7"), so
+    they stay unique, and every source must have the same two class folders.
+
+    A source with split lists in root/splits (and use_official_splits) keeps
+    them; the images of the other sources are split together, stratified by
+    source and class and grouped by patient, deterministic for `seed`.
+    df.attrs["split_source"] says which.
 
     Bad input is left out and reported, all of it at once: images that
     check_image refuses (check_files=True; under 1 s for COVID-CT's 746) and
@@ -336,6 +366,44 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
     if too few remain to train: a class with fewer than MIN_IMAGES_PER_CLASS
     images, or none in the train split.
     """
+    folders = source_dirs(root)
+    several = len(folders) > 1
+    parts, problems, described = [], {}, []
+    for folder in folders:
+        part, described_split = _index_source(folder, positive_class, use_official_splits, check_files,
+                                              problems, prefix=several)
+        parts.append(part)
+        if described_split:
+            described.append(described_split)
+    index = pd.concat(parts, ignore_index=True)
+    classes = sorted(index["label"].unique())
+    if len(classes) != 2:
+        raise ValueError(f"the dataset folders {', '.join(str(f) for f in folders)} do not share the same two "
+                         f"class folders: found {classes}")
+
+    unsplit = index["split"].isna().to_numpy()
+    if unsplit.any():
+        # Strata of source x class; with one source just the class, as before there were sources.
+        strata = (index["y"] + 2 * pd.factorize(index["source"])[0]).to_numpy()[unsplit]
+        index.loc[unsplit, "split"] = _grouped_split(strata, index["patient_id"][unsplit].to_numpy(),
+                                                     seed, val_fraction, test_fraction)
+        described.append(f"split by patient, stratified by {'source and ' if several else ''}class (seed {seed}, "
+                         f"val {val_fraction}, test {test_fraction})")
+    index.attrs["split_source"] = "; ".join(described)
+    _require_enough(", ".join(str(f.resolve()) for f in folders), index, classes, problems)
+    index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
+    if problems:
+        warnings.warn(f"{folders[0] if not several else 'datasets'}: left out {len(problems)} images or "
+                      f"split-list entries (index.attrs['problems']):{_listing(problems)}")
+    index = index.sort_values("relpath", ignore_index=True)
+    return index[["path", "relpath", "label", "y", "split", "patient_id", "source"]]
+
+
+def _index_source(root: Path, positive_class: str, use_official_splits: bool, check_files: bool,
+                  problems: dict, prefix: bool) -> tuple[pd.DataFrame, str]:
+    """One dataset folder's images with labels, patients and, where it has
+    split lists, their split (else NaN); adds what it leaves out to
+    `problems`. Returns the index and how its split was made ("" for none)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise ValueError(f"{root}: dataset folder not found")
@@ -344,30 +412,41 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
     if positive_class not in classes:
         raise ValueError(f"{root}: positive class {positive_class!r} is not one of the "
                          f"class folders {classes}")
-    problems = _unreadable_images(index) if check_files else {}
-    index = index[~index["relpath"].isin(problems)].reset_index(drop=True)
-    _require_enough(root, index, classes, problems)
+    found = unreadable_images(index) if check_files else {}
+    index = index[~index["relpath"].isin(found)].reset_index(drop=True)
+    _require_enough(root, index, classes, found)
     index["y"] = (index["label"] == positive_class).astype(int)
-    index["patient_id"] = _patient_ids(root, index)
+    index["patient_id"] = patient_ids(root, index)
+    index["source"] = root.name
+    index["split"] = np.full(len(index), None, dtype=object)
 
     split_files = _find_split_files(root / "splits", classes) if use_official_splits else {}
+    described = ""
     if split_files:
-        index["split"] = _official_splits(root, index, split_files, problems)
-        index.attrs["split_source"] = "split lists in " + (root / "splits").as_posix()
-    else:
-        index["split"] = _grouped_split(index["y"].to_numpy(), index["patient_id"].to_numpy(),
-                                        seed, val_fraction, test_fraction)
-        index.attrs["split_source"] = (f"split by patient, stratified by class (seed {seed}, "
-                                       f"val {val_fraction}, test {test_fraction})")
-    _require_enough(root, index, classes, problems)
-    index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
-    if problems:
-        warnings.warn(f"{root}: left out {len(problems)} images or split-list entries "
-                      f"(index.attrs['problems']):{_listing(problems)}")
-    return index[["path", "relpath", "label", "y", "split", "patient_id"]]
+        index["split"] = _official_splits(root, index, split_files, found)
+        described = "split lists in " + (root / "splits").as_posix()
+    if prefix:  # several sources: keep relpaths and patients unique across them
+        found = {f"{root.name}/{relpath}": f"{root.name}/{reason}" for relpath, reason in found.items()}
+        index["relpath"] = root.name + "/" + index["relpath"]
+        index["patient_id"] = root.name + ":" + index["patient_id"]
+    problems.update(found)
+    return index, described
 
 
-def _unreadable_images(index: pd.DataFrame) -> dict:
+def resolve_image(data_dir, relpath: str) -> Path:
+    """The file of an index's relpath: under the dataset folder, or, with
+    several sources, under the source its relpath starts with."""
+    folders = source_dirs(data_dir)
+    if len(folders) == 1:
+        return folders[0] / relpath
+    source, _, rest = relpath.partition("/")
+    by_name = {folder.resolve().name: folder for folder in folders}
+    if source not in by_name:
+        raise ValueError(f"{relpath}: its source {source!r} is not one of the dataset folders {sorted(by_name)}")
+    return by_name[source] / rest
+
+
+def unreadable_images(index: pd.DataFrame) -> dict:
     """{relpath: "relpath: reason"} for the images load_image would refuse."""
     problems = {}
     for path, relpath in zip(index["path"], index["relpath"]):
@@ -397,9 +476,12 @@ def _listing(problems: dict) -> str:
     return "".join(f"\n  {problems[relpath]}" for relpath in sorted(problems))
 
 
-def _list_images(root: Path) -> pd.DataFrame:
+def list_class_images(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """(path, relpath, label) of every image in the class folders of `root`
+    (sub-folders included: patient folders), sorted by relpath; and the names
+    of class folders that hold no image."""
     rows, empty = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = len(rows)
         for path in sorted(folder.rglob("*")):
             # Hidden files include macOS "._x.png" resource forks, which are not images.
@@ -410,17 +492,23 @@ def _list_images(root: Path) -> pd.DataFrame:
         if len(rows) == found:
             empty.append(folder.name)
     index = pd.DataFrame(rows, columns=["path", "relpath", "label"])
+    return index.sort_values("relpath", ignore_index=True), empty
+
+
+def _list_images(root: Path) -> pd.DataFrame:
+    index, empty = list_class_images(root)
     classes = sorted(index["label"].unique())
     if len(classes) != 2:
         raise ValueError(f"{root}: expected exactly 2 class folders holding images "
                          f"({', '.join(IMAGE_EXTENSIONS)}), found {len(classes)}: {classes}"
                          f"{f'; folders without images: {empty}' if empty else ''}")
-    return index.sort_values("relpath", ignore_index=True)
+    return index
 
 
-def _patient_ids(root: Path, index: pd.DataFrame) -> pd.Series:
-    """Patient per image from the metadata tables in root/meta; an image with no
-    known patient is its own group (patient_id = relpath)."""
+def patient_ids(root: Path, index: pd.DataFrame) -> pd.Series:
+    """Patient per image from the metadata tables in root/meta, else from the
+    patient sub-folder the image sits in; an image with neither is its own
+    group (patient_id = relpath)."""
     patients = {}
     meta = root / "meta"
     tables = sorted(p for p in meta.glob("*") if p.suffix.lower() in METADATA_EXTENSIONS) \
@@ -428,7 +516,16 @@ def _patient_ids(root: Path, index: pd.DataFrame) -> pd.Series:
     for table_path in tables:
         for relpath, patient in _read_patient_table(table_path, index).items():
             patients.setdefault(relpath, patient)
-    return index["relpath"].map(lambda relpath: patients.get(relpath, relpath))
+    return index["relpath"].map(lambda relpath: patients.get(relpath) or _patient_folder(relpath) or relpath)
+
+
+def _patient_folder(relpath: str) -> str | None:
+    """The patient sub-folder an image sits in (COVID/person001/12.jpg ->
+    "COVID/person001"), or None for an image directly in its class folder.
+    The class stays in the id: two classes' "patient1" folders are not
+    assumed to be one patient."""
+    parts = relpath.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else None
 
 
 def _read_patient_table(table_path: Path, index: pd.DataFrame) -> dict:
@@ -587,6 +684,12 @@ def cross_validation_split(index: pd.DataFrame, folds: int, fold: int, seed: int
     return regrouped
 
 
+def source_counts(index: pd.DataFrame) -> pd.DataFrame:
+    """Images per source and split (rows) x label (columns, then "total"), for a multi-source index."""
+    counts = pd.crosstab([index["source"], index["split"]], index["label"], margins=True, margins_name="total")
+    return counts.rename_axis(index=["source", "split"], columns="label")
+
+
 def split_counts(index: pd.DataFrame) -> pd.DataFrame:
     """Images per split (rows train/val/test, then "total") x label (columns, then "total")."""
     counts = pd.crosstab(index["split"], index["label"], margins=True, margins_name="total")
@@ -600,8 +703,8 @@ def split_counts(index: pd.DataFrame) -> pd.DataFrame:
 
 def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) -> pd.DataFrame:
     """Exact (sha256 of the bytes) and near (64-bit pHash of the grey image,
-    Hamming distance <= max_distance) duplicate pairs that cross splits or
-    classes, the ones that leak or conflict; cross-class pairs first.
+    Hamming distance <= max_distance) duplicate pairs that cross splits,
+    classes or sources, the ones that leak or conflict; cross-class pairs first.
 
     Measured on COVID-CT (746 images, official split): pHash distances of the
     two known cross-class copies (kjr-21-e24-p5-29/-31 vs 71%0/71%1) are 2 and
@@ -629,9 +732,12 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
     digests = np.array(digests)
     exact = digests[a] == digests[b]
     labels, splits = index["label"].to_numpy(), index["split"].to_numpy()
+    sources = index["source"].to_numpy() if "source" in index else np.zeros(len(index), dtype=object)
     cross_class = labels[a] != labels[b]
     cross_split = splits[a] != splits[b]
-    keep = (exact | (distance <= max_distance)) & (cross_class | cross_split)
+    # The same scan in two sources (public collections re-share each other's images) leaks just the same.
+    cross_source = sources[a] != sources[b]
+    keep = (exact | (distance <= max_distance)) & (cross_class | cross_split | cross_source)
     a, b = a[keep], b[keep]
 
     pairs = pd.DataFrame({
@@ -640,7 +746,7 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
         "split_a": splits[a], "split_b": splits[b],
         "kind": np.where(exact[keep], "exact", "near"),
         "distance": distance[keep],
-        "cross_class": cross_class[keep], "cross_split": cross_split[keep],
+        "cross_class": cross_class[keep], "cross_split": cross_split[keep], "cross_source": cross_source[keep],
     })
     return pairs.sort_values(["cross_class", "distance", "relpath_a", "relpath_b"],
                              ascending=[False, True, True, True], ignore_index=True)

@@ -119,16 +119,24 @@ def _weighted_metrics(y_true, prob, threshold, weights) -> dict:
 
 
 def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> dict:
+                 seed: int = 0, level: float = 0.95, groups=None) -> dict:
     """Percentile bootstrap confidence intervals over cases: {metric: [low, high]}.
 
+    With `groups` (a patient id per case) whole patients are resampled: the
+    slices of one patient are not independent, and resampling them one by
+    one would give intervals that are too narrow.
     Resamples with a single class are skipped for the AUCs; [None, None] when
     no resample could be used.
     """
     y_true, prob = _as_arrays(y_true, prob)
     rng = np.random.default_rng(seed)
-    # How often each case appears in a resample drawn with replacement.
-    weights = rng.multinomial(y_true.size, np.full(y_true.size, 1 / y_true.size), size=n_boot)
+    if groups is None:
+        groups = np.arange(y_true.size)
+    codes, uniques = pd.factorize(np.asarray(groups))
+    # How often each group appears in a resample drawn with replacement;
+    # each case counts as often as its group.
+    drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=n_boot)
+    weights = drawn[:, codes]
     resampled = _weighted_metrics(y_true, prob, threshold, weights)
 
     tail = (1 - level) / 2 * 100
@@ -231,13 +239,8 @@ def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: in
             at: binary_metrics(val["y_true"], val["prob"], t) for at, t in operating_points.items()
         }
     if len(test):
-        result["test"] = {
-            at: {
-                **binary_metrics(test["y_true"], test["prob"], t),
-                "ci": bootstrap_ci(test["y_true"], test["prob"], t, n_boot=n_boot, seed=seed),
-            }
-            for at, t in operating_points.items()
-        }
+        result["test"] = {at: metrics_at(test["y_true"], test["prob"], t, n_boot=n_boot, seed=seed)
+                          for at, t in operating_points.items()}
     return result
 
 
@@ -298,3 +301,22 @@ def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int = 1000
         "pooled_ci": bootstrap_ci(pooled["y_true"], pooled["prob"], n_boot=n_boot, seed=seed)["roc_auc"],
         "n_images": len(pooled),
     }
+
+
+def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: patient_id, y_true, prob (the mean of the
+    patient's slice probabilities) and slices. The mean treats every slice
+    as one vote of equal weight, so one odd slice moves the patient little.
+    A patient whose slices carry both labels is a labelling error: ValueError."""
+    grouped = predictions.groupby("patient_id", sort=True)
+    mixed = grouped["y_true"].nunique()
+    if (mixed > 1).any():
+        raise ValueError(f"patient {mixed[mixed > 1].index[0]!r} has slices of both classes")
+    return pd.DataFrame({"y_true": grouped["y_true"].first(), "prob": grouped["prob"].mean(),
+                         "slices": grouped.size()}).reset_index()
+
+
+def metrics_at(y_true, prob, threshold: float, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
+    """binary_metrics at `threshold` with their bootstrap CIs ("ci"), resampled by `groups` when given."""
+    return {**binary_metrics(y_true, prob, threshold),
+            "ci": bootstrap_ci(y_true, prob, threshold, n_boot=n_boot, seed=seed, groups=groups)}
