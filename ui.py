@@ -25,7 +25,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import data, paths, runs, train
+from core import data, evaluate, external, paths, runs, train
 from core.explain import overlay
 from core.predict import Prediction, Predictor
 
@@ -102,14 +102,16 @@ def fmt(value, digits: int = 3) -> str:
 # Dataset
 # ---------------------------------------------------------------------------
 
-def dataset_stamp(root) -> float:
-    """Latest change to the dataset: adding or removing an image changes its
-    folder's mtime; split lists and metadata tables are checked one by one."""
-    root = Path(root)
-    if not root.is_dir():
-        return 0.0
-    entries = [root, *root.iterdir(), *root.glob("splits/*"), *root.glob("meta/*")]
-    return max(mtime(p) for p in entries)
+def dataset_stamp(data_dir) -> float:
+    """Latest change to the dataset (each source of it): adding or removing an
+    image changes its folder's mtime; split lists and metadata tables are
+    checked one by one."""
+    stamps = [0.0]
+    for root in data.source_dirs(data_dir):
+        if root.is_dir():
+            entries = [root, *root.iterdir(), *root.glob("splits/*"), *root.glob("meta/*")]
+            stamps += [mtime(p) for p in entries]
+    return max(stamps)
 
 
 @st.cache_data(show_spinner="Indexing the dataset…")
@@ -119,7 +121,8 @@ def _index(root: str, stamp: float) -> pd.DataFrame:
 
 def load_index(root=None) -> pd.DataFrame:
     """core.data.index_dataset, cached; raises ValueError for a missing or malformed dataset."""
-    root = str(root or paths.data_dir())
+    root = root or paths.data_dir()
+    root = os.pathsep.join(map(str, root)) if isinstance(root, (list, tuple)) else str(root)
     return _index(root, dataset_stamp(root))
 
 
@@ -263,10 +266,15 @@ def history(run: dict) -> pd.DataFrame:
 
 
 def image_path(run: dict, relpath: str) -> Path:
-    """Where a prediction's image is: under the run's data_dir, or the current
-    dataset folder when that one has moved."""
-    root = Path(run["config"].get("data_dir") or paths.data_dir())
-    return (root if root.is_dir() else paths.data_dir()) / relpath
+    """Where a prediction's image is: under the run's data_dir (the source its
+    relpath names, with several), or the current dataset folder when that
+    one has moved."""
+    data_dir = run["config"].get("data_dir") or str(paths.data_dir())
+    try:
+        found = data.resolve_image(data_dir, relpath)
+    except ValueError:
+        return paths.data_dir() / relpath
+    return found if found.parent.exists() else paths.data_dir() / relpath
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -321,6 +329,60 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------
+# External validation
+# ---------------------------------------------------------------------------
+
+def external_sets(run: dict) -> list[dict]:
+    """core.external.list_external: the run's external results, complete or not."""
+    return external.list_external(run["path"])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _external_predictions(run_path: str, name: str, stamp: float) -> pd.DataFrame:
+    return external.read_predictions(run_path, name)
+
+
+def external_predictions(run: dict, name: str) -> pd.DataFrame:
+    """One external set's predictions.csv (path, label, y_true, prob, patient_id), cached."""
+    folder = external.results_dir(run["path"], name)
+    return _external_predictions(str(run["path"]), name, mtime(folder / "predictions.csv"))
+
+
+def roc_figure(curves: dict) -> go.Figure:
+    """ROC curves of several prediction sets, {name: (y_true, prob)}, on one chart."""
+    figure = go.Figure()
+    for name, (y_true, prob) in curves.items():
+        points = evaluate.roc_points(y_true, prob)
+        auc = evaluate.binary_metrics(y_true, prob)["roc_auc"]
+        figure.add_scatter(x=points["fpr"], y=points["tpr"], mode="lines", name=f"{name} (AUC {fmt(auc)})")
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="gray", showlegend=False)
+    figure.update_layout(title="ROC curves", height=400, xaxis_title="1 − specificity", yaxis_title="sensitivity",
+                         legend=dict(x=0.98, y=0.02, xanchor="right", yanchor="bottom"))
+    return figure
+
+
+def review_sets(run: dict) -> dict[str, str]:
+    """The prediction sets a run's cases can be reviewed in: {key: label}."""
+    complete = [found["name"] for found in external_sets(run) if found["state"] == "completed"]
+    return {"test": "test", "val": "val", **{f"external:{name}": f"external: {name}" for name in complete}}
+
+
+def review_predictions(run: dict, key: str) -> pd.DataFrame:
+    """The predictions of one review set (see review_sets) with each image's
+    file in column "file"."""
+    if key.startswith("external:"):
+        name = key.removeprefix("external:")
+        rows = external_predictions(run, name).copy()
+        root = Path({found["name"]: found for found in external_sets(run)}[name]["metrics"]["data_dir"])
+        rows["file"] = [str(root / relpath) for relpath in rows["path"]]
+        return rows
+    rows = predictions(run)
+    rows = rows[rows["split"] == key].copy()
+    rows["file"] = [str(image_path(run, relpath)) for relpath in rows["path"]]
+    return rows
+
+
+# ---------------------------------------------------------------------------
 # Model: prediction and Grad-CAM
 # ---------------------------------------------------------------------------
 
@@ -370,7 +432,7 @@ def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gr
     stamp = 0.0 if isinstance(source, bytes) else mtime(source)
     source = source if isinstance(source, bytes) else str(source)
     heatmap = _heatmap(str(run["path"]), mtime(run["path"] / "model.keras"), source, name, stamp, method)
-    return overlay(read_image(source, name, stamp), heatmap, alpha=opacity)
+    return overlay(predictor(run).view(read_image(source, name, stamp)), heatmap, alpha=opacity)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

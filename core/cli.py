@@ -1,4 +1,4 @@
-"""Command line: python -m core train | cv | resume | tune | evaluate | predict | explain | audit | runs.
+"""Command line: python -m core train | cv | loso | resume | tune | evaluate | predict | explain | audit | runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def _run_dir(run_id: str | None) -> Path:
 
     if not run_id or run_id == "latest":
         return latest_completed_run()
+    if Path(run_id).is_dir() and (Path(run_id) / "config.json").exists():  # a run folder's path
+        return Path(run_id)
     folder = runs.run_path(run_id)
     if not folder.is_dir():
         raise ValueError(f"run {run_id!r} not found in {folder.parent}")
@@ -100,6 +103,20 @@ def cmd_cv(args) -> int:
     low, high = summary["pooled_ci"]
     print(f"mean {fmt(summary['mean_roc_auc'])} ± {fmt(summary['std_roc_auc'])}; pooled out-of-fold ROC-AUC "
           f"{fmt(summary['pooled_roc_auc'])} [{fmt(low)}, {fmt(high)}] over {summary['n_images']} images")
+    return 0
+
+
+def cmd_loso(args) -> int:
+    from core import external
+    from core.train import leave_one_source_out
+
+    config = config_from_args(args)
+    run_dirs = leave_one_source_out(config, name=args.name, report=_report)
+    print(f"\nleave-one-source-out over {len(run_dirs)} sources:")
+    for run_dir in run_dirs:
+        for found in external.list_external(run_dir):
+            if found["metrics"]:
+                print(f"  {run_dir.name}: {external.summary_line(found['metrics'])}")
     return 0
 
 
@@ -153,9 +170,15 @@ def cmd_tune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core import evaluate, runs
+    from core import evaluate, external, runs
 
     run_dir = _run_dir(args.run)
+    if args.data:  # external validation on another labelled dataset
+        external.evaluate_on(run_dir, args.data, name=args.name, class_map=external.parse_class_map(args.class_map),
+                             report=_report, n_boot=args.n_boot)
+        return 0
+    if args.name or args.class_map:
+        raise ValueError("--name and --class-map go with --data DIR (external validation)")
     metrics = evaluate.evaluate_predictions(runs.read_predictions(run_dir), n_boot=args.n_boot)
     print(f"run {run_dir.name}: threshold {metrics['threshold']['value']:.3f} "
           f"(chosen on {metrics['threshold']['chosen_on']})")
@@ -203,9 +226,13 @@ def cmd_audit(args) -> int:
 
     index = data.index_dataset(args.data, positive_class=args.positive_class)
     print(data.split_counts(index).to_string())
+    several = index["source"].nunique() > 1
+    if several:
+        print("\nper source:\n" + data.source_counts(index).to_string())
     pairs = data.audit_duplicates(index, max_distance=args.max_distance)
-    print(f"\n{len(pairs)} duplicate pair(s) across splits or classes "
-          f"({int(pairs.cross_class.sum()) if len(pairs) else 0} across classes):")
+    print(f"\n{len(pairs)} duplicate pair(s) across splits, classes or sources "
+          f"({int(pairs.cross_class.sum()) if len(pairs) else 0} across classes"
+          + (f", {int(pairs.cross_source.sum()) if len(pairs) else 0} across sources" if several else "") + "):")
     if len(pairs):
         print(pairs.to_string(index=False))
     if args.csv:
@@ -250,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(cv)
     cv.set_defaults(func=cmd_cv)
 
+    loso = commands.add_parser(
+        "loso", help="leave-one-source-out: per source, train on the others and evaluate on it",
+        description=f"--data-dir names several dataset folders (sources) joined with {os.pathsep!r}. One run "
+                    "per source trains on all the others and is evaluated on the one left out, stored as that "
+                    "run's external set: how the recipe travels to a source it never saw. Takes the options "
+                    "of train.")
+    loso.add_argument("--name", help="prefix for the run ids (default loso)")
+    _add_config_options(loso)
+    loso.set_defaults(func=cmd_loso)
+
     resume = commands.add_parser("resume", help="continue an interrupted, failed or cancelled run")
     resume.add_argument("run", help="run id")
     resume.set_defaults(func=cmd_resume)
@@ -278,9 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(tune)
     tune.set_defaults(func=cmd_tune)
 
-    evaluate = commands.add_parser("evaluate", help="test metrics with 95%% bootstrap CIs for a run")
-    evaluate.add_argument("--run", default="latest", help="run id (default: newest completed)")
+    evaluate = commands.add_parser(
+        "evaluate", help="test metrics with 95%% bootstrap CIs for a run, or its external validation (--data)",
+        description="Without --data: the run's test metrics. With --data DIR: score the run's model on another "
+                    "labelled dataset (one folder per class, optional patient sub-folders) at the run's "
+                    "validation-chosen threshold, per slice and per patient, and store the result in the run "
+                    "under external/NAME.")
+    evaluate.add_argument("--run", default="latest", help="run id or folder (default: newest completed)")
     evaluate.add_argument("--n-boot", type=int, default=1000)
+    evaluate.add_argument("--data", help="external validation: a labelled dataset folder the run never saw")
+    evaluate.add_argument("--name", help="name of the external result (default: the folder's name)")
+    evaluate.add_argument("--class-map",
+                          help='class folders named otherwise, e.g. "COVID19=COVID,non-COVID19=NonCOVID"')
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="probability of the positive class for scans (PNG, JPEG, DICOM)")
@@ -296,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="gradcam.png")
     explain.set_defaults(func=cmd_explain)
 
-    audit = commands.add_parser("audit", help="split counts and duplicates across splits or classes")
-    audit.add_argument("--data", default=str(paths.data_dir()))
+    audit = commands.add_parser("audit", help="split counts and duplicates across splits, classes or sources")
+    audit.add_argument("--data", default=str(paths.data_dir()),
+                       help=f"dataset folder, or several sources joined with {os.pathsep!r}")
     audit.add_argument("--positive-class", default="COVID")
     audit.add_argument("--max-distance", type=int, default=6, help="perceptual-hash Hamming distance")
     audit.add_argument("--csv", help="also write the pairs to this CSV file")

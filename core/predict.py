@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data, runs
+from core import data, lung, runs
 from core.explain import Explainer, overlay
 from core.model import load_model, predict_proba
 
@@ -48,6 +48,7 @@ class Predictor:
     flip_tta: bool = False
     rotate_zoom_tta: bool = False  # runs trained before this option had none
     fill_mode: str = "reflect"
+    lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
     _explainer: Explainer | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -64,10 +65,15 @@ class Predictor:
                    threshold=runs.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
                    rotate_zoom_tta=bool(config.get("rotate_zoom_tta", False)),
-                   fill_mode=config.get("fill_mode", "reflect"))
+                   fill_mode=config.get("fill_mode", "reflect"), lung_crop=bool(config.get("lung_crop", False)))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return data.resize_image(image, self.input_size).astype("float32")
+        return data.model_input(image, self.input_size, self.lung_crop).astype("float32")
+
+    def view(self, image: np.ndarray) -> np.ndarray:
+        """The part of a decoded scan the model sees, at its own resolution:
+        the lung fields where the run crops to them, else the whole scan."""
+        return lung.crop_to_lungs(image) if self.lung_crop else image
 
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
         """Decoded scans (any size) -> one Prediction each, in one batch."""
@@ -97,5 +103,5 @@ class Predictor:
 
     def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4,
                         class_index: int = 1) -> np.ndarray:
-        """The scan at its own size with the Grad-CAM heatmap blended over it."""
-        return overlay(image, self.gradcam(image, method, class_index), alpha=alpha)
+        """The scan (as the model sees it: view) at its own size with the Grad-CAM heatmap blended over it."""
+        return overlay(self.view(image), self.gradcam(image, method, class_index), alpha=alpha)

@@ -79,11 +79,11 @@ def new_run(config: dict, name: str | None = None, runs_root=None) -> Path:
         folder = run_path(f"{run_id}-{suffix}", runs_root)
     folder.mkdir(parents=True)
     write_json(folder / "config.json", config)
-    set_status(folder, "running", pid=os.getpid(), started_at=_now())
+    set_status(folder, "running", pid=os.getpid(), started_at=now())
     return folder
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -92,7 +92,7 @@ def set_status(run_dir, state: str, **fields) -> dict:
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}")
     status = read_json(Path(run_dir) / "status.json", {})
-    status.update(fields, state=state, updated_at=_now())
+    status.update(fields, state=state, updated_at=now())
     write_json(Path(run_dir) / "status.json", status)
     return status
 
@@ -253,22 +253,29 @@ def hand_training_lock(run_id: str, pid: int, runs_root=None) -> None:
     write_json(_lock_path(runs_root), {"pid": pid, "run": run_id})
 
 
-def start_with_lock(args: list[str], log_path, holder: str, runs_root=None) -> int:
+def start_background(args: list[str], log_path) -> int:
     """Start `python -u -m core <args>` in a session of its own, so that it
-    outlives the caller (the app's page), its output appended to `log_path`,
-    and hand it the training lock the caller took (the caller takes it first:
-    TensorFlow takes seconds to import, and a second start in that window
-    must be refused too). Returns its pid; on failure the lock is released."""
+    outlives the caller (the app's page), its output appended to `log_path`.
+    Returns its pid."""
+    with open(log_path, "a") as log:
+        child = subprocess.Popen([sys.executable, "-u", "-m", "core", *args], cwd=paths.PROJECT_ROOT,
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    return child.pid
+
+
+def start_with_lock(args: list[str], log_path, holder: str, runs_root=None) -> int:
+    """start_background, handing the new process the training lock the
+    caller took (the caller takes it first: TensorFlow takes seconds to
+    import, and a second start in that window must be refused too). Returns
+    its pid; on failure the lock is released."""
     try:
-        with open(log_path, "a") as log:
-            child = subprocess.Popen([sys.executable, "-u", "-m", "core", *args], cwd=paths.PROJECT_ROOT,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        pid = start_background(args, log_path)
     except BaseException:
         release_training_lock(runs_root)
         raise
-    hand_training_lock(holder, child.pid, runs_root)
-    return child.pid
+    hand_training_lock(holder, pid, runs_root)
+    return pid
 
 
 def release_training_lock(runs_root=None) -> None:

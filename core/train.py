@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import data, distribute, evaluate, paths, runs
+from core import data, distribute, evaluate, external, paths, runs
 from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
                         set_trainable, split_at)
 
@@ -35,7 +35,11 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 @dataclass
 class TrainConfig:
     """Every hyperparameter of a run; saved as the run's config.json."""
+    # One dataset folder, or several sources joined with os.pathsep (":"): data.index_dataset.
     data_dir: str = field(default_factory=lambda: str(paths.data_dir()))
+    # Leave-one-source-out: train on the other sources of data_dir, then
+    # evaluate on this one (its folder's name) as an external set.
+    holdout_source: str = ""
     positive_class: str = "COVID"
     use_official_splits: bool = True
     seed: int = 0
@@ -47,6 +51,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     weights: str | None = field(default_factory=paths.weights_path)
     input_size: int = 224
+    lung_crop: bool = False  # crop each scan to its lung fields (core.lung) before resizing
     precision: str = "float32"
     batch_size: int = 32
     dropout: float = 0.3
@@ -141,9 +146,32 @@ class TrainConfig:
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
         found += distribute.problems(self.strategy, self.cpu_devices)
-        if not Path(self.data_dir).is_dir():
-            found.append(f"data_dir {self.data_dir}: no such folder")
+        found += self._data_problems()
         return found
+
+    def _data_problems(self) -> list[str]:
+        try:
+            folders = data.source_dirs(self.data_dir)
+        except ValueError as error:
+            return [f"data_dir: {error}"]
+        found = [f"data_dir {folder}: no such folder" for folder in folders if not folder.is_dir()]
+        names = [folder.resolve().name for folder in folders]
+        if self.holdout_source and self.holdout_source not in names:
+            found.append(f"holdout_source {self.holdout_source!r} is not one of the sources in data_dir "
+                         f"({', '.join(names)})")
+        elif self.holdout_source and len(names) < 2:
+            found.append("holdout_source needs at least two sources in data_dir (separated by "
+                         f"{os.pathsep!r})")
+        return found
+
+    def training_sources(self) -> list[Path]:
+        """The dataset folders a run trains on: data_dir's, less the held-out source."""
+        return [folder for folder in data.source_dirs(self.data_dir) if folder.resolve().name != self.holdout_source]
+
+    def held_out_source(self) -> Path | None:
+        """The folder of the held-out source (leave-one-source-out), else None."""
+        return next((folder for folder in data.source_dirs(self.data_dir)
+                     if self.holdout_source and folder.resolve().name == self.holdout_source), None)
 
     def validate(self) -> "TrainConfig":
         found = self.problems()
@@ -379,8 +407,27 @@ def cross_validate(config: TrainConfig, name: str | None = None, report=print, r
     return run_dirs
 
 
+def leave_one_source_out(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
+    """One run per source of config.data_dir (at least two), each trained on
+    the other sources and evaluated on the one left out (stored as that
+    run's external set); returns their folders. Tells how the recipe travels
+    to a source it never saw."""
+    sources = data.source_dirs(config.data_dir)
+    if len(sources) < 2:
+        raise ValueError(f"leave-one-source-out needs at least two dataset folders in data_dir (separated by "
+                         f"{os.pathsep!r}), got {config.data_dir}")
+    run_dirs = []
+    for folder in sources:
+        source = folder.resolve().name
+        report(f"leaving out {source}")
+        held_out = dataclasses.replace(config, holdout_source=source).validate()
+        run_dirs.append(train(held_out, name=f"{name or 'loso'}-without-{source}", report=report,
+                              runs_root=runs_root))
+    return run_dirs
+
+
 # Where a run's data and weights sit, and which fold it validates on, do not make another recipe.
-_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed")
+_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed", "holdout_source")
 
 
 def recipe_changes(config: dict) -> str:
@@ -483,7 +530,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
                f"learning rates {config.head_lr:g} / {config.finetune_lr:g}")
     runs.set_status(run_dir, "running", replicas=replicas)
     keras.utils.set_random_seed(config.seed)
-    index = data.index_dataset(config.data_dir, positive_class=config.positive_class,
+    index = data.index_dataset(config.training_sources(), positive_class=config.positive_class,
                                seed=config.seed, use_official_splits=config.use_official_splits)
     if config.cv_folds:
         index = data.cross_validation_split(index, config.cv_folds, config.cv_fold, config.seed)
@@ -494,7 +541,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     for split in data.SPLITS:
         rows = index[index.split == split]
         runs.set_status(run_dir, "running", phase=f"loading {split} images")
-        images[split] = data.load_images(rows.path.tolist(), config.input_size)
+        images[split] = data.load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
         labels[split] = rows.y.to_numpy()
     report(f"decoded and resized to {config.input_size} px")
 
@@ -527,6 +574,10 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     test = metrics.get("test", {}).get("at_threshold", {})
     report(f"test ROC-AUC {test.get('roc_auc')}  accuracy {test.get('accuracy')}  "
            f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
+    if config.holdout_source and distribute.is_chief(strategy):
+        runs.set_status(run_dir, "running", phase=f"evaluating on the held-out source {config.holdout_source}")
+        external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report,
+                             n_boot=config.n_boot)
 
 
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:

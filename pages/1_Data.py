@@ -39,6 +39,12 @@ with right:
                f"copies. {unknown} images have no patient in the metadata and count as their "
                "own patient.")
 
+if index["source"].nunique() > 1:
+    st.subheader("Images per source")
+    st.dataframe(data.source_counts(index))
+    st.caption("Each source is a dataset folder (a hospital, a collection). Splits are stratified by source "
+               "and class and keep each patient whole; sources with their own split lists keep them.")
+
 # --- Image sizes ---------------------------------------------------------------
 st.subheader("Image sizes")
 sizes = ui.image_sizes()
@@ -79,16 +85,18 @@ if st.button("Run the duplicate audit", disabled=st.session_state.get("audit_req
 if st.session_state.get("audit_requested"):
     pairs = ui.duplicate_audit()
     by_relpath = index.set_index("relpath")["path"]
-    columns = st.columns(3)
+    columns = st.columns(4)
     columns[0].metric("Pairs found", len(pairs))
     columns[1].metric("Across classes", int(pairs["cross_class"].sum()))
     columns[2].metric("Across splits", int(pairs["cross_split"].sum()))
+    columns[3].metric("Across sources", int(pairs["cross_source"].sum()))
     if len(pairs):
         n_pages = -(-len(pairs) // AUDIT_PAGE)
         page = st.pagination(n_pages, key="audit_page")
         for _, pair in pairs.iloc[(page - 1) * AUDIT_PAGE:page * AUDIT_PAGE].iterrows():
             crosses = [what for what, flag in (("classes (label conflict)", pair["cross_class"]),
-                                               ("splits (leak)", pair["cross_split"])) if flag]
+                                               ("splits (leak)", pair["cross_split"]),
+                                               ("sources", pair["cross_source"])) if flag]
             with st.container(border=True):
                 st.markdown(f"**{pair['kind']} duplicate**, hash distance {pair['distance']}, "
                             f"crosses {' and '.join(crosses)}")

@@ -24,18 +24,23 @@ CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precisi
            "fill_mode": list(data.FILL_MODES)}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
-    {"Data": ["data_dir", "positive_class", "use_official_splits", "max_images_per_split", "seed",
-              "cv_folds", "cv_fold"],
+    {"Data": ["data_dir", "holdout_source", "positive_class", "use_official_splits", "max_images_per_split",
+              "seed", "cv_folds", "cv_fold"],
      "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
      "Devices": ["strategy", "cpu_devices", "precision"]},
-    {"Model": ["backbone", "weights", "input_size", "dropout", "train_from", "train_batchnorm"],
+    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from", "train_batchnorm"],
      "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode", "blur"]},
     {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
                       "finetune_lr", "label_smoothing", "mixup", "ema", "class_weights",
                       "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
 ]
 HELP = {
-    "data_dir": "Folder with one sub-folder per class (and splits/, meta/).",
+    "data_dir": "Folder with one sub-folder per class (and splits/, meta/); several sources (hospitals, "
+                f"collections) joined with '{os.pathsep}'.",
+    "holdout_source": "Leave-one-source-out: train on the other sources and evaluate on this one (its "
+                      "folder's name) as an external set; empty: train on all.",
+    "lung_crop": "Crop each scan to its lung fields before resizing (training, evaluation, prediction and "
+                 "Grad-CAM alike), so figure borders, captions and arrows stop being features.",
     "positive_class": "The class folder predicted as positive.",
     "use_official_splits": "Use the split lists in splits/; off: split by patient, stratified by class.",
     "max_images_per_split": "0 = all images; a small number for a quick smoke run.",
@@ -166,14 +171,15 @@ def augmentation_preview(config: train.TrainConfig):
     """A few training images through core.data.augmentation_layers with the
     settings above; its own fragment so a new draw does not rerun the form."""
     try:
-        index = ui.load_index(config.data_dir)
+        index = ui.load_index(config.training_sources())
     except ValueError as error:
         st.info(f"No preview: {error}")
         return
     # Two images per class from the training split, the same ones every time.
     sample = index[index["split"] == "train"].groupby("label").head(2).sort_values("label")
     size = min(config.input_size, 256) if config.input_size >= 32 else 224
-    images = np.stack([data.resize_image(ui.read_image(p, n, ui.mtime(p)), size)
+    # What the model sees: cropped to the lung fields when the run crops, then resized.
+    images = np.stack([data.model_input(ui.read_image(p, n, ui.mtime(p)), size, config.lung_crop)
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:

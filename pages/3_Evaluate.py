@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from core import evaluate, runs
+from core import evaluate, external, runs
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -115,6 +115,87 @@ st.caption("Spearman ρ between the probability and the scan's pixel count, with
            "scans look more positive, whatever their class: a warning sign where one class's training "
            "scans come at lower resolution (COVID-CT's COVID training scans have half the pixels of the "
            "others). It can also be content: check the low-resolution cases on the Misclassified page.")
+
+# --- External validation: the run on scans from other sources -----------------------
+st.subheader("External validation")
+st.caption("The same model on labelled scans from a source it never saw (another hospital, another "
+           "collection), at the threshold chosen on this run's validation split. A model can score well "
+           "on its own test split and near chance elsewhere: this is where that shows. Per patient: the "
+           "mean of the patient's slice probabilities. CIs resample whole patients.")
+sets = ui.external_sets(run)
+complete = {found["name"]: found["metrics"] for found in sets if found["state"] == "completed"}
+if complete:
+    st.dataframe(external.summary_table(metrics, complete), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("ROC-AUC", "sensitivity", "specificity", "accuracy", "F1")})
+    name = st.selectbox("External set", list(complete), key=f"external_{run['id']}")
+    chosen_set = complete[name]
+    rows = ui.external_predictions(run, name)
+    table_column, roc_column, matrix_column = st.columns(3)
+    with table_column:
+        st.dataframe(external.comparison_table(metrics, chosen_set),
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                    ("internal test", "external slices", "external patients")})
+        st.caption(f"{chosen_set['slice']['n']} slices of {chosen_set['slice']['patients']} patients from "
+                   f"{chosen_set['data_dir']}, threshold {chosen_set['threshold']:.3f}."
+                   + (f" {len(chosen_set['problems'])} unreadable files were left out."
+                      if chosen_set.get("problems") else ""))
+    with roc_column:
+        st.plotly_chart(ui.roc_figure({"internal test": (y, prob),
+                                       f"{name} (slices)": (rows["y_true"], rows["prob"])}))
+    with matrix_column:
+        matrix = evaluate.confusion_frame(rows["y_true"], rows["prob"], chosen_set["threshold"],
+                                          labels=(negative, positive))
+        figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
+        figure.update_layout(title=f"{name}: slices at {chosen_set['threshold']:.3f}", height=400,
+                             coloraxis_showscale=False)
+        figure.update_traces(textfont_size=22)
+        st.plotly_chart(figure)
+        if st.button("Review its mistakes with Grad-CAM", key="review_external", icon=":material/image_search:"):
+            st.session_state["review_split"] = f"external:{name}"
+            st.session_state["cell"] = "fp" if (rows["prob"] >= chosen_set["threshold"])[rows["y_true"] == 0].any() \
+                else "fn"
+            st.switch_page(ui.MISCLASSIFIED)
+for found in sets:
+    if found["state"] in ("failed", "interrupted", "damaged"):
+        st.warning(f"External set **{found['name']}** {found['state']}: "
+                   f"{found['status'].get('reason', 'its process ended without finishing')}")
+
+any_running = any(found["state"] == "running" for found in sets)
+
+
+# Refresh every 2 s while an external evaluation runs; a full rerun when it ends shows its results.
+@st.fragment(run_every=2 if any_running else None)
+def external_progress():
+    running = [found for found in ui.external_sets(run) if found["state"] == "running"]
+    if any_running and not running:
+        st.rerun()
+    for found in running:
+        done, total = found["status"].get("done") or 0, found["status"].get("total")
+        st.progress(done / total if total else 0.0,
+                    text=f"Evaluating on **{found['name']}**: " + (f"{done}/{total} images" if total
+                                                                    else "loading the model…"))
+
+
+external_progress()
+with st.expander("Evaluate this run on another dataset", icon=":material/travel_explore:", expanded=not complete):
+    with st.form("external_form"):
+        folder = st.text_input("Dataset folder", placeholder="/data/hospital-b",
+                               help="One sub-folder per class (COVID, NonCOVID), optionally one sub-folder per "
+                                    "patient inside each; PNG, JPEG or DICOM.")
+        set_name = st.text_input("Name", placeholder="the folder's name",
+                                 help="What the result is called in this run (letters, digits, . _ -).")
+        class_map = st.text_input("Class folders named otherwise", placeholder="COVID19=COVID,non-COVID19=NonCOVID",
+                                  help="FOLDER=CLASS pairs, for class folders whose names are not this run's "
+                                       f"classes ({negative}, {positive}).")
+        if st.form_submit_button("Start", icon=":material/play_arrow:"):
+            try:
+                started = external.launch(run["path"], folder.strip(), set_name.strip() or None, class_map)
+            except ValueError as error:
+                st.error(str(error))
+            else:
+                st.success(f"Evaluating on {started} in the background.")
+                st.rerun()
 
 # --- Training curves and all runs ---------------------------------------------------
 st.subheader("Training curves")

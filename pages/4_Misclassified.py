@@ -15,19 +15,21 @@ threshold = ui.threshold_slider(run)
 # Defaults through session state, since Evaluate sets "cell" and "review_split" before opening this page.
 for key, default in (("cell", "fp"), ("review_split", "test"), ("cam_method", "gradcam")):
     st.session_state.setdefault(key, default)
-left, middle, right = st.columns([3, 1, 1.3])
+sets = ui.review_sets(run)  # test, val and the run's external sets
+if st.session_state["review_split"] not in sets:
+    st.session_state["review_split"] = "test"
+left, middle, right = st.columns([3, 1.4, 1.3])
 cell = left.segmented_control("Show", list(ui.CELLS), format_func=ui.CELLS.get, required=True,
                               key="cell", persist_state="session")
-split = middle.segmented_control("Split", ["test", "val"], required=True,
-                                 key="review_split", persist_state="session")
+split = middle.selectbox("Cases from", list(sets), format_func=sets.get, key="review_split",
+                         persist_state="session")
 method = right.segmented_control("Heatmap", list(ui.CAM_METHODS), format_func=ui.CAM_METHODS.get,
                                  required=True, key="cam_method", persist_state="session")
 
-predictions = ui.predictions(run)
-rows = ui.cell_rows(predictions[predictions["split"] == split], threshold, cell)
+rows = ui.cell_rows(ui.review_predictions(run, split), threshold, cell)
 what = {"fp": f"{negative} predicted as {positive}", "fn": f"{positive} predicted as {negative}",
         "tp": f"{positive} predicted as {positive}", "tn": f"{negative} predicted as {negative}"}[cell]
-st.caption(f"{len(rows)} {ui.CELLS[cell].lower()} in the {split} split at threshold "
+st.caption(f"{len(rows)} {ui.CELLS[cell].lower()} in {sets[split]} at threshold "
            f"{threshold:.3f} ({what}), most confident first. The heatmap shows the regions "
            f"that raised the probability of {positive}.")
 if rows.empty:
@@ -37,12 +39,12 @@ if rows.empty:
 n_pages = -(-len(rows) // PER_PAGE)
 page = st.pagination(n_pages, key=f"page_{run['id']}_{split}_{cell}")
 for _, row in rows.iloc[(page - 1) * PER_PAGE:page * PER_PAGE].iterrows():
-    path = ui.image_path(run, row["path"])
+    path = row["file"]
     with st.container(border=True):
         scan, heatmap, details = st.columns([2, 2, 1])
         try:
             # Stretched to the column, so small and large scans are compared at one size.
-            scan.image(ui.read_image(str(path), row["path"], ui.mtime(path)), caption="scan",
+            scan.image(ui.read_image(path, row["path"], ui.mtime(path)), caption="scan",
                        width="stretch")
             with heatmap, st.spinner(f"{ui.CAM_METHODS[method]}…"):
                 heatmap.image(ui.gradcam_overlay(run, path, row["path"], method),

@@ -362,3 +362,45 @@ def test_server_config_keeps_xsrf_protection_and_an_upload_limit():
     config = tomllib.loads((Path(__file__).parent.parent / ".streamlit" / "config.toml").read_text())
     assert config["server"]["enableXsrfProtection"] is True
     assert 0 < config["server"]["maxUploadSize"] <= 200
+
+
+def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(trained_run, tmp_path,
+                                                                               monkeypatch):
+    import json
+
+    from core import external, paths
+
+    sy575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
+    if not sy575.is_dir():
+        pytest.skip("external set not found")
+    run_dir = tmp_path / "artifacts" / "runs" / trained_run.name
+    shutil.copytree(trained_run, run_dir)
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+
+    at = open_page(ui.EVALUATE)
+    assert_no_exception(at)
+    folder = next(box for box in at.text_input if box.label == "Dataset folder")
+    folder.set_value(str(tmp_path / "no-such-folder"))
+    at = next(button for button in at.button if button.label == "Start").click().run()
+    assert "no-such-folder: dataset folder not found" in texts(at.error)
+
+    external.evaluate_on(run_dir, sy575, n_boot=50, report=lambda line: None)
+    stored = json.loads((run_dir / "external" / "SY575-COVID19-CT" / "metrics.json").read_text())
+    at = open_page(ui.EVALUATE)
+    assert_no_exception(at)
+    (table,) = [frame.value for frame in at.dataframe if "level" in frame.value.columns]
+    patients = table[(table["set"] == "SY575-COVID19-CT") & (table["level"] == "patients")].iloc[0]
+    assert patients["n"] == 4
+    assert patients["sensitivity"] == pytest.approx(stored["patient"]["at_threshold"]["recall"])
+    slices = table[(table["set"] == "SY575-COVID19-CT") & (table["level"] == "slices")].iloc[0]
+    assert slices["n"] == 48 and slices["accuracy"] == pytest.approx(stored["slice"]["at_threshold"]["accuracy"])
+
+    at = open_page(ui.MISCLASSIFIED)
+    assert_no_exception(at)
+    cases = next(box for box in at.selectbox if box.label == "Cases from")
+    at = cases.set_value("external:SY575-COVID19-CT").run()
+    assert_no_exception(at)
+    rows = external.read_predictions(run_dir, "SY575-COVID19-CT")
+    expected = ui.cell_rows(rows, stored["threshold"], at.session_state["cell"])
+    (caption,) = [c.value for c in at.caption if " at threshold " in c.value]
+    assert caption.startswith(f"{len(expected)} ") and "in external: SY575-COVID19-CT" in caption

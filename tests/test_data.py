@@ -41,7 +41,7 @@ def rgb_png(path, value=128, size=(20, 16)):
 @needs_real_data
 def test_official_split_on_covid_ct(official_index):
     index = official_index
-    assert list(index.columns) == ["path", "relpath", "label", "y", "split", "patient_id"]
+    assert list(index.columns) == ["path", "relpath", "label", "y", "split", "patient_id", "source"]
     counts = data.split_counts(index)
     assert counts.loc[["train", "val", "test"], "COVID"].tolist() == [191, 60, 98]
     assert counts.loc[["train", "val", "test"], "NonCOVID"].tolist() == [234, 58, 105]
@@ -302,7 +302,7 @@ def test_load_images_resizes_and_reports_progress(official_index):
 def test_audit_finds_the_known_cross_class_pairs(official_index):
     pairs = data.audit_duplicates(official_index)
     assert list(pairs.columns) == ["relpath_a", "relpath_b", "label_a", "label_b", "split_a",
-                                   "split_b", "kind", "distance", "cross_class", "cross_split"]
+                                   "split_b", "kind", "distance", "cross_class", "cross_split", "cross_source"]
     cross_class = pairs[pairs["cross_class"]]
     assert KNOWN_CROSS_CLASS <= set(zip(cross_class["relpath_a"], cross_class["relpath_b"]))
     assert (pairs["cross_class"] | pairs["cross_split"]).all()

@@ -1,0 +1,126 @@
+"""Several dataset folders (sources) in one index, and leave-one-source-out:
+each image keeps its source, splits stratify by source and class and keep
+patients whole, relpaths and patients stay unique, duplicates across sources
+are audited, and a run can hold one source out and be evaluated on it."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core import data, paths, train
+from core.cli import main
+
+SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
+
+
+def small_source(data_dir: Path, folder: Path, per_class: int, skip: int = 0) -> Path:
+    """A source of `per_class` COVID-CT images per class (no split lists, no
+    metadata: each image its own patient)."""
+    for label in ("COVID", "NonCOVID"):
+        (folder / label).mkdir(parents=True)
+        for path in sorted((data_dir / label).glob("*.png"))[skip:skip + per_class]:
+            shutil.copy(path, folder / label / path.name)
+    return folder
+
+
+@pytest.fixture
+def two_sources(data_dir, tmp_path):
+    if not (SY575 / "COVID").is_dir():
+        pytest.skip(f"external set not found at {SY575}")
+    hospital_a = small_source(data_dir, tmp_path / "hospital-a", per_class=12)
+    hospital_b = tmp_path / "SY575"
+    shutil.copytree(SY575, hospital_b, ignore=shutil.ignore_patterns("*.md", "*.csv"))
+    return hospital_a, hospital_b
+
+
+def test_sources_keep_their_name_unique_ids_and_whole_patients(two_sources):
+    hospital_a, hospital_b = two_sources
+    index = data.index_dataset(os.pathsep.join([str(hospital_a), str(hospital_b)]))
+
+    assert index.groupby("source").size().to_dict() == {"hospital-a": 24, "SY575": 48}
+    assert index["relpath"].is_unique
+    assert index["relpath"].str.split("/").str[0].tolist() == index["source"].tolist()
+    # Patient folders are patients, named with their source; each sits in one split.
+    sy575 = index[index["source"] == "SY575"]
+    assert sorted(sy575["patient_id"].unique()) == ["SY575:COVID/person001", "SY575:COVID/person002",
+                                                    "SY575:NonCOVID/person003", "SY575:NonCOVID/person004"]
+    assert (index.groupby("patient_id")["split"].nunique() == 1).all()
+    # Stratified by source and class: hospital A's classes are both in train, val and test.
+    a_counts = index[index["source"] == "hospital-a"].groupby(["split", "label"]).size()
+    assert len(a_counts) == 6
+    for relpath in index["relpath"].sample(5, random_state=0):
+        assert data.resolve_image(os.pathsep.join([str(hospital_a), str(hospital_b)]), relpath).is_file()
+    counts = data.source_counts(index)
+    assert counts.xs("SY575", level="source")["total"].sum() == 48
+
+
+def test_sources_must_share_their_classes_and_names(two_sources, tmp_path):
+    hospital_a, _ = two_sources
+    other = tmp_path / "other"
+    shutil.copytree(hospital_a / "COVID", other / "COVID")
+    shutil.copytree(hospital_a / "NonCOVID", other / "Pneumonia")
+    with pytest.raises(ValueError, match="do not share the same two class folders"):
+        data.index_dataset([hospital_a, other])
+    twin = tmp_path / "copy" / "hospital-a"
+    shutil.copytree(hospital_a, twin)
+    with pytest.raises(ValueError, match="share the name 'hospital-a'"):
+        data.index_dataset([hospital_a, twin])
+
+
+def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
+    hospital_a, hospital_b = two_sources
+    shared = next((hospital_a / "COVID").glob("*.png"))
+    shutil.copy(shared, hospital_b / "COVID" / "person001" / "copied.png")
+    index = data.index_dataset([hospital_a, hospital_b])
+    pairs = data.audit_duplicates(index, max_distance=0)
+    exact = pairs[(pairs["kind"] == "exact") & pairs["cross_source"]]
+    assert {tuple(sorted(p)) for p in exact[["relpath_a", "relpath_b"]].to_numpy()} == {
+        ("SY575/COVID/person001/copied.png", f"hospital-a/COVID/{shared.name}")}
+
+
+def test_holdout_source_is_checked_against_the_sources(two_sources, weights):
+    hospital_a, hospital_b = two_sources
+    both = os.pathsep.join([str(hospital_a), str(hospital_b)])
+    assert not train.TrainConfig(data_dir=both, holdout_source="SY575", weights=weights).problems()
+    [problem] = train.TrainConfig(data_dir=both, holdout_source="hospital-c", weights=weights).problems()
+    assert "'hospital-c' is not one of the sources in data_dir (hospital-a, SY575)" in problem
+    [problem] = train.TrainConfig(data_dir=str(hospital_a), holdout_source="hospital-a", weights=weights).problems()
+    assert "needs at least two sources" in problem
+    config = train.TrainConfig(data_dir=both, holdout_source="SY575")
+    assert config.training_sources() == [hospital_a] and config.held_out_source() == hospital_b
+
+
+def test_leave_one_source_out_trains_one_run_per_source(two_sources, monkeypatch):
+    trained = []
+
+    def fake_train(config, name=None, report=print, runs_root=None):
+        trained.append((config.holdout_source, name))
+        return Path(name)
+
+    monkeypatch.setattr(train, "train", fake_train)
+    hospital_a, hospital_b = two_sources
+    config = train.TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
+    assert train.leave_one_source_out(config, name="x", report=lambda line: None) == [
+        Path("x-without-hospital-a"), Path("x-without-SY575")]
+    assert trained == [("hospital-a", "x-without-hospital-a"), ("SY575", "x-without-SY575")]
+    with pytest.raises(ValueError, match="at least two dataset folders"):
+        train.leave_one_source_out(train.TrainConfig(data_dir=str(hospital_a)))
+
+
+def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, weights, tmp_path,
+                                                                    monkeypatch, capsys):
+    hospital_a, hospital_b = two_sources
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert main(["train", "--data-dir", os.pathsep.join([str(hospital_a), str(hospital_b)]),
+                 "--holdout-source", "SY575", "--weights", weights, "--input-size", "64", "--batch-size", "4",
+                 "--head-epochs", "1", "--finetune-epochs", "1", "--n-boot", "50", "--name", "loso"]) == 0
+    out = capsys.readouterr().out
+    [run_dir] = (tmp_path / "artifacts" / "runs").iterdir()
+    predictions = (run_dir / "predictions.csv").read_text()
+    assert "SY575" not in predictions  # trained, validated and tested on hospital A alone
+    held_out = json.loads((run_dir / "external" / "SY575" / "metrics.json").read_text())
+    assert held_out["slice"]["n"] == 48 and held_out["patient"]["n"] == 4
+    assert "SY575: 48 slices" in out
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
