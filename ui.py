@@ -271,7 +271,7 @@ def image_path(run: dict, relpath: str) -> Path:
     one has moved."""
     data_dir = run["config"].get("data_dir") or str(paths.data_dir())
     try:
-        found = data.resolve_image(data_dir, relpath)
+        found = data.resolve_image(data_dir, relpath, run["config"].get("holdout_source") or "")
     except ValueError:
         return paths.data_dir() / relpath
     return found if found.parent.exists() else paths.data_dir() / relpath

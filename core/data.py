@@ -433,10 +433,11 @@ def _index_source(root: Path, positive_class: str, use_official_splits: bool, ch
     return index, described
 
 
-def resolve_image(data_dir, relpath: str) -> Path:
+def resolve_image(data_dir, relpath: str, holdout_source: str = "") -> Path:
     """The file of an index's relpath: under the dataset folder, or, with
-    several sources, under the source its relpath starts with."""
-    folders = source_dirs(data_dir)
+    several sources, under the source its relpath starts with. A run that
+    held a source out indexed only the others (TrainConfig.training_sources)."""
+    folders = [folder for folder in source_dirs(data_dir) if folder.resolve().name != holdout_source]
     if len(folders) == 1:
         return folders[0] / relpath
     source, _, rest = relpath.partition("/")

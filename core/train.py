@@ -165,7 +165,8 @@ class TrainConfig:
         return found
 
     def training_sources(self) -> list[Path]:
-        """The dataset folders a run trains on: data_dir's, less the held-out source."""
+        """The dataset folders a run trains on: data_dir's, less the held-out
+        source (data.resolve_image finds their files from a relpath)."""
         return [folder for folder in data.source_dirs(self.data_dir) if folder.resolve().name != self.holdout_source]
 
     def held_out_source(self) -> Path | None:

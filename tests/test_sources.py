@@ -120,6 +120,9 @@ def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, 
     [run_dir] = (tmp_path / "artifacts" / "runs").iterdir()
     predictions = (run_dir / "predictions.csv").read_text()
     assert "SY575" not in predictions  # trained, validated and tested on hospital A alone
+    config = json.loads((run_dir / "config.json").read_text())
+    first = predictions.splitlines()[1].split(",")[0]
+    assert data.resolve_image(config["data_dir"], first, config["holdout_source"]).is_file()
     held_out = json.loads((run_dir / "external" / "SY575" / "metrics.json").read_text())
     assert held_out["slice"]["n"] == 48 and held_out["patient"]["n"] == 4
     assert "SY575: 48 slices" in out
