@@ -6,6 +6,7 @@ import pickle
 import sys
 import types
 import zipfile
+from functools import partial
 
 import keras
 import numpy as np
@@ -151,6 +152,57 @@ def test_ct_layers_are_named_by_stage_for_freezing_and_the_frozen_cache():
     assert round(backbone / 1e6, 1) == 58.3
 
 
+def conv(x, kernel, stride=1, padding=0):
+    """torch.nn.functional.conv2d of one image in NumPy: x (C, H, W), kernel (out, C, kh, kw)."""
+    x = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, kernel.shape[2:], axis=(1, 2))[:, ::stride, ::stride]
+    return np.einsum("chwij,ocij->ohw", windows, kernel, optimize=True)
+
+
+def torchvision_resnet152(x, state):
+    """torchvision's ResNet-152 forward pass (its Bottleneck: the stride on
+    conv2, the 3x3) in NumPy on (C, H, W), from the checkpoint's own names
+    and kernels summed over depth: independent of the Keras builder and of
+    the name mapping."""
+    def bn(x, name):
+        scale = state[f"{name}.weight"] / np.sqrt(state[f"{name}.running_var"] + 1e-5)
+        shift = state[f"{name}.bias"] - state[f"{name}.running_mean"] * scale
+        return x * scale[:, None, None] + shift[:, None, None]
+
+    def kernel(name):
+        return state[f"{name}.weight"].sum(axis=2)
+
+    relu = partial(np.maximum, 0)
+    x = relu(bn(conv(x, kernel("conv1"), 2, 3), "bn1"))
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    x = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(3, 4))
+    for stage, blocks in enumerate((3, 8, 36, 3), start=1):
+        for block in range(blocks):
+            name, stride = f"layer{stage}.{block}", 2 if block == 0 and stage > 1 else 1
+            out = relu(bn(conv(x, kernel(f"{name}.conv1")), f"{name}.bn1"))
+            out = relu(bn(conv(out, kernel(f"{name}.conv2"), stride, 1), f"{name}.bn2"))
+            out = bn(conv(out, kernel(f"{name}.conv3")), f"{name}.bn3")
+            if block == 0:
+                x = bn(conv(x, kernel(f"{name}.downsample.0"), stride), f"{name}.downsample.1")
+            x = relu(out + x)
+    return x
+
+
+def test_keras_backbone_matches_a_numpy_torchvision_forward_pass(ct_weights_cache, data_dir, tmp_path):
+    """The layout check: strides, padding, kernel order and the name mapping.
+    (The BatchNorm check below cannot see where the stride sits: with the
+    stride on the 1x1 conv its figure barely moves, 0.962 -> 0.957.)"""
+    state = ct_weights.state_dict(ct_weights.joined_checkpoint(tmp_path))
+    model = build_model("ct-resnet152", input_size=64, weights="ct")
+    index = data.index_dataset(data_dir)
+    image = data.load_images(index.path[:1], 64).astype("float32")
+    features = keras.Model(model.input, model.get_layer("conv5_block3_out").output).predict_on_batch(image)[0]
+    recipe = np.asarray(model.get_layer("ct_window")(image))[0]
+    expected = torchvision_resnet152(recipe.transpose(2, 0, 1).astype("float64"), state).transpose(1, 2, 0)
+    assert features.shape == expected.shape == (2, 2, 2048)
+    np.testing.assert_allclose(features, expected, atol=1e-4 * np.abs(expected).max())
+
+
 def batchnorm_agreement(backbone: keras.Model, images: np.ndarray) -> np.ndarray:
     """For each BatchNorm layer, the correlation over channels of the batch
     mean of its input with its stored running mean. Statistics stored in
@@ -217,3 +269,15 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
 
     heatmaps = Explainer(model).heatmaps(images[:2], method="gradcam++")
     assert heatmaps.shape == (2, 64, 64) and np.isfinite(heatmaps).all() and heatmaps.max() <= 1
+
+
+def test_ct_backbones_are_searched_when_asked_for(data_dir, weights):
+    from core import tune
+    from core.train import TrainConfig
+
+    base = TrainConfig(data_dir=str(data_dir), weights=weights)  # the ImageNet ResNet-50 file
+    assert tune.make_space(None, base)["backbone"] == ["resnet50"]
+    asked = tune.make_space({"backbone": ["resnet50", "ct-resnet152"]}, base)
+    assert asked["backbone"] == ["resnet50", "ct-resnet152"]
+    with pytest.raises(ValueError, match="resnet101 cannot load"):
+        tune.make_space({"backbone": ["resnet101", "ct-resnet152-transposed"]}, base)
