@@ -215,7 +215,7 @@ def batchnorm_agreement(backbone: keras.Model, images: np.ndarray) -> np.ndarray
 
 
 def test_converted_weights_agree_with_their_batchnorm_statistics_on_ct(ct_weights_cache, data_dir):
-    size = 160
+    size = 128  # mean agreement 0.953 on these slices, 0.724 on noise (0.962 and 0.717 at 160 px)
     index = data.index_dataset(data_dir)
     slices = data.load_images(index[index.split == "train"].sample(8, random_state=0).path, size)
     noise = np.random.default_rng(0).uniform(0, 255, slices.shape)
