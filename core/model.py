@@ -1,8 +1,10 @@
-"""The classifier: an ImageNet ResNet with a new 2-class head, frozen by stage.
+"""The classifier: a pretrained ResNet with a new 2-class head, frozen by stage.
 
-The model takes float RGB images in 0..255 at `input_size` and returns softmax
-probabilities (N, 2), index 1 being the positive class. ImageNet preprocessing is
-a layer inside the model, so a saved model is all one needs to predict.
+The backbone is an ImageNet ResNet (keras.applications) or the CT-pretrained
+ResNet-152 (core.ct_weights). The model takes float RGB images in 0..255 at
+`input_size` and returns softmax probabilities (N, 2), index 1 being the
+positive class. The backbone's preprocessing is a layer inside the model, so a
+saved model is all one needs to predict.
 
 The backbone is built on the model's own input tensor, so its layers are layers
 of the model itself (a flat graph): Grad-CAM can then reach `conv5_block3_out`.
@@ -15,11 +17,18 @@ import cv2
 import keras
 import numpy as np
 
-BACKBONES = {
+from core import ct_weights
+
+IMAGENET_BACKBONES = {
     "resnet50": keras.applications.ResNet50,
     "resnet101": keras.applications.ResNet101,
     "resnet152": keras.applications.ResNet152,
 }
+# The CT-pretrained ResNet-152 v1.5 (core.ct_weights), fed each slice as it is
+# or transposed (rows <-> columns): its training volumes may have had rows
+# along the patient's left-right axis, and nothing here tells which fits.
+CT_BACKBONES = {"ct-resnet152": False, "ct-resnet152-transposed": True}
+BACKBONES = (*IMAGENET_BACKBONES, *CT_BACKBONES)
 # Where fine-tuning may start: "head" trains the new head only, "conv4" trains
 # conv4_*, conv5_* and the head, and so on down to "conv1" (everything).
 TRAIN_FROM = ("head", "conv5", "conv4", "conv3", "conv2", "conv1")
@@ -38,22 +47,63 @@ class ImageNetPreprocess(keras.layers.Layer):
         return keras.applications.resnet.preprocess_input(images)
 
 
+@keras.saving.register_keras_serializable(package="covidct")
+class CTWindow(keras.layers.Layer):
+    """The CT ResNet's input recipe as a layer: 0..255 grey levels -> [0, 1].
+
+    It was trained on Hounsfield units clipped to [-1000, 200] and scaled to
+    [0, 1], one channel repeated to three. Our slices are 8-bit images already
+    windowed, so the grey levels are mapped back to HU through the window they
+    were most likely shown in, `source_window` (width, level): the lung window
+    W1500/L-600 that core.data applies to DICOM (0 = -1350 HU, 255 = 150 HU),
+    the usual lung window of CT figures. Against taking 0..255 as [0, 1]
+    directly (a W1200/L-400 source), the stored BatchNorm statistics agree
+    slightly better with it on COVID-CT slices (docs/ct_backbone.md). The
+    three channels are averaged first, so that colour marks weigh as grey."""
+
+    def __init__(self, source_window=(1500.0, -600.0), transpose: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.source_window = tuple(float(v) for v in source_window)
+        self.transpose = bool(transpose)
+
+    def call(self, images):
+        width, level = self.source_window
+        grey = keras.ops.mean(images, axis=-1, keepdims=True)
+        hounsfield = level - width / 2 + grey * (width / 255.0)
+        scaled = (keras.ops.clip(hounsfield, -1000.0, 200.0) + 1000.0) / 1200.0
+        if self.transpose:
+            scaled = keras.ops.transpose(scaled, (0, 2, 1, 3))
+        return keras.ops.repeat(scaled, 3, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "source_window": list(self.source_window), "transpose": self.transpose}
+
+
 def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str | None = None,
                 dropout: float = 0.3, train_from: str = "conv5",
                 train_batchnorm: bool = False) -> keras.Model:
-    """ResNet from keras.applications with weights from a file path, "imagenet"
-    (Keras' download) or None, topped by pooling -> dropout -> Dense(2)."""
+    """A backbone topped by pooling -> dropout -> Dense(2).
+
+    An ImageNet ResNet from keras.applications takes its weights from a file
+    path, "imagenet" (Keras' download) or None (random). A CT backbone takes
+    the CT weights whatever `weights` names (an ImageNet file cannot fit it),
+    except None: random, like the others."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if weights not in (None, "imagenet") and not os.path.exists(weights):
-        raise ValueError(f"{weights}: weights file not found (set --weights or $COVIDCT_WEIGHTS)")
-
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = ImageNetPreprocess(name="imagenet_preprocess")(inputs)
-    try:
-        base = BACKBONES[backbone](include_top=False, weights=weights, input_tensor=x)
-    except ValueError as error:  # e.g. a ResNet-50 file given for ResNet-101
-        raise ValueError(f"{weights}: cannot load into {backbone}: {error}") from error
+    if backbone in CT_BACKBONES:
+        x = CTWindow(transpose=CT_BACKBONES[backbone], name="ct_window")(inputs)
+        base = ct_weights.backbone_model(inputs, x)
+        if weights is not None:
+            ct_weights.load_into(base)
+    else:
+        if weights not in (None, "imagenet") and not os.path.exists(weights):
+            raise ValueError(f"{weights}: weights file not found (set --weights or $COVIDCT_WEIGHTS)")
+        x = ImageNetPreprocess(name="imagenet_preprocess")(inputs)
+        try:
+            base = IMAGENET_BACKBONES[backbone](include_top=False, weights=weights, input_tensor=x)
+        except ValueError as error:  # e.g. a ResNet-50 file given for ResNet-101
+            raise ValueError(f"{weights}: cannot load into {backbone}: {error}") from error
 
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)

@@ -43,3 +43,9 @@ def studies_dir() -> Path:
 def default_config_path() -> Path:
     """The training defaults promoted from a search (core.tune.promote_best)."""
     return artifacts_dir() / "default_config.json"
+
+
+def weights_cache_dir() -> Path:
+    """Weights converted on first use, such as the CT ResNet-152's
+    ($COVIDCT_WEIGHTS_CACHE, else the artifacts folder's weights/)."""
+    return Path(os.environ.get("COVIDCT_WEIGHTS_CACHE", artifacts_dir() / "weights"))

@@ -35,7 +35,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from core import paths, runs
-from core.model import BACKBONES
+from core.model import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES
 from core.train import TrainConfig, load_default_config, train
 
 # The default search space. A list: the choices; a dict: a range, sampled on a log scale when "log".
@@ -47,7 +47,8 @@ SPACE = {
     "input_size": [160, 224, 288],
     "augment_strength": {"low": 0.0, "high": 1.0, "log": False},
     "dropout": {"low": 0.0, "high": 0.6, "log": False},
-    "backbone": list(BACKBONES),
+    # The CT ResNet-152 costs 3x ResNet-50's compute per image: searched when asked for (--backbones).
+    "backbone": list(IMAGENET_BACKBONES),
 }
 INTEGERS = ("batch_size", "input_size")
 # augment_strength scales three settings together: 0 turns them off, 0.5 is the
@@ -92,17 +93,18 @@ def loadable_backbones(weights: str | None) -> list[str]:
     """The backbones these weights load into: all of them for "imagenet"
     (Keras downloads each one's) or none (random); for a file, those named in
     its file name (resnet50_imagenet.weights.h5 fits ResNet-50 only), or all
-    when it names none."""
+    when it names none. The CT backbones load their own weights (core.ct_weights)."""
     if weights in (None, "imagenet"):
         return list(BACKBONES)
-    return [b for b in BACKBONES if b in Path(weights).name] or list(BACKBONES)
+    return ([b for b in IMAGENET_BACKBONES if b in Path(weights).name] or list(IMAGENET_BACKBONES)) + list(CT_BACKBONES)
 
 
 def make_space(changes: dict | None, base: TrainConfig, fixed=()) -> dict:
     """The default space, with the backbones `base.weights` can load, updated
     by `changes` (None for a parameter leaves it out), less the parameters
     whose settings are `fixed`; checked value by value against TrainConfig."""
-    space = {**SPACE, "backbone": loadable_backbones(base.weights), **(changes or {})}
+    loadable = loadable_backbones(base.weights)
+    space = {**SPACE, "backbone": [b for b in SPACE["backbone"] if b in loadable], **(changes or {})}
     space = {name: spec for name, spec in space.items()
              if spec is not None and not set(fields_of(name)) & set(fixed)}
     if not space:
@@ -117,7 +119,6 @@ def make_space(changes: dict | None, base: TrainConfig, fixed=()) -> dict:
         for value in values:  # TrainConfig's own words, which name the setting they are about
             problems += [p if p.startswith(name) else f"{name} {value!r}: {p}"
                          for p in _value_problems(base, name, value)]
-    loadable = loadable_backbones(base.weights)
     unloadable = [b for b in checked.get("backbone", []) if b in BACKBONES and b not in loadable]
     if unloadable:
         problems.append(f"backbone {', '.join(unloadable)} cannot load the weights {base.weights} "

@@ -47,7 +47,10 @@ HELP = {
     "cv_folds": "Cross-validation: regroup train + val into this many folds of whole patients (0 = off); "
                 "`python -m core cv` trains every fold and scores them together.",
     "cv_fold": "The fold (from 0) this run validates on.",
-    "weights": "ImageNet weights file; empty = random initialisation.",
+    "backbone": "resnet50/101/152: ImageNet-pretrained. ct-resnet152: pretrained on CT volumes (its weights "
+                "come with the requirements; docs/ct_backbone.md), -transposed: fed rows as columns.",
+    "weights": "ImageNet weights file for the ImageNet ResNets (the CT ResNet loads its own); "
+               "empty = random initialisation.",
     "input_size": "Images are resized to this square size (pixels).",
     "train_from": "Fine-tuning trains the ResNet stages from this one up ('head': the head only).",
     "train_batchnorm": "Also train BatchNorm layers of the unfrozen stages (noisy on small batches).",

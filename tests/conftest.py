@@ -45,3 +45,15 @@ def trained_artifacts(trained_run, monkeypatch):
     """Point paths.artifacts_dir() (and so the CLI and the app) at the tiny run."""
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(trained_run.parent.parent))
     return trained_run.parent.parent
+
+
+@pytest.fixture(scope="session")
+def ct_weights_cache(tmp_path_factory):
+    """The CT ResNet-152 weights converted by this code once per test session
+    (about 20 s), into a temporary cache: a cache of an earlier conversion
+    would test that one instead."""
+    from core import ct_weights
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COVIDCT_WEIGHTS_CACHE", str(tmp_path_factory.mktemp("weights_cache")))
+        yield ct_weights.converted_weights(report=lambda line: None)
