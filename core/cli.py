@@ -153,9 +153,9 @@ def cmd_tune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core import evaluate, runs
+    from core import evaluate, run_check, runs
 
-    run_dir = _run_dir(args.run)
+    run_dir = run_check.require_intact(_run_dir(args.run))
     metrics = evaluate.evaluate_predictions(runs.read_predictions(run_dir), n_boot=args.n_boot)
     print(f"run {run_dir.name}: threshold {metrics['threshold']['value']:.3f} "
           f"(chosen on {metrics['threshold']['chosen_on']})")
@@ -219,7 +219,12 @@ def cmd_runs(args) -> int:
 
     all_runs = runs.list_runs()
     table = runs.compare_runs(all_runs)
-    print(table.to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    damaged = [run for run in all_runs if run["problems"]]
+    if damaged:  # listed, never evaluated or used (core.run_check)
+        print("\nDamaged runs:")
+        for run in damaged:
+            print(f"  {run['id']}: {'; '.join(run['problems'])}")
     recipes = cross_validation_table(all_runs)
     if len(recipes):  # fold runs, scored together: the mean fold ROC-AUC is the recipe's score
         print("\nCross-validated recipes (validation folds of train + val):")
