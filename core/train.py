@@ -599,6 +599,8 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         runs.set_status(run_dir, "running", phases_done=[p for p, _, _ in phases if checkpoint.is_finished(run_dir, p)])
     save_model(model, run_dir / "model.keras")
     checkpoint.kill_point("saved")
+    # model.keras is the saving phase's commit: a resume never reads the checkpoints again.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return model
 
 

@@ -83,8 +83,26 @@ def test_a_fit_killed_in_an_epoch_resumes_after_the_last_committed_one(tmp_path,
     with pytest.raises(Killed):
         fit(tmp_path, [KillAtEpoch(kill_in_epoch)])
     assert checkpoint.committed(tmp_path, "finetune")["epoch"] == kill_in_epoch - 1
+    assert_resumes_the_same(tmp_path, kill_in_epoch, reference)
+
+
+def test_a_commit_killed_half_done_leaves_the_one_before(tmp_path, reference, monkeypatch):
+    """Killed with epoch 4's folder written but latest.json not yet switched to it."""
+    def kill_point(name):
+        if name == "finetune epoch-4 written":
+            raise Killed
+    monkeypatch.setattr(checkpoint, "kill_point", kill_point)
+    with pytest.raises(Killed):
+        fit(tmp_path)
+    assert checkpoint.committed(tmp_path, "finetune")["epoch"] == 3
+    assert (tmp_path / "checkpoints" / "finetune" / "epoch-4").is_dir()  # complete, but not committed
+    monkeypatch.undo()
+    assert_resumes_the_same(tmp_path, 4, reference)
+
+
+def assert_resumes_the_same(tmp_path, kill_in_epoch, reference):
     # The killed epoch's row may be logged already: a real kill can land after it.
-    assert len(pd.read_csv(tmp_path / "history.csv")) == kill_in_epoch - 1
+    assert len(pd.read_csv(tmp_path / "history.csv")) in (kill_in_epoch - 1, kill_in_epoch)
     with open(tmp_path / "history.csv", "a") as history:
         history.write("99,0.5,0.5,0.5")  # half a row, as a kill mid-write leaves it
     same_end(tmp_path, fit(tmp_path), reference)
