@@ -562,6 +562,7 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
     if (run_dir / "model.keras").exists():  # the saving phase committed
         model.load_weights(run_dir / "model.keras")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
         report("resumed after training: evaluating")
         return model
     boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None

@@ -1,5 +1,5 @@
 """Fuzz the readers and the run folders with a generated corpus (seeded, so
-every run of the test sees the same 100-odd inputs): malformed PNG, JPEG,
+every run of the test sees the same 91 inputs): malformed PNG, JPEG,
 GIF, BMP, TIFF and DICOM files, junk, and damaged run folders. For every
 input: no exception but ImageReadError / a listed problem, a reason that
 names the file, bounded CPU time; and a batch goes on past its bad inputs."""
