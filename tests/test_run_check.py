@@ -77,10 +77,14 @@ def two_runs(tmp_path, monkeypatch):
     return intact, damaged
 
 
-def test_an_intact_run_has_no_problems(two_runs):
+def test_an_intact_run_has_no_problems(two_runs, tmp_path):
     for run_dir in two_runs:
         assert runs.load_run(run_dir)["problems"] == []
         assert run_check.require_intact(run_dir) == run_dir
+    # Trained elsewhere: a data folder and a cluster this machine lacks are no damage.
+    edit_json("config.json", lambda c: {**c, "data_dir": str(tmp_path / "moved"), "strategy": "multiworker",
+                                        "setting_of_a_newer_version": 1})(two_runs[1])
+    assert runs.load_run(two_runs[1])["problems"] == []
 
 
 @pytest.mark.parametrize("case", DAMAGE)
