@@ -125,3 +125,18 @@ def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
     assert runs.active_training(tmp_path) is None
     runs.acquire_training_lock("next", tmp_path)
     runs.release_training_lock(tmp_path)
+
+
+@pytest.mark.parametrize("page", ["pages/2_Train.py", "pages/3_Evaluate.py", "pages/5_Predict.py"])
+def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_dir):
+    """One run of each kind of damage, and nothing else: the pages render, and
+    those that need a usable run say there is none."""
+    from test_app import assert_no_exception, open_page, texts
+
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    for case, (damage, _, _) in DAMAGE.items():
+        damage(completed_run(tmp_path / "runs", case.replace(" ", "-"), data_dir))
+    at = open_page(page)
+    assert_no_exception(at)
+    if page != "pages/2_Train.py":
+        assert "Train one first" in texts(at.info)
