@@ -177,7 +177,9 @@ def thumbnail(path: str, size: int = 220) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def has_model(run: dict) -> bool:
-    return run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+    """A completed run with its model, not damaged (core.run_check)."""
+    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+            and not run.get("problems"))
 
 
 def has_results(run: dict) -> bool:

@@ -170,9 +170,9 @@ def cmd_tune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core import evaluate, external, runs
+    from core import evaluate, external, run_check, runs
 
-    run_dir = _run_dir(args.run)
+    run_dir = run_check.require_intact(_run_dir(args.run))
     if args.data:  # external validation on another labelled dataset
         external.evaluate_on(run_dir, args.data, name=args.name, class_map=external.parse_class_map(args.class_map),
                              report=_report, n_boot=args.n_boot)
@@ -246,7 +246,12 @@ def cmd_runs(args) -> int:
 
     all_runs = runs.list_runs()
     table = runs.compare_runs(all_runs)
-    print(table.to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    damaged = [run for run in all_runs if run["problems"]]
+    if damaged:  # listed, never evaluated or used (core.run_check)
+        print("\nDamaged runs:")
+        for run in damaged:
+            print(f"  {run['id']}: {'; '.join(run['problems'])}")
     recipes = cross_validation_table(all_runs)
     if len(recipes):  # fold runs, scored together: the mean fold ROC-AUC is the recipe's score
         print("\nCross-validated recipes (validation folds of train + val):")

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,13 @@ MIN_IMAGE_SIDE = 16  # px; smaller is an icon or a thumbnail, not a CT slice
 MAX_IMAGE_PIXELS = 50_000_000  # 50 megapixels: ~150 MB as RGB; more is a mistake or a decompression bomb
 MIN_IMAGES_PER_CLASS = 2  # per class, after bad files are left out; fewer is an error
 DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Bounded work per input: a file is identified from its first bytes, and only
+# a known format is parsed. MAX_FILE_BYTES caps what is read into memory (a
+# 50 MP 16-bit DICOM is 100 MB); MAX_DICOM_HEADER_BYTES caps the DICOM elements
+# parsed before the pixel data (a few kB in a CT slice; 1 s of CPU for 2 MB of
+# the worst case, 8-byte empty elements); decoding is capped by MAX_IMAGE_PIXELS.
+MAX_FILE_BYTES = 256 * 2**20
+MAX_DICOM_HEADER_BYTES = 2 * 2**20
 
 
 # ---------------------------------------------------------------------------
@@ -91,16 +99,24 @@ def check_image(source, name: str | None = None) -> None:
 
 
 def _read_bytes(source, name):
+    """The content (at most MAX_FILE_BYTES, else ImageReadError) and the name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "upload"
-    if hasattr(source, "read"):
-        return source.read(), name or getattr(source, "name", None) or "upload"
-    path = Path(source)
-    name = name or path.name
-    try:
-        return path.read_bytes(), name
-    except OSError as error:
-        raise ImageReadError(f"{name}: cannot read file ({error.strerror or error})") from error
+        content, name = bytes(source), name or "upload"
+    elif hasattr(source, "read"):
+        content, name = source.read(MAX_FILE_BYTES + 1), name or getattr(source, "name", None) or "upload"
+    else:
+        path = Path(source)
+        name = name or path.name
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:  # refused unread
+                content = bytes(MAX_FILE_BYTES + 1)
+            else:
+                content = path.read_bytes()
+        except OSError as error:
+            raise ImageReadError(f"{name}: cannot read file ({error.strerror or error})") from error
+    if len(content) > MAX_FILE_BYTES:
+        raise ImageReadError(f"{name}: file too large (over {MAX_FILE_BYTES // 2**20} MB)")
+    return content, name
 
 
 def _open(data: bytes, name: str):
@@ -129,7 +145,7 @@ def _pillow_errors(name: str):
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{name}: image too large ({error})") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except Exception as error:  # a malformed file can fail anywhere in a decoder (struct.error, IndexError...)
         raise ImageReadError(f"{name}: not a readable image ({error})") from error
 
 
@@ -185,20 +201,63 @@ def _decode_with_pillow(image: Image.Image) -> np.ndarray:
 
 
 def _looks_like_dicom(data: bytes) -> bool:
+    """A DICOM data set without its preamble starts with an element of the
+    file meta group (0002) or of the identifying group (0008); nothing else is
+    parsed (a forced parse of 50 MB of zeros took 45 s). The first 64 kB must
+    then parse as elements naming a modality or SOP class, or reach pixel data."""
+    if data[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # forced parsing of non-DICOM bytes warns a lot
-            dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-        return "PixelData" in dataset or "Modality" in dataset or "SOPClassUID" in dataset
+        header, pixels_at = _dicom_header(data[:2**16])
     except Exception:  # force=True parsing of non-DICOM bytes can fail in many ways
         return False
+    return "Modality" in header or "SOPClassUID" in header or pixels_at is not None
+
+
+def _dicom_header(data: bytes) -> tuple[pydicom.Dataset, int | None]:
+    """The elements before the pixel data, and where the pixel data element
+    starts (None if `data` has none)."""
+    buffer = io.BytesIO(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # forced parsing of damaged bytes warns a lot
+        header = pydicom.dcmread(buffer, force=True, stop_before_pixels=True)
+    at = buffer.tell()
+    # Group 7FE0 (pixel data), little or big endian.
+    return header, at if data[at:at + 2] in (b"\xe0\x7f", b"\x7f\xe0") else None
+
+
+def _dicom_element_end(data: bytes, at: int, header: pydicom.Dataset) -> int:
+    """Where the element starting at `at` (the pixel data) ends: what follows
+    it is not parsed, as a file padded with megabytes of junk after its
+    pixels would take as long as the forced parse above."""
+    implicit, little = getattr(header, "original_encoding", (False, True))
+    order = "<" if little is not False else ">"
+    if implicit:
+        start, (length,) = at + 8, struct.unpack(order + "I", data[at + 4:at + 8])
+    else:  # pixel data VRs (OB, OW, OF, OD) have a 4-byte length after 2 reserved bytes
+        start, (length,) = at + 12, struct.unpack(order + "I", data[at + 8:at + 12])
+    if length == 0xFFFFFFFF:  # encapsulated frames, up to the sequence delimiter
+        end = data.find(b"\xfe\xff\xdd\xe0" if order == "<" else b"\xff\xfe\xe0\xdd", start)
+        return len(data) if end < 0 else end + 8
+    return min(len(data), start + length)
 
 
 def _open_dicom(data: bytes, name: str) -> pydicom.Dataset:
     """The dataset, with pixel data that an installed decoder reads and a size
     within the limits; pixels not decoded yet."""
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        header, pixels_at = _dicom_header(data[:MAX_DICOM_HEADER_BYTES])
+        if pixels_at is None:
+            if len(data) > MAX_DICOM_HEADER_BYTES:
+                raise ImageReadError(f"{name}: no DICOM pixel data in the first "
+                                     f"{MAX_DICOM_HEADER_BYTES // 2**20} MB (the header of a CT slice is a few kB)")
+            raise ImageReadError(f"{name}: DICOM file has no pixel data")
+        end = _dicom_element_end(data, pixels_at, header)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(io.BytesIO(data[:end]), force=True)
+    except ImageReadError:
+        raise
     except Exception as error:
         raise ImageReadError(f"{name}: not a readable DICOM file ({error})") from error
     if not any(tag in dataset for tag in DICOM_PIXEL_TAGS):
@@ -209,19 +268,36 @@ def _open_dicom(data: bytes, name: str) -> pydicom.Dataset:
                              f"({syntax}): no decoder for it is installed")
     if "Rows" not in dataset or "Columns" not in dataset:
         raise ImageReadError(f"{name}: DICOM file has no image size (Rows, Columns)")
-    _check_size(name, int(dataset.Columns), int(dataset.Rows),
-                int(dataset.get("NumberOfFrames") or 1))
+    with _dicom_value_errors(name, "image size"):
+        _check_size(name, int(dataset.Columns), int(dataset.Rows), int(dataset.get("NumberOfFrames") or 1))
     return dataset
+
+
+@contextlib.contextmanager
+def _dicom_value_errors(name: str, what: str):
+    """A tag whose value does not convert (a RescaleSlope of "abc", a Rows of
+    -1) as ImageReadError naming the file; pydicom raises many kinds."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as error:
+        raise ImageReadError(f"{name}: DICOM {what} unreadable ({type(error).__name__}: {error})") from error
 
 
 def _can_decode(syntax) -> bool:
     try:
         return get_decoder(syntax).is_available
-    except NotImplementedError:  # e.g. MPEG video: pydicom has no decoder at all
+    except (NotImplementedError, ValueError):  # e.g. MPEG video, or not a UID: no decoder at all
         return False
 
 
 def _decode_dicom(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
+    with _dicom_value_errors(name, "pixel values"):
+        return _dicom_to_rgb(dataset, name, window)
+
+
+def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # e.g. corrupt compressed data

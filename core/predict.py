@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data, lung, runs
+from core import data, lung, run_check, runs
 from core.explain import Explainer, overlay
 from core.model import load_model, predict_proba
 
 
 def latest_completed_run(runs_root=None) -> Path:
-    for run in runs.list_runs(runs_root):
-        if run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists():
+    for run in runs.list_runs(runs_root):  # a damaged run (core.run_check) is passed over
+        if (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+                and not run["problems"]):
             return run["path"]
     raise ValueError("no completed run with a model yet: train one first (python -m core train)")
 
@@ -54,7 +55,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir) -> "Predictor":
-        run_dir = Path(run_dir)
+        run_dir = run_check.require_intact(run_dir)
         model_path = run_dir / "model.keras"
         if not model_path.exists():
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")

@@ -7,12 +7,14 @@ version intact, never half a file.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,11 +52,15 @@ def write_csv(path, frame: pd.DataFrame) -> None:
 
 
 def read_json(path, default=None):
+    """The file's JSON, `default` when it is missing; ValueError naming the
+    file when it is empty or not JSON (a damaged run, core.run_check)."""
     try:
         with open(path) as handle:
             return json.load(handle)
     except FileNotFoundError:
         return default
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
 
 
 def check_run_id(run_id: str) -> str:
@@ -116,21 +122,33 @@ def pid_alive(pid) -> bool:
 def read_status(run_dir) -> dict:
     """status.json, with a 'running' run whose process is gone reported as
     'interrupted' (it was killed or the machine stopped)."""
-    status = read_json(Path(run_dir) / "status.json", {"state": "interrupted"})
+    return _live_state(read_json(Path(run_dir) / "status.json", {"state": "interrupted"}))
+
+
+def _live_state(status: dict) -> dict:
     if status.get("state") == "running" and not pid_alive(status.get("pid")):
         status["state"] = "interrupted"
     return status
 
 
 def load_run(run_dir) -> dict:
-    """Everything small about a run: id, folder, config, status, metrics."""
+    """Everything small about a run: id, folder, config, status, metrics, and
+    the problems that make it damaged (core.run_check; [] when intact). A
+    file that cannot be read is {} or None here, never an exception."""
+    from core import run_check
+
     run_dir = Path(run_dir)
+    checked = copy.deepcopy(run_check.check_run(run_dir))
+    status = checked["status"]
+    if status is None:  # missing: killed before its first status; unreadable: damaged
+        status = {} if (run_dir / "status.json").exists() else {"state": "interrupted"}
     return {
         "id": run_dir.name,
         "path": run_dir,
-        "config": read_json(run_dir / "config.json", {}),
-        "status": read_status(run_dir),
-        "metrics": read_json(run_dir / "metrics.json"),
+        "config": checked["config"],
+        "status": _live_state(status),
+        "metrics": checked["metrics"],
+        "problems": checked["problems"],
     }
 
 
@@ -192,7 +210,8 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
     `study` names the search a trial run belongs to."""
     rows = []
     for run in runs:
-        row = {"run": run["id"], "state": run["status"].get("state"), "study": run["status"].get("study")}
+        row = {"run": run["id"], "state": "damaged" if run.get("problems") else run["status"].get("state"),
+               "study": run["status"].get("study")}
         row.update({key: run["config"].get(key) for key in COMPARED_SETTINGS})
         val = ((run["metrics"] or {}).get("val") or {}).get("at_threshold") or {}
         row["val_roc_auc"] = val.get("roc_auc")
@@ -200,6 +219,7 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
         for metric in ("roc_auc", "pr_auc", "accuracy", "f1", "recall", "specificity"):
             row[f"test_{metric}"] = test.get(metric)
         row["train_seconds"] = run["status"].get("train_seconds")
+        row["problem"] = "; ".join(run.get("problems") or []) or None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -216,7 +236,15 @@ def _lock_path(runs_root=None) -> Path:
 def active_training(runs_root=None) -> dict | None:
     """The live training job ({pid, run}) or None. A lock left by a process
     that died (killed, machine stopped) is stale and does not count."""
-    lock = read_json(_lock_path(runs_root))
+    try:
+        lock = read_json(_lock_path(runs_root))
+    except ValueError:
+        # Empty: its taker was killed between creating and writing it (stale), or is writing it now.
+        try:
+            age = time.time() - _lock_path(runs_root).stat().st_mtime
+        except OSError:
+            return None
+        return None if age > 10 else {"pid": None, "run": "starting"}
     if lock and pid_alive(lock.get("pid")):
         return lock
     return None

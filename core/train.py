@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import data, distribute, evaluate, external, paths, runs
+from core import checkpoint, data, distribute, evaluate, external, paths, runs
 from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
                         set_trainable, split_at)
 
@@ -238,6 +238,7 @@ class RunProgress(keras.callbacks.Callback):
             raise RunCancelled("cancelled by the user")
         if time.monotonic() - self.last_write > 2.0:  # don't hammer the disk
             self._write(batch=batch + 1)
+        checkpoint.kill_point(f"{self.phase} epoch {self.epoch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
@@ -293,9 +294,13 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report,
-              extra_callbacks=()):
+              extra_callbacks=(), rows_before=0):
     """One phase of model.fit with the run's callbacks (and the caller's, such
-    as a tuner's pruning callback); returns the history."""
+    as a tuner's pruning callback); returns the history. Continues after the
+    phase's last committed epoch, if any (core.checkpoint); `rows_before`:
+    the history.csv rows of the phases before it."""
+    # Rows of epochs logged but not committed before a kill are logged again.
+    checkpoint.truncate_history(run_dir, checkpoint.history_rows(run_dir, phase, rows_before))
     # Weight averaging in fine-tuning only: the few steps of the head warm-up
     # would leave the average near the random initial head.
     ema = config.ema if phase == "finetune" else 0.0
@@ -303,8 +308,6 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
     callbacks = list(extra_callbacks) + [
         RunProgress(run_dir, phase, epochs, steps, report),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        # Backs up before the averaged weights are swapped in below.
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
                                           patience=config.lr_patience, min_lr=1e-7),
     ]
@@ -321,6 +324,8 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
             keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor="val_auc",
                                             mode="max", save_best_only=True, save_weights_only=True),
         ]
+    # Last: it commits each epoch once the callbacks above have counted it.
+    callbacks.append(checkpoint.EpochCheckpoint(run_dir, phase, rows_before, train_ds, callbacks))
     return model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
                      callbacks=callbacks, shuffle=False, verbose=0)  # the datasets shuffle
 
@@ -544,6 +549,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         runs.set_status(run_dir, "running", phase=f"loading {split} images")
         images[split] = data.load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
         labels[split] = rows.y.to_numpy()
+        checkpoint.kill_point("loading")
     report(f"decoded and resized to {config.input_size} px")
 
     augment = augmentation(config, seed=config.seed)
@@ -567,6 +573,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         for split in ("val", "test")
     ], ignore_index=True)
     runs.write_csv(run_dir / "predictions.csv", predictions)
+    checkpoint.kill_point("evaluating")
     metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
                                             threshold_method=config.threshold_method)
     negative_class = index.loc[index.y == 0, "label"].iloc[0]
@@ -601,8 +608,15 @@ def dtype_policy(name: str):
 
 def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:
     """Build the model and train it: head warm-up, then fine-tuning. Returns
-    the whole model, also saved as model.keras."""
+    the whole model, also saved as model.keras. A resumed run loads what its
+    committed phases made and continues after the last committed epoch
+    (core.checkpoint lists the phases and their commits)."""
     model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
+    if (run_dir / "model.keras").exists():  # the saving phase committed
+        model.load_weights(run_dir / "model.keras")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
+        report("resumed after training: evaluating")
+        return model
     boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None
     if boundary:
         fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
@@ -615,27 +629,31 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
     class_weight = balanced_class_weights(labels["train"]) if config.class_weights and not boundary else None
 
-    # A resumed run skips the phases it finished (their weights are on disk);
-    # BackupAndRestore resumes an unfinished phase from its last epoch.
-    done = runs.read_status(run_dir).get("phases_done", [])
-    if "trained" in done:
-        model.load_weights(run_dir / "model.keras")
-        report("resumed after training: evaluating")
-        return model
-    if config.head_epochs and "head" in done:
-        model.load_weights(run_dir / "head.weights.h5")
-        report("resumed after the head warm-up")
-    elif config.head_epochs:
-        fit_phase(fitted, config, run_dir, "head", config.head_epochs, config.head_lr,
-                  train_ds, val_ds, steps, class_weight, report, callbacks)
-        save_weights(model, run_dir / "head.weights.h5")
-        runs.set_status(run_dir, "running", phases_done=["head"])
-    if config.finetune_epochs and config.train_from != "head":
-        set_trainable(model, config.train_from, config.train_batchnorm)
-        fit_phase(fitted, config, run_dir, "finetune", config.finetune_epochs, config.finetune_lr,
-                  train_ds, val_ds, steps, class_weight, report, callbacks)
+    phases = [("head", config.head_epochs, config.head_lr)]
+    if config.train_from != "head":
+        phases.append(("finetune", config.finetune_epochs, config.finetune_lr))
+    rows = 0  # history.csv rows of the phases done
+    for phase, epochs, learning_rate in phases:
+        if not epochs:
+            continue
+        if phase == "finetune":
+            set_trainable(model, config.train_from, config.train_batchnorm)
+        if checkpoint.is_finished(run_dir, phase):
+            checkpoint.restore_phase(run_dir, phase, model, train_ds)
+            report(f"resumed after the {phase} phase")
+        else:
+            if checkpoint.committed(run_dir, phase):
+                report(f"resuming the {phase} phase after epoch {checkpoint.committed(run_dir, phase)['epoch']}")
+            fit_phase(fitted, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight,
+                      report, callbacks, rows_before=rows)
+            checkpoint.kill_point(f"{phase} fitted")
+            checkpoint.commit_phase(run_dir, phase, model, train_ds)
+        rows = checkpoint.history_rows(run_dir, phase, rows)
+        runs.set_status(run_dir, "running", phases_done=[p for p, _, _ in phases if checkpoint.is_finished(run_dir, p)])
     save_model(model, run_dir / "model.keras")
-    runs.set_status(run_dir, "running", phases_done=["head", "trained"])
+    checkpoint.kill_point("saved")
+    # model.keras is the saving phase's commit: a resume never reads the checkpoints again.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return model
 
 
@@ -650,6 +668,7 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
     runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
     train_x = activations(frozen, images["train"], config.batch_size, augment, views=config.cached_views)
     train_y = np.tile(labels["train"], config.cached_views)
+    checkpoint.kill_point("caching")
     val_x = activations(frozen, images["val"], config.batch_size)
     report(f"cached {boundary} activations for {config.cached_views} augmented views "
            f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
@@ -724,12 +743,6 @@ def save_model(model: keras.Model, path: Path) -> None:
     tmp.replace(path)
 
 
-def save_weights(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.name.removesuffix('.weights.h5')}.tmp.weights.h5")
-    model.save_weights(tmp)
-    tmp.replace(path)
-
-
 def resume(run_dir: Path, report=print) -> Path:
     """Continue an interrupted, failed or cancelled run where it stopped."""
     run_dir = Path(run_dir)
@@ -738,6 +751,7 @@ def resume(run_dir: Path, report=print) -> Path:
         raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
     (run_dir / "cancel").unlink(missing_ok=True)
     config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}))
+    report(f"resuming {run_dir.name}: {checkpoint.describe(run_dir)} committed")
     if config.strategy == "multiworker":
         # The other workers' backups lived in scratch folders that are gone.
         raise ValueError(f"run {run_dir.name} trained on several machines: start it again instead of resuming")

@@ -1,0 +1,142 @@
+"""Damaged run folders (core.run_check): listed as damaged with the file and
+the reason, never breaking the listing or the CLI for the other runs;
+evaluating or predicting with one is refused with one line naming the file."""
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import evaluate, run_check, runs
+from core.cli import main
+from core.train import TrainConfig
+
+
+def completed_run(runs_root, name, data_dir):
+    """A completed run's files as training writes them (no model needed here)."""
+    run_dir = runs.new_run(asdict(TrainConfig(data_dir=str(data_dir))), name=name, runs_root=runs_root)
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 10)
+    predictions = pd.DataFrame({"path": [f"COVID/{i}.png" for i in range(20)], "y_true": y,
+                                "prob": np.clip(0.4 * y + rng.uniform(0, 0.6, 20), 0, 1).round(4),
+                                "split": ["val"] * 10 + ["test"] * 10})
+    runs.write_csv(run_dir / "predictions.csv", predictions)
+    runs.write_json(run_dir / "metrics.json", evaluate.evaluate_predictions(predictions, n_boot=20))
+    (run_dir / "model.keras").write_bytes(b"PK\x03\x04 not loaded: refused before")
+    runs.set_status(run_dir, "completed")
+    return run_dir
+
+
+def edit_json(name, change):
+    def damage(run_dir):
+        path = run_dir / name
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return damage
+
+
+def write(name, text):
+    return lambda run_dir: (run_dir / name).write_text(text)
+
+
+def cut_predictions(run_dir):  # a truncated predictions.csv: the header and 3 rows
+    path = run_dir / "predictions.csv"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))
+
+
+DAMAGE = {
+    "empty status": (write("status.json", ""), "status.json", "empty file"),
+    "config not JSON": (write("config.json", "{backbone: resnet50"), "config.json", "not JSON"),
+    "config a list": (write("config.json", "[1, 2]"), "config.json", "expected a JSON object, found list"),
+    "impossible config": (edit_json("config.json", lambda c: {**c, "input_size": -5}), "config.json",
+                          "input_size -5 must be between 32 and 1024"),
+    "config of the wrong type": (edit_json("config.json", lambda c: {**c, "batch_size": "big"}), "config.json",
+                                 "batch_size 'big' is not a int"),
+    "unknown state": (edit_json("status.json", lambda s: {**s, "state": "exploded"}), "status.json",
+                      "unknown state 'exploded'"),
+    "metrics not JSON": (write("metrics.json", '{"threshold": '), "metrics.json", "not JSON"),
+    "threshold not a number": (edit_json("metrics.json", lambda m: {**m, "threshold": {"value": "high"}}),
+                               "metrics.json", "threshold must be a number between 0 and 1"),
+    "truncated predictions": (cut_predictions, "predictions.csv", "3 val rows, but metrics.json counted 10"),
+    "predictions without prob": (lambda d: runs.write_csv(d / "predictions.csv",
+                                                          runs.read_predictions(d).drop(columns="prob")),
+                                 "predictions.csv", "missing column(s) prob"),
+    "empty predictions": (write("predictions.csv", ""), "predictions.csv", "empty file"),
+    "predictions deleted": (lambda d: (d / "predictions.csv").unlink(), "predictions.csv",
+                            "missing in a completed run"),
+}
+
+
+@pytest.fixture
+def two_runs(tmp_path, monkeypatch):
+    """An intact run and a newer one to damage, under $COVIDCT_ARTIFACTS."""
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    runs_root = tmp_path / "runs"
+    intact = completed_run(runs_root, "a-intact", tmp_path)
+    damaged = completed_run(runs_root, "b-damaged", tmp_path)
+    return intact, damaged
+
+
+def test_an_intact_run_has_no_problems(two_runs, tmp_path):
+    for run_dir in two_runs:
+        assert runs.load_run(run_dir)["problems"] == []
+        assert run_check.require_intact(run_dir) == run_dir
+    # Trained elsewhere: a data folder and a cluster this machine lacks are no damage.
+    edit_json("config.json", lambda c: {**c, "data_dir": str(tmp_path / "moved"), "strategy": "multiworker",
+                                        "setting_of_a_newer_version": 1})(two_runs[1])
+    assert runs.load_run(two_runs[1])["problems"] == []
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_run_is_listed_as_damaged_and_refused(two_runs, capsys, case):
+    intact, damaged = two_runs
+    damage, file_name, reason = DAMAGE[case]
+    damage(damaged)
+
+    listed = {run["id"]: run for run in runs.list_runs()}
+    assert listed[intact.name]["problems"] == []
+    (problem, *_) = listed[damaged.name]["problems"]
+    assert problem.startswith(f"{file_name}: ") and reason in problem
+    table = runs.compare_runs(list(listed.values())).set_index("run")
+    assert table.loc[damaged.name, "state"] == "damaged" and reason in table.loc[damaged.name, "problem"]
+    assert table.loc[intact.name, "state"] == "completed"
+
+    assert main(["runs"]) == 0
+    assert f"{damaged.name}: {file_name}: " in capsys.readouterr().out
+    for command in (["evaluate", "--run", damaged.name, "--n-boot", "20"],
+                    ["predict", "--run", damaged.name, "scan.png"]):
+        assert main(command) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {damaged / file_name}: ") and reason in line
+    # The other run, and "latest", still work: the newest intact completed run.
+    assert main(["evaluate", "--n-boot", "20"]) == 0
+    assert f"run {intact.name}:" in capsys.readouterr().out
+
+
+def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
+    import os
+    import time
+
+    lock = tmp_path / ".training.lock"
+    lock.write_text("")  # killed between creating the lock and writing it
+    assert runs.active_training(tmp_path) == {"pid": None, "run": "starting"}  # maybe being written now
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    assert runs.active_training(tmp_path) is None
+    runs.acquire_training_lock("next", tmp_path)
+    runs.release_training_lock(tmp_path)
+
+
+@pytest.mark.parametrize("page", ["pages/2_Train.py", "pages/3_Evaluate.py", "pages/5_Predict.py"])
+def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_dir):
+    """One run of each kind of damage, and nothing else: the pages render, and
+    those that need a usable run say there is none."""
+    from test_app import assert_no_exception, open_page, texts
+
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    for case, (damage, _, _) in DAMAGE.items():
+        damage(completed_run(tmp_path / "runs", case.replace(" ", "-"), data_dir))
+    at = open_page(page)
+    assert_no_exception(at)
+    if page != "pages/2_Train.py":
+        assert "Train one first" in texts(at.info)
