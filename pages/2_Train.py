@@ -36,25 +36,46 @@ LAYOUT = [
 ]
 # What each setting is called on the form (its code name is in the README and `python -m core train --help`).
 LABELS = {
-    "data_dir": "Dataset folder", "positive_class": "Class predicted as positive", "use_official_splits": "Use the dataset's "
-    "own train/val/test lists", "max_images_per_split": "Images per split (0 = all)", "seed": "Random seed",
-    "cv_folds": "Cross-validation folds (0 = off)", "cv_fold": "Validation fold", "threshold_method":
-    "Threshold rule", "n_boot": "Resamples for confidence intervals", "flip_tta": "Also predict on the mirrored "
-    "scan", "rotate_zoom_tta": "Also predict on rotated and zoomed scans", "strategy": "Devices",
-    "cpu_devices": "Split the CPU into devices", "precision": "Number format", "backbone": "Network",
-    "weights": "Starting weights file", "input_size": "Image size (px)", "dropout": "Dropout before the "
-    "classifier", "train_from": "Fine-tune from stage", "train_batchnorm": "Also fine-tune batch-norm layers",
-    "rotation": "Random rotation (± degrees)", "zoom": "Random zoom (± fraction)", "contrast": "Random "
-    "contrast (± fraction)", "flip": "Random left-right flip", "fill_mode": "Fill uncovered corners by",
-    "blur": "Random blur (up to px)", "batch_size": "Scans per training step", "optimizer": "Optimiser",
-    "head_epochs": "Epochs training the classifier only", "head_lr": "Learning rate, classifier only",
-    "finetune_epochs": "Epochs fine-tuning (at most)", "finetune_lr": "Learning rate, fine-tuning",
-    "label_smoothing": "Soften the training labels", "mixup": "Mix pairs of scans (mixup strength)", "ema": "Average "
-    "the weights over steps (momentum)", "class_weights": "Balance the two classes",
+    "data_dir": "Dataset folder",
+    "positive_class": "Class predicted as positive",
+    "use_official_splits": "Use the dataset's own train/val/test lists",
+    "max_images_per_split": "Images per split (0 = all)",
+    "seed": "Random seed",
+    "cv_folds": "Cross-validation folds (0 = off)",
+    "cv_fold": "Validation fold",
+    "threshold_method": "Threshold rule",
+    "n_boot": "Resamples for confidence intervals",
+    "flip_tta": "Also predict on the mirrored scan",
+    "rotate_zoom_tta": "Also predict on rotated and zoomed scans",
+    "strategy": "Devices",
+    "cpu_devices": "Split the CPU into devices",
+    "precision": "Number format",
+    "backbone": "Network",
+    "weights": "Starting weights file",
+    "input_size": "Image size (px)",
+    "dropout": "Dropout before the classifier",
+    "train_from": "Fine-tune from stage",
+    "train_batchnorm": "Also fine-tune batch-norm layers",
+    "rotation": "Random rotation (± degrees)",
+    "zoom": "Random zoom (± fraction)",
+    "contrast": "Random contrast (± fraction)",
+    "flip": "Random left-right flip",
+    "fill_mode": "Fill uncovered corners by",
+    "blur": "Random blur (up to px)",
+    "batch_size": "Scans per training step",
+    "optimizer": "Optimiser",
+    "head_epochs": "Epochs training the classifier only",
+    "head_lr": "Learning rate, classifier only",
+    "finetune_epochs": "Epochs fine-tuning (at most)",
+    "finetune_lr": "Learning rate, fine-tuning",
+    "label_smoothing": "Soften the training labels",
+    "mixup": "Mix pairs of scans (mixup strength)",
+    "ema": "Average the weights over steps (momentum)",
+    "class_weights": "Balance the two classes",
     "early_stopping_patience": "Stop after this many epochs without progress",
     "lr_patience": "Halve the learning rate after this many epochs without progress",
-    "cache_frozen": "Compute the frozen layers once (faster)", "cached_views": "Augmented copies per scan "
-    "in that cache",
+    "cache_frozen": "Compute the frozen layers once (faster)",
+    "cached_views": "Augmented copies per scan in that cache",
 }
 HELP = {
     "seed": "Same seed, same settings, same data: the same run again.",
