@@ -48,8 +48,10 @@ with st.container(border=True):
                    f"specificity {ui.fmt(test.get('specificity'))} at its threshold.")
     # External validation (other hospitals) is shown here by the external-validation page's helper.
     low, high = calibration.borderline
-    st.caption(f"Probabilities are calibrated on the validation split ({calibration.method}); the decision "
-               f"threshold is {percent(calibration.threshold)} on that scale. *Borderline*: between "
+    calibrated = (f"calibrated on the validation split ({calibration.method} scaling)" if calibration.method != "none"
+                  else f"the model's own, not calibrated ({calibration.note})")
+    st.caption(f"Probabilities are {calibrated}; the decision threshold is {percent(calibration.threshold)} on "
+               "that scale. *Borderline*: between "
                f"{percent(low)} and {percent(high)}, where the threshold itself would have landed on 90% of "
                "resamples of the validation split.")
     if record.get("confirmed_despite"):

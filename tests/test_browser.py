@@ -136,8 +136,9 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(photo))
             expect(page.get_by_text("Not like the training scans — no prediction: a colour image")).to_be_visible(
                 timeout=SLOW)
-            # Every file listed gets a metric, but the photo.
-            listed = page.get_by_test_id("stFileUploaderFile").count()
-            expect(page.get_by_test_id("stMetric")).to_have_count(listed - 1)
+            # The uploader adds the photo to the scan: the scan keeps its metric, the photo gets none.
+            expect(page.get_by_test_id("stMetric")).to_have_count(1)
+            assert page.get_by_test_id("stException").count() == 0
+            page.screenshot(path=str(screenshots / "predict-refused.png"), full_page=True)
         finally:
             browser.close()
