@@ -73,14 +73,18 @@ class Guard:
         euclidean, _ = self._neighbours.kneighbors(_normalise(features))
         return (euclidean ** 2 / 2).mean(axis=1)  # unit vectors: |u - v|^2 = 2 (1 - cos)
 
-    def problems(self, image: np.ndarray, features) -> list[str]:
-        """Why one scan is refused ([] when it passes), given its backbone features."""
-        problems = image_problems(image)
-        distance = float(self.distance(np.asarray(features)[None])[0])
-        if distance > self.threshold:
-            problems.append(f"its image features are far from every training scan's (distance {distance:.3f}, "
-                            f"above the {PERCENTILE:g}th percentile of validation scans', {self.threshold:.3f})")
-        return problems
+    def problems(self, images: list[np.ndarray], features) -> list[list[str]]:
+        """Why each scan is refused ([] when it passes), given their backbone
+        features (N x D): one neighbour search for the whole batch."""
+        distances = self.distance(np.asarray(features)) if len(images) else []
+        found = []
+        for image, distance in zip(images, distances):
+            problems = image_problems(image)
+            if distance > self.threshold:
+                problems.append(f"its image features are far from every training scan's (distance {distance:.3f}, "
+                                f"above the {PERCENTILE:g}th percentile of validation scans', {self.threshold:.3f})")
+            found.append(problems)
+        return found
 
     @classmethod
     def from_run(cls, run_dir) -> "Guard | None":

@@ -118,12 +118,12 @@ class Predictor:
             return []
         raw, features = self._forward(np.stack([self.prepare(image) for image in images]))
         calibrated = self.calibration.apply(raw)
+        refusals = self.guard.problems(images, features) if self.guard else [image_problems(i) for i in images]
         return [Prediction(name, image, float(p), self.calibration.threshold, self.positive_class,
                            self.negative_class, raw_probability=float(r), raw_threshold=self.threshold,
                            borderline_band=self.calibration.borderline,
-                           ood_problems=self.guard.problems(image, f) if self.guard else image_problems(image),
-                           guarded=self.guard is not None)
-                for name, image, p, r, f in zip(names, images, calibrated, raw, features)]
+                           ood_problems=problems, guarded=self.guard is not None)
+                for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
 
     def predict_file(self, source, name: str | None = None) -> Prediction:
         """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""

@@ -90,7 +90,8 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             page.goto(f"{app_url}/Evaluate")
             expect(page.get_by_text("trained on a subset (8 images per split)")).to_be_visible(timeout=SLOW)
             deploy_button = page.get_by_role("button", name="Use this model for predictions")
-            expect(deploy_button).to_be_disabled()
+            expect(deploy_button).to_be_disabled(timeout=SLOW)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # nothing wider than the page
             page.get_by_text("Deploy it anyway: I know why it is not fit").click()
             expect(deploy_button).to_be_enabled(timeout=SLOW)
             deploy_button.click()
@@ -137,7 +138,7 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             expect(page.get_by_text("Not like the training scans — no prediction: a colour image")).to_be_visible(
                 timeout=SLOW)
             # The uploader adds the photo to the scan: the scan keeps its metric, the photo gets none.
-            expect(page.get_by_test_id("stMetric")).to_have_count(1)
+            expect(page.get_by_test_id("stMetric")).to_have_count(1, timeout=SLOW)
             assert page.get_by_test_id("stException").count() == 0
             page.screenshot(path=str(screenshots / "predict-refused.png"), full_page=True)
         finally:

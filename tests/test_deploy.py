@@ -57,8 +57,8 @@ def test_guard_refuses_features_far_from_the_training_scans():
     guard = ood.Guard(reference=ood._normalise(train), threshold=0.01)
     near, far = train[0] * 1.01, np.r_[np.zeros(15), 1.0]
     scan = np.full((64, 64, 3), 100, np.uint8)
-    assert guard.problems(scan, near) == []
-    assert "far from every training scan" in guard.problems(scan, far)[0]
+    passed, refused = guard.problems([scan, scan], np.stack([near, far]))
+    assert passed == [] and len(refused) == 1 and "far from every training scan" in refused[0]
 
 
 @pytest.fixture
