@@ -131,8 +131,10 @@ def build_reference(predictor, report=lambda line: None) -> dict:
     features = {}
     for split, files in run_images(run_dir).items():
         report(f"out-of-distribution reference: {len(files)} {split} scans")
-        images = data.load_images(files, predictor.input_size)
-        features[split] = predictor.features(images)
+        # Through predictor.prepare, as every scan it predicts: the reference sees what the model sees.
+        images = [predictor.prepare(data.load_image(path)) for path in files]
+        features[split] = (predictor.features(np.stack(images)) if images
+                           else np.zeros((0, predictor.model.get_layer("head_pool").output.shape[-1])))
     # Stored as float16 (half the file); the threshold is measured against what is stored.
     reference = _normalise(features["train"]).astype(np.float16)
     guard = Guard(reference=reference.astype(np.float32), threshold=np.inf)
