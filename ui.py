@@ -25,8 +25,8 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import data, evaluate, external, paths, runs, train
-from core.explain import overlay
+from core import calibration, data, deploy, evaluate, external, paths, runs, train
+from core.explain import colour_bar, overlay
 from core.predict import Prediction, Predictor
 
 # Page files, for st.page_link and st.switch_page. Streamlit finds the pages in
@@ -218,13 +218,52 @@ def pick_run(needs_test_results: bool = True) -> dict:
     return by_id[run_id]
 
 
+def deploy_controls(run: dict, key: str) -> None:
+    """"Use this model for predictions" for `run`. A run with problems
+    (core.deploy.problems: subset, not completed, below the quality floor)
+    gets the reasons and a confirmation box first; the button waits for it."""
+    record = deploy.deployed_record() or {}
+    if record.get("run") == run["id"]:
+        st.success(f"This model answers on Predict (deployed {record.get('deployed_at', '')}).",
+                   icon=":material/check_circle:")
+        return
+    found = deploy.problems(run)
+    confirmed = True
+    if found:
+        st.warning("Not fit to answer for clinicians: " + "; ".join(found) + f". Quality floor: {deploy.FLOOR}.",
+                   icon=":material/block:")
+        confirmed = st.checkbox("Deploy it anyway: I know why it is not fit", key=f"{key}_confirm")
+    if st.button("Use this model for predictions", key=f"{key}_deploy", disabled=not confirmed,
+                 icon=":material/rocket_launch:"):
+        with st.spinner("Preparing the model: calibration, and features of the training scans to recognise "
+                        "inputs unlike them (about a minute for a full run)…"):
+            try:
+                deploy.deploy(run["id"], force=bool(found) and confirmed)
+            except (ValueError, OSError) as error:
+                st.error(f"Not deployed: {error}")
+                return
+        st.success(f"Run {run['id']} now answers on Predict and in `python -m core predict`.")
+        st.page_link(PREDICT, label="Go to Predict", icon=MENU[5][2])
+
+
 def class_names(run: dict) -> tuple[str, str]:
     """(negative, positive) class names of a run."""
     return runs.class_names(run["config"], run["metrics"])
 
 
 def chosen_threshold(run: dict) -> float:
-    return runs.decision_threshold(run["metrics"])
+    """The validation-chosen threshold on the calibrated scale (as predictions(run) are)."""
+    return run_calibration(run).threshold
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _calibration(run_path: str, stamp: float) -> calibration.Calibration:
+    return calibration.for_run(run_path)
+
+
+def run_calibration(run: dict) -> calibration.Calibration:
+    """core.calibration.for_run, cached until predictions.csv changes."""
+    return _calibration(str(run["path"]), mtime(run["path"] / "predictions.csv"))
 
 
 def threshold_slider(run: dict) -> float:
@@ -249,8 +288,10 @@ def _predictions(run_path: str, stamp: float) -> pd.DataFrame:
 
 
 def predictions(run: dict) -> pd.DataFrame:
-    """The run's predictions.csv (path, y_true, prob, split), cached."""
-    return _predictions(str(run["path"]), mtime(run["path"] / "predictions.csv"))
+    """The run's predictions.csv (path, y_true, prob, split), cached, with
+    prob calibrated (core.calibration) and the model's own in raw_prob."""
+    frame = _predictions(str(run["path"]), mtime(run["path"] / "predictions.csv"))
+    return frame.assign(raw_prob=frame["prob"], prob=run_calibration(run).apply(frame["prob"]))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -302,9 +343,19 @@ def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
     return chosen.sort_values("confidence", ascending=False, ignore_index=True)
 
 
-def runs_table(all_runs: list[dict]) -> None:
-    """runs.compare_runs as a table: settings and test metrics of every run."""
-    table = runs.compare_runs(all_runs)
+def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
+    """runs.compare_runs as a table: settings and test metrics of every
+    completed full-data run; a toggle adds smoke (subset), cancelled and failed runs."""
+    shown = [run for run in all_runs if deploy.for_comparison(run)]
+    hidden = len(all_runs) - len(shown)
+    if hidden and st.toggle(f"Show smoke, cancelled and failed runs ({hidden})", key=key,
+                            help="Runs on a subset of the images, or that did not complete: their "
+                                 "figures do not estimate anything."):
+        shown = all_runs
+    if not shown:
+        st.info("No completed full-data run yet.")
+        return
+    table = runs.compare_runs(shown)
     # Results first, then the settings that produced them.
     results = [c for c in table if c.startswith(("val_", "test_"))]
     table = table[["run", "state", *results, *[c for c in table if c not in results + ["run", "state"]]]]
@@ -393,9 +444,15 @@ def _predictor(run_path: str, model_stamp: float) -> Predictor:
     return Predictor.from_run(run_path)
 
 
+def model_stamp(run: dict) -> float:
+    """Changes when the model, its predictions (and so its calibration) or its
+    out-of-distribution reference (built when deployed) change."""
+    return max(mtime(run["path"] / name) for name in ("model.keras", "predictions.csv", "ood.json"))
+
+
 def predictor(run: dict) -> Predictor:
     """The run's model, loaded once and shared by every session."""
-    return _predictor(str(run["path"]), mtime(run["path"] / "model.keras"))
+    return _predictor(str(run["path"]), model_stamp(run))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)  # a Prediction holds the decoded scan
@@ -416,25 +473,36 @@ def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
     """Probability and decision for one uploaded file. A file that is not a
     readable image raises core.data.ImageReadError (a ValueError) whose message
     starts with its name."""
-    return _predict(str(run["path"]), mtime(run["path"] / "model.keras"), content, name)
+    return _predict(str(run["path"]), model_stamp(run), content, name)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def _heatmap(run_path: str, model_stamp: float, source: str | bytes, name: str,
-             stamp: float, method: str) -> np.ndarray:
+             stamp: float, method: str, class_index: int = 1) -> np.ndarray:
     image = read_image(source, name, stamp)
-    return _predictor(run_path, model_stamp).gradcam(image, method)
+    return _predictor(run_path, model_stamp).gradcam(image, method, class_index)
 
 
 def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gradcam",
-                    opacity: float = 0.4) -> np.ndarray:
+                    opacity: float = 0.4, class_index: int = 1) -> np.ndarray:
     """The scan (a path or uploaded bytes) with its Grad-CAM (or Grad-CAM++)
-    heatmap blended over it. The heatmap is cached per run, image and method
-    (about a second on CPU), so changing the opacity costs only the blend."""
+    heatmap of evidence for class_index (1: positive) blended over it. The
+    heatmap is cached per run, image, method and class (about a second on
+    CPU), so changing the opacity costs only the blend."""
     stamp = 0.0 if isinstance(source, bytes) else mtime(source)
     source = source if isinstance(source, bytes) else str(source)
-    heatmap = _heatmap(str(run["path"]), mtime(run["path"] / "model.keras"), source, name, stamp, method)
+    heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
     return overlay(predictor(run).view(read_image(source, name, stamp)), heatmap, alpha=opacity)
+
+
+def heatmap_colour_bar(class_name: str) -> None:
+    """The heatmaps' colour scale and what it means. Each map is scaled on its
+    own scan (tf-keras-vis normalises it): colours say where the evidence for
+    the class is, not how strong it is; the probability says that."""
+    st.image(colour_bar(), width=480,
+             caption=f"Heatmap colours: blue = no evidence for {class_name}, red = the strongest evidence "
+                     f"for {class_name} in this scan. Each map is scaled to its own scan, so red marks where "
+                     "the model found the evidence, not how much there was; a map that stays blue found none.")
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -1,5 +1,9 @@
+import os
 import sys
 
-from core.cli import main
+# Before TensorFlow loads: no start-up chatter (TF_CPP_MIN_LOG_LEVEL=0 brings it back).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core.cli import main  # noqa: E402
 
 sys.exit(main())

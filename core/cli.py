@@ -1,4 +1,5 @@
-"""Command line: python -m core train | cv | loso | resume | tune | evaluate | predict | explain | audit | runs.
+"""Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | explain | audit
+| runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -47,10 +48,14 @@ def config_from_args(args):
 
 
 def _run_dir(run_id: str | None) -> Path:
-    from core import runs
+    """A run's folder: by id, "latest" (the newest completed run), or None:
+    the deployed model (core.deploy)."""
+    from core import deploy, runs
     from core.predict import latest_completed_run
 
-    if not run_id or run_id == "latest":
+    if not run_id:
+        return deploy.deployed_run_dir()
+    if run_id == "latest":
         return latest_completed_run()
     if Path(run_id).is_dir() and (Path(run_id) / "config.json").exists():  # a run folder's path
         return Path(run_id)
@@ -189,21 +194,79 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    from core import deploy
+
+    record = deploy.deploy(args.run, force=args.force, report=_report)
+    forced = f" despite: {'; '.join(record['confirmed_despite'])}" if record["confirmed_despite"] else ""
+    print(f"deployed {record['run']}: Predict and python -m core predict now use it{forced}")
+    return 0
+
+
+PROGRESS_FROM = 20  # files: fewer finish before a progress bar would tell anything
+
+
+def image_files(inputs: list[str]) -> list[str]:
+    """Files as given, folders as every image under them (sorted), and glob
+    patterns (quoted, so the shell left them alone) as their matches."""
+    import glob
+
+    from core.data import IMAGE_EXTENSIONS
+
+    files = []
+    for given in inputs:
+        if Path(given).is_dir():
+            files += sorted(str(p) for p in Path(given).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif glob.has_magic(given):
+            matches = sorted(glob.glob(given, recursive=True))
+            if not matches:
+                raise ValueError(f"{given}: no file matches this pattern")
+            files += [m for m in matches if Path(m).is_file()]
+        else:
+            files.append(given)
+    return files
+
+
 def cmd_predict(args) -> int:
-    from core.data import ImageReadError
+    import pandas as pd
+    from tqdm import tqdm
+
+    from core import runs
+    from core.data import ImageReadError, load_image
     from core.predict import Predictor
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
+    files = image_files(args.images)
     predictor = Predictor.from_run(_run_dir(args.run))
-    failures = 0
-    for path in args.images:
-        try:
-            result = predictor.predict_file(path)
-        except (ImageReadError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        print(f"{path}\t{result.probability:.4f}\t{result.label}")
+    rows, failures = [], 0
+    with tqdm(total=len(files), unit="scan", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
+        for start in range(0, len(files), args.batch_size):
+            images, names = [], []
+            for path in files[start:start + args.batch_size]:  # decode a batch, then one model call
+                try:
+                    images.append(load_image(path))
+                    names.append(path)
+                except (ImageReadError, OSError) as error:
+                    progress.write(f"error: {error}", file=sys.stderr)
+                    failures += 1
+            for result in predictor.predict_images(images, names):
+                decision = "refused" if result.refused else result.label
+                rows.append({"path": result.name, "probability": round(result.probability, 4),
+                             "decision": decision, "ood": result.refused,
+                             "reason": "; ".join(result.ood_problems)})
+                progress.write(f"{result.name}\t{result.probability:.4f}\t{decision}"
+                               + (f"\t{_refusal_note(result)}" if result.refused else ""), file=sys.stdout)
+            progress.update(len(files[start:start + args.batch_size]))
+    if args.csv:
+        runs.write_csv(args.csv, pd.DataFrame(rows, columns=["path", "probability", "decision", "ood", "reason"]))
     return EXIT_BAD_INPUT if failures else 0
+
+
+def _refusal_note(result) -> str:
+    from core.ood import REFUSAL
+
+    return f"{REFUSAL}: {'; '.join(result.ood_problems)}"
 
 
 def cmd_explain(args) -> int:
@@ -215,9 +278,13 @@ def cmd_explain(args) -> int:
     predictor = Predictor.from_run(_run_dir(args.run))
     image = load_image(args.image)
     result = predictor.predict_images([image], [Path(args.image).name])[0]
-    picture = predictor.gradcam_overlay(image, method=args.method, alpha=args.alpha)
+    # The map explains the decision: evidence for the class it chose.
+    picture = predictor.gradcam_overlay(image, method=args.method, alpha=args.alpha, class_index=result.class_index)
     Image.fromarray(picture).save(args.out)
-    print(f"{args.image}\t{result.probability:.4f}\t{result.label}\t{args.method} overlay -> {args.out}")
+    print(f"{args.image}\t{result.probability:.4f}\t{result.label}\t{args.method} overlay "
+          f"(evidence for {result.label}) -> {args.out}")
+    if result.refused:
+        print(f"warning: {_refusal_note(result)}", file=sys.stderr)
     return 0
 
 
@@ -334,14 +401,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help='class folders named otherwise, e.g. "COVID19=COVID,non-COVID19=NonCOVID"')
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="probability of the positive class for scans (PNG, JPEG, DICOM)")
-    predict.add_argument("images", nargs="+")
-    predict.add_argument("--run", default="latest")
+    deploy = commands.add_parser(
+        "deploy", help="make a run the model behind Predict and predict/explain",
+        description="Refuses a run trained on a subset, not completed, or below the quality floor "
+                    "(test ROC-AUC's 95%% CI lower bound above 0.5 on at least 50 test scans), naming why, "
+                    "unless --force. Builds the run's calibration and out-of-distribution reference.")
+    deploy.add_argument("run", help="run id (python -m core runs lists them)")
+    deploy.add_argument("--force", action="store_true", help="deploy despite the reasons given")
+    deploy.set_defaults(func=cmd_deploy)
+
+    predict = commands.add_parser(
+        "predict", help="calibrated probability of the positive class for scans (PNG, JPEG, DICOM)",
+        description="Prints path, probability, decision (or 'refused' for a scan not like the training "
+                    "scans) per scan, in batches, with a progress bar on stderr from 20 files on.")
+    predict.add_argument("images", nargs="+", help="files, folders (every image inside) or quoted glob patterns")
+    predict.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
+    predict.add_argument("--batch-size", type=int, default=32, help="scans per model call (default 32)")
+    predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
     predict.set_defaults(func=cmd_predict)
 
     explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one scan")
     explain.add_argument("image")
-    explain.add_argument("--run", default="latest")
+    explain.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     explain.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
     explain.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity 0..1")
     explain.add_argument("--out", default="gradcam.png")

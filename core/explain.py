@@ -122,3 +122,10 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
     # OpenCV colour maps are BGR.
     coloured = cv2.cvtColor(cv2.applyColorMap(heatmap, colormap), cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(coloured, alpha, image, 1 - alpha, 0)
+
+
+def colour_bar(width: int = 256, height: int = 14, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The heatmaps' colour scale as a strip, low (left) to high (right):
+    uint8 height x width x 3 RGB, the colours overlay() draws."""
+    ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+    return cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)

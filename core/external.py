@@ -146,7 +146,9 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
         rows = index.iloc[start:start + BATCH_SIZE]
         images = [data.load_image(path, name=relpath) for path, relpath in zip(rows["path"], rows["relpath"])]
         scored = predictor.predict_images(images, rows["relpath"].tolist())
-        probabilities[start:start + len(rows)] = [prediction.probability for prediction in scored]
+        # Raw model probabilities, decided at the run's raw threshold: the
+        # scale of the run's own predictions.csv and test metrics.
+        probabilities[start:start + len(rows)] = [prediction.raw_probability for prediction in scored]
         done = start + len(rows)
         runs.write_json(out / "status.json", {**runs.read_json(out / "status.json", {}), "done": done,
                                               "total": len(index)})

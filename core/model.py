@@ -175,7 +175,7 @@ BORDERS = {"reflect": cv2.BORDER_REFLECT, "constant": cv2.BORDER_CONSTANT, "near
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False,
-                  rotate_zoom_tta: bool = False, fill_mode: str = "reflect") -> np.ndarray:
+                  rotate_zoom_tta: bool = False, fill_mode: str = "reflect", with_features: bool = False):
     """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
 
     Test-time augmentation averages over views the model was trained on:
@@ -185,17 +185,33 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
     through the model as one batch of at most `batch_size` (one call for a
     single upload). Uses predict_on_batch, Keras' compiled forward pass:
     model.predict builds a tf.data pipeline per call, and an eager model(x)
-    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan)."""
+    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan).
+
+    with_features: `model` is a features_model; returns (probabilities,
+    pooled backbone features of each scan itself, not of its views), at no
+    extra forward pass."""
     images = np.asarray(images, dtype="float32")
     if not len(images):
-        return np.zeros((0,), "float32")
+        empty = np.zeros((0,), "float32")
+        return (empty, np.zeros((0, model.outputs[1].shape[-1]), "float32")) if with_features else empty
     chunk = max(1, batch_size // tta_view_count(flip_tta, rotate_zoom_tta))
-    probs = []
+    probs, features = [], []
     for start in range(0, len(images), chunk):
         views = tta_views(images[start:start + chunk], flip_tta, rotate_zoom_tta, fill_mode)
-        prob = np.asarray(model.predict_on_batch(np.concatenate(views)))[:, 1]
+        outputs = model.predict_on_batch(np.concatenate(views))
+        if with_features:
+            outputs, pooled = outputs
+            features.append(np.asarray(pooled)[:len(views[0])])
+        prob = np.asarray(outputs)[:, 1]
         probs.append(prob.reshape(len(views), -1).mean(axis=0))
-    return np.concatenate(probs)
+    return (np.concatenate(probs), np.concatenate(features)) if with_features else np.concatenate(probs)
+
+
+def features_model(model: keras.Model) -> keras.Model:
+    """The same model (shared layers and weights) with a second output: the
+    globally average-pooled last conv stage, what the head classifies (what
+    core.ood compares with the training scans')."""
+    return keras.Model(model.inputs, [model.output, model.get_layer("head_pool").output])
 
 
 def tta_view_count(flip: bool, rotate_zoom: bool) -> int:

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from core import data, lung, run_check, runs
+from core.calibration import Calibration, for_run
 from core.explain import Explainer, overlay
-from core.model import load_model, predict_proba
+from core.model import features_model, load_model, predict_proba
+from core.ood import Guard, image_problems
 
 
 def latest_completed_run(runs_root=None) -> Path:
@@ -28,14 +30,37 @@ def latest_completed_run(runs_root=None) -> Path:
 class Prediction:
     name: str
     image: np.ndarray        # the scan as decoded, uint8 HxWx3 at its own size
-    probability: float       # of the positive class
-    threshold: float
+    probability: float       # of the positive class, calibrated (core.calibration)
+    threshold: float         # on the calibrated scale
     positive_class: str
     negative_class: str
+    raw_probability: float | None = None  # the model's own output; None: same as probability
+    raw_threshold: float | None = None
+    borderline_band: tuple[float, float] | None = None  # calibrated (low, high): too close to call
+    ood_problems: list[str] = field(default_factory=list)  # why the scan is refused; [] passes
+    guarded: bool = False     # False: the run has no out-of-distribution reference (not deployed)
 
     @property
     def label(self) -> str:
-        return self.positive_class if self.probability >= self.threshold else self.negative_class
+        # On the raw scale: calibration is increasing, so this is the calibrated decision
+        # too, without a rounding error ever flipping a probability that sits on the threshold.
+        raw = self.probability if self.raw_probability is None else self.raw_probability
+        threshold = self.threshold if self.raw_threshold is None else self.raw_threshold
+        return self.positive_class if raw >= threshold else self.negative_class
+
+    @property
+    def class_index(self) -> int:
+        """1 when the decision is the positive class, else 0 (the class Grad-CAM explains)."""
+        return int(self.label == self.positive_class)
+
+    @property
+    def borderline(self) -> bool:
+        band = self.borderline_band
+        return band is not None and band[0] <= self.probability <= band[1]
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.ood_problems)
 
 
 @dataclass
@@ -50,7 +75,11 @@ class Predictor:
     rotate_zoom_tta: bool = False  # runs trained before this option had none
     fill_mode: str = "reflect"
     lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
+    calibration: Calibration = field(default_factory=Calibration)
+    guard: Guard | None = None
+    batch_size: int = 32
     _explainer: Explainer | None = field(default=None, repr=False)
+    _features_model: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -66,7 +95,8 @@ class Predictor:
                    threshold=runs.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
                    rotate_zoom_tta=bool(config.get("rotate_zoom_tta", False)),
-                   fill_mode=config.get("fill_mode", "reflect"), lung_crop=bool(config.get("lung_crop", False)))
+                   fill_mode=config.get("fill_mode", "reflect"), lung_crop=bool(config.get("lung_crop", False)),
+                   calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return data.model_input(image, self.input_size, self.lung_crop).astype("float32")
@@ -76,14 +106,31 @@ class Predictor:
         the lung fields where the run crops to them, else the whole scan."""
         return lung.crop_to_lungs(image) if self.lung_crop else image
 
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw probabilities, pooled backbone features) of prepared scans, in one pass."""
+        with self._lock:  # built once, lazily: it shares the model's layers
+            if self._features_model is None:
+                self._features_model = features_model(self.model)
+        return predict_proba(self._features_model, batch, self.batch_size, flip_tta=self.flip_tta,
+                             rotate_zoom_tta=self.rotate_zoom_tta, fill_mode=self.fill_mode, with_features=True)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Pooled backbone features of prepared (resized) scans, N x D."""
+        return self._forward(np.asarray(batch, dtype="float32"))[1]
+
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
-        """Decoded scans (any size) -> one Prediction each, in one batch."""
-        batch = np.stack([self.prepare(image) for image in images]) if images else np.zeros((0,))
-        probabilities = (predict_proba(self.model, batch, flip_tta=self.flip_tta,
-                                       rotate_zoom_tta=self.rotate_zoom_tta, fill_mode=self.fill_mode)
-                         if len(batch) else [])
-        return [Prediction(name, image, float(p), self.threshold, self.positive_class, self.negative_class)
-                for name, image, p in zip(names, images, probabilities)]
+        """Decoded scans (any size) -> one Prediction each, in one batch:
+        calibrated probability, decision, and the out-of-distribution check."""
+        if not images:
+            return []
+        raw, features = self._forward(np.stack([self.prepare(image) for image in images]))
+        calibrated = self.calibration.apply(raw)
+        refusals = self.guard.problems(images, features) if self.guard else [image_problems(i) for i in images]
+        return [Prediction(name, image, float(p), self.calibration.threshold, self.positive_class,
+                           self.negative_class, raw_probability=float(r), raw_threshold=self.threshold,
+                           borderline_band=self.calibration.borderline,
+                           ood_problems=problems, guarded=self.guard is not None)
+                for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
 
     def predict_file(self, source, name: str | None = None) -> Prediction:
         """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""

@@ -253,6 +253,18 @@ class RunProgress(keras.callbacks.Callback):
                         epochs=self.epochs, batch=batch, steps=self.steps, **extra)
 
 
+def run_index(config: TrainConfig) -> pd.DataFrame:
+    """The images a run trains, validates and tests on, with their splits:
+    its training sources indexed, regrouped into its cross-validation fold,
+    sampled down for a smoke run. The one rule, for training and for
+    anything that must see the run's images again (core.ood)."""
+    index = data.index_dataset(config.training_sources(), positive_class=config.positive_class,
+                               seed=config.seed, use_official_splits=config.use_official_splits)
+    if config.cv_folds:
+        index = data.cross_validation_split(index, config.cv_folds, config.cv_fold, config.seed)
+    return select_images(index, config)
+
+
 def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     """The rows used by a run: all, or a class-balanced sample per split."""
     if not config.max_images_per_split:
@@ -536,11 +548,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
                f"learning rates {config.head_lr:g} / {config.finetune_lr:g}")
     runs.set_status(run_dir, "running", replicas=replicas)
     keras.utils.set_random_seed(config.seed)
-    index = data.index_dataset(config.training_sources(), positive_class=config.positive_class,
-                               seed=config.seed, use_official_splits=config.use_official_splits)
-    if config.cv_folds:
-        index = data.cross_validation_split(index, config.cv_folds, config.cv_fold, config.seed)
-    index = select_images(index, config)
+    index = run_index(config)
     report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
 
     images, labels = {}, {}

@@ -15,7 +15,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, distribute, runs, train, tune
+from core import data, distribute, presets, runs, train, tune
 from core.model import BACKBONES, TRAIN_FROM
 
 CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precision": list(train.PRECISIONS),
@@ -34,7 +34,59 @@ LAYOUT = [
                       "finetune_lr", "label_smoothing", "mixup", "ema", "class_weights",
                       "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
 ]
+# What each setting is called on the form (its code name is in the README and `python -m core train --help`).
+LABELS = {
+    "data_dir": "Dataset folder(s)",
+    "holdout_source": "Source left out (evaluated on)",
+    "lung_crop": "Crop to the lung fields",
+    "positive_class": "Class predicted as positive",
+    "use_official_splits": "Use the dataset's own train/val/test lists",
+    "max_images_per_split": "Images per split (0 = all)",
+    "seed": "Random seed",
+    "cv_folds": "Cross-validation folds (0 = off)",
+    "cv_fold": "Validation fold",
+    "threshold_method": "Threshold rule",
+    "n_boot": "Resamples for confidence intervals",
+    "flip_tta": "Also predict on the mirrored scan",
+    "rotate_zoom_tta": "Also predict on rotated and zoomed scans",
+    "strategy": "Devices",
+    "cpu_devices": "Split the CPU into devices",
+    "precision": "Number format",
+    "backbone": "Network",
+    "weights": "Starting weights file",
+    "input_size": "Image size (px)",
+    "dropout": "Dropout before the classifier",
+    "train_from": "Fine-tune from stage",
+    "train_batchnorm": "Also fine-tune batch-norm layers",
+    "rotation": "Random rotation (± degrees)",
+    "zoom": "Random zoom (± fraction)",
+    "contrast": "Random contrast (± fraction)",
+    "flip": "Random left-right flip",
+    "fill_mode": "Fill uncovered corners by",
+    "blur": "Random blur (up to px)",
+    "batch_size": "Scans per training step",
+    "optimizer": "Optimiser",
+    "head_epochs": "Epochs training the classifier only",
+    "head_lr": "Learning rate, classifier only",
+    "finetune_epochs": "Epochs fine-tuning (at most)",
+    "finetune_lr": "Learning rate, fine-tuning",
+    "label_smoothing": "Soften the training labels",
+    "mixup": "Mix pairs of scans (mixup strength)",
+    "ema": "Average the weights over steps (momentum)",
+    "class_weights": "Balance the two classes",
+    "early_stopping_patience": "Stop after this many epochs without progress",
+    "lr_patience": "Halve the learning rate after this many epochs without progress",
+    "cache_frozen": "Compute the frozen layers once (faster)",
+    "cached_views": "Augmented copies per scan in that cache",
+}
 HELP = {
+    "seed": "Same seed, same settings, same data: the same run again.",
+    "dropout": "Share of features dropped at random while training the classifier, against over-fitting.",
+    "batch_size": "More scans per step: faster epochs, more memory.",
+    "optimizer": "How the weights are updated from their gradients (Adam is the project's choice).",
+    "head_lr": "Step size while the new classifier trains on the frozen network.",
+    "finetune_lr": "Step size while the unfrozen stages fine-tune: small, so ImageNet features are kept.",
+    "label_smoothing": "Train towards 0.95 / 0.05 instead of 1 / 0 (0 = off): less over-confident outputs.",
     "data_dir": "Folder with one sub-folder per class (and splits/, meta/); several sources (hospitals, "
                 f"collections) joined with '{os.pathsep}'.",
     "holdout_source": "Leave-one-source-out: train on the other sources and evaluate on this one (its "
@@ -90,7 +142,7 @@ STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing
 def setting_widget(field: dataclasses.Field, default):
     """One widget per field, chosen by its type; keys 'cfg_<name>' persist
     for the session so the form survives a visit to another page."""
-    label, key = field.name.replace("_", " ").capitalize(), f"cfg_{field.name}"
+    label, key = LABELS.get(field.name, field.name.replace("_", " ").capitalize()), f"cfg_{field.name}"
     common = dict(key=key, help=HELP.get(field.name), persist_state="session")
     if field.name in CHOICES:
         options = CHOICES[field.name]
@@ -130,12 +182,24 @@ def forget_form() -> None:
         del st.session_state[key]
 
 
+def apply_preset(name: str) -> None:
+    """Fill the form with a preset (a callback: widgets take new values before they are drawn)."""
+    for setting, value in presets.preset_config(name, defaults).items():
+        st.session_state[f"cfg_{setting}"] = "" if value is None else value
+
+
 # --- Settings -------------------------------------------------------------------
 try:
     defaults = train.load_default_config()  # the project's recipe, or a search's promoted best
 except ValueError as error:
     st.error(f"Promoted defaults ignored: {error}")
     defaults = train.TrainConfig()
+preset_columns = st.columns([1, 1, 1, 3], vertical_alignment="center")
+for column, preset in zip(preset_columns, presets.PRESETS):
+    column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
+                  on_click=apply_preset, args=(preset,))
+preset_columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
+                           "hidden from comparisons and not for predictions).")
 if promoted := train.promoted_from():
     left, right = st.columns([3, 1], vertical_alignment="center")
     left.info(f"Defaults promoted from study **{promoted['study']}**, trial {promoted['trial']} "
@@ -166,6 +230,16 @@ except ValueError as error:
     problems.append(f"augmentation: {error}")
 if problems:
     st.error("Fix these settings before starting:\n" + "\n".join(f"- {p}" for p in problems))
+else:
+    try:
+        n_train = int((ui.load_index(config.data_dir)["split"] == "train").sum())
+    except ValueError:
+        n_train = presets.REFERENCE_TRAIN_IMAGES
+    cost = presets.estimate(config, n_train)
+    st.info(f"Estimate for these settings on this machine: up to about **{cost['minutes']:.0f} min** "
+            f"(early stopping can end it sooner) and **{cost['gigabytes']:.1f} GB** of memory "
+            f"({cost['cache_gigabytes']:.1f} GB of it the cache of frozen-layer outputs). Rough: scaled from "
+            "the runs measured in the README; other work on the machine slows it.", icon=":material/timer:")
 
 
 # --- Augmentation preview -------------------------------------------------------
@@ -206,7 +280,10 @@ with st.expander("Augmentation preview: four training images, original and augme
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 name = left.text_input("Run name (optional)", key="run_name", persist_state="session",
                        help="Added to the run id after the date; letters, digits, '.', '_', '-'.")
-if right.button("Start training", type="primary", disabled=bool(problems)):
+training_now, training_alive = current_run()
+if training_alive:
+    left.caption(f"Run {training_now['id']} is training: Start comes back when it ends or is cancelled.")
+if right.button("Start training", type="primary", disabled=bool(problems) or training_alive):
     # The training process inherits this: its train.log then gets each line
     # when it is printed, not in blocks, so the log below is live.
     os.environ["PYTHONUNBUFFERED"] = "1"
@@ -243,8 +320,12 @@ def progress():
     status = run["status"]
     state = status.get("state", "?")
     phase = f", phase *{status['phase']}*" if state == "running" and status.get("phase") else ""
+    if state == "running" and (run["path"] / "cancel").exists():
+        # The run checks for the request between training steps: loading, caching and evaluating
+        # finish first, so say that it is stopping rather than plain "running".
+        state = "cancelling (stops at its next training step)"
     st.markdown(f"**{run['id']}** — {state}{phase}")
-    if state == "running":
+    if status.get("state") == "running":
         steps, batch = status.get("steps") or 0, status.get("batch") or 0
         if steps:
             st.progress(min(batch / steps, 1.0),

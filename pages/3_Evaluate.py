@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from core import evaluate, external, runs
+from core import calibration, deploy, evaluate, external, runs
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -17,8 +17,11 @@ test = ui.predictions(run).query("split == 'test'")
 y, prob = test["y_true"], test["prob"]
 method = metrics["threshold"].get("method", "youden")
 st.caption(f"Test split: {len(test)} images ({int(y.sum())} {positive}). Threshold "
-           f"{chosen:.3f} chosen on the validation split ({method}); the test split never "
-           "influenced it, so the test metrics are an unbiased estimate.")
+           f"{chosen:.3f} (on the calibrated probability scale) chosen on the validation split ({method}); "
+           "the test split never influenced it, so the test metrics are an unbiased estimate.")
+if len(test) < deploy.MIN_TEST_IMAGES:
+    st.warning(f"Only {len(test)} test images: these figures say little about how the model would do.",
+               icon=":material/warning:")
 
 # --- Metrics at the validation-chosen threshold, with 95% bootstrap CIs --------
 NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
@@ -98,6 +101,37 @@ with matrix_column:
             st.session_state["cell"] = cell
             st.session_state["review_split"] = "test"
             st.switch_page(ui.MISCLASSIFIED)
+
+# --- Calibration: do the probabilities mean what they say? ---------------------------
+st.subheader("Calibration on the test split")
+fitted = ui.run_calibration(run)
+reliability, ece_column = st.columns([2, 1])
+with reliability:
+    figure = go.Figure()
+    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="gray", name="perfect")
+    for label, probabilities in (("model's own", test["raw_prob"]), ("calibrated", prob)):
+        bins = calibration.reliability_table(y, probabilities)
+        figure.add_scatter(x=bins["predicted"], y=bins["observed"], mode="lines+markers", name=label,
+                           customdata=bins["n"], hovertemplate="predicted %{x:.2f}, observed %{y:.2f}"
+                                                               "<br>%{customdata} scans")
+    figure.update_layout(title="Reliability diagram (10 bins)", height=360, xaxis_title=f"predicted P({positive})",
+                         yaxis_title=f"observed share of {positive}", legend=INSIDE_BOTTOM_RIGHT)
+    st.plotly_chart(figure)
+with ece_column:
+    ece_raw = calibration.expected_calibration_error(y, test["raw_prob"])
+    ece_calibrated = calibration.expected_calibration_error(y, prob)
+    st.metric("Expected calibration error, calibrated", f"{ece_calibrated:.3f}",
+              delta=f"{ece_calibrated - ece_raw:+.3f}", delta_color="inverse",
+              help="Mean gap between predicted probability and observed share of positives, over 10 bins "
+                   "weighted by their scans. 0 is perfect.")
+    st.metric("Expected calibration error, model's own", f"{ece_raw:.3f}")
+    st.caption(f"Calibration: {fitted.method} ({fitted.note}), fitted on the {fitted.n_val} validation "
+               "predictions only. It is increasing, so every decision is unchanged; the probabilities shown "
+               "everywhere are the calibrated ones.")
+
+# --- Deployment ------------------------------------------------------------------------
+st.subheader("Deployment")
+ui.deploy_controls(run, key="evaluate")
 
 # --- Does the model lean on scan resolution? -----------------------------------------
 st.subheader("Shortcut check: scan resolution")

@@ -4,6 +4,7 @@ are shared with Evaluate (session state), so a click there lands here."""
 import streamlit as st
 
 import ui
+from core.calibration import percent
 
 PER_PAGE = 4  # Grad-CAM costs about a second per image on CPU
 
@@ -52,6 +53,6 @@ for _, row in rows.iloc[(page - 1) * PER_PAGE:page * PER_PAGE].iterrows():
         except ValueError as error:  # the image moved or cannot be read any more
             scan.error(str(error))
         details.markdown(f"**{row['path']}**")
-        details.metric(f"P({positive})", f"{row['prob']:.3f}")
+        details.metric(f"P({positive})", percent(row["prob"]), help="Calibrated on the validation split.")
         details.caption(f"true class: {positive if row['y_true'] else negative}  \n"
-                        f"confidence in the prediction: {row['confidence']:.1%}")
+                        f"confidence in the prediction: {percent(row['confidence'])}")

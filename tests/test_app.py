@@ -20,7 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import data, evaluate, runs, train
+from core import calibration, data, deploy, evaluate, ood, presets, runs, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -51,7 +51,26 @@ def empty_artifacts(tmp_path, monkeypatch):
 
 @pytest.fixture
 def run_id(trained_artifacts, trained_run):
-    return trained_run.name
+    yield trained_run.name
+    deploy.deployed_file().unlink(missing_ok=True)  # a test that deploys leaves the next one undeployed
+
+
+@pytest.fixture
+def deployed(run_id, trained_run):
+    """The tiny run deployed despite being a smoke run, its guard's feature
+    check off: 8 validation scans give no meaningful 99th percentile, and
+    these tests are about what an accepted scan shows (the photo test below
+    is refused by the image checks, test_deploy.py tests the feature check)."""
+    deploy.deploy(run_id, force=True)
+    summary = runs.read_json(trained_run / ood.SUMMARY_FILE)
+    runs.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+    return run_id
+
+
+def calibrated_predictions(run_dir: Path) -> pd.DataFrame:
+    """predictions.csv with prob on the calibrated scale, as every page shows it."""
+    frame = runs.read_predictions(run_dir)
+    return frame.assign(prob=calibration.for_run(run_dir).apply(frame["prob"]))
 
 
 # ---------------------------------------------------------------------------
@@ -63,7 +82,9 @@ def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
     at = open_page(page)
     assert_no_exception(at)
     assert not at.error, texts(at.error)
-    if page in NEEDS_A_RUN:
+    if page == ui.PREDICT:
+        assert "No model is deployed yet" in texts(at.info)
+    elif page in NEEDS_A_RUN:
         assert "Train one first" in texts(at.info)
         assert "Go to Train" in [link.value for link in at.page_link]
 
@@ -83,9 +104,14 @@ def test_page_renders_with_the_trained_run(page, run_id):
     at = open_page(page)
     assert_no_exception(at)
     assert not at.error, texts(at.error)
-    if page in NEEDS_A_RUN:
+    if page == ui.PREDICT:  # nothing deployed, and a smoke run is not offered
+        assert "No model is deployed yet" in texts(at.info)
+        assert "No completed run is fit to deploy" in texts(at.markdown)
+    elif page in NEEDS_A_RUN:
         assert at.selectbox(key="run_id").value == run_id
-    if page == "streamlit_app.py":
+    if page == "streamlit_app.py":  # a smoke run is hidden from the comparison until asked for
+        assert not at.dataframe
+        at.toggle(key="show_all_runs").set_value(True).run()
         assert run_id in at.dataframe[0].value["run"].tolist()
 
 
@@ -143,8 +169,8 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
 
 
 def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
-    test = runs.read_predictions(trained_run).query("split == 'test'")
-    chosen = runs.read_json(trained_run / "metrics.json")["threshold"]["value"]
+    test = calibrated_predictions(trained_run).query("split == 'test'")
+    chosen = calibration.for_run(trained_run).threshold  # the validation choice, on the calibrated scale
     at = open_page(ui.EVALUATE)
     slider = at.slider(key=f"threshold_{run_id}")
     assert slider.value == pytest.approx(chosen)  # starts at the validation choice
@@ -154,7 +180,8 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
         at.slider(key=f"threshold_{run_id}").set_value(threshold).run()
         assert_no_exception(at)
         expected = {label: f"{value:.3f}" for label, value in expected_metrics(test, threshold).items()}
-        assert shown_metrics(at) == expected, threshold
+        shown = {label: value for label, value in shown_metrics(at).items() if label in expected}
+        assert shown == expected, threshold  # (the calibration section's ECEs are checked below)
         seen.append(expected)
     # Everything positive at 0: sensitivity 1, specificity 0; and the values moved.
     assert seen[0]["Sensitivity"] == "1.000" and seen[0]["Specificity"] == "0.000"
@@ -202,7 +229,11 @@ def ct_dicom(png_path: Path) -> bytes:
     return dicom_bytes(ct_dataset((gray / 255 * 1500 - 1350).astype(np.int16)))
 
 
-def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(run_id, trained_run, data_dir,
+def shown_percent(text: str) -> float:
+    return {"<1%": 0.0, ">99%": 100.0}.get(text) or float(text.rstrip("%"))
+
+
+def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed, trained_run, data_dir,
                                                                         tmp_path):
     row = runs.read_predictions(trained_run).query("split == 'test'").iloc[0]
     png = shutil.copy(data_dir / row["path"], tmp_path / "slice.png")
@@ -218,14 +249,68 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(run_id, t
     assert "not a readable image" in at.error[0].value
     probabilities = [m.value for m in at.metric if m.label == "Probability of COVID"]
     assert len(probabilities) == 2
-    # The PNG gets the probability training recorded for this test image.
-    assert float(probabilities[0].rstrip("%")) == pytest.approx(100 * row["prob"], abs=0.11)
+    # The PNG gets the probability training recorded for this test image, calibrated, in whole percents.
+    expected = 100 * float(calibration.for_run(trained_run).apply(row["prob"]))
+    assert shown_percent(probabilities[0]) == pytest.approx(expected, abs=1.0)
     captions = [c for image in at.image for c in image.captions]
     assert captions.count("Grad-CAM") == 2 and captions.count("Grad-CAM++") == 2
+    # A colour bar under each scan's maps, for the class each decision chose.
+    decisions = [m.value for m in at.markdown if m.value.startswith("Decision:")]
+    for decision in decisions:
+        label = "COVID" if "red-badge[COVID]" in decision else "NonCOVID"
+        assert any(c.startswith(f"Heatmap colours: blue = no evidence for {label}, red = the strongest")
+                   for c in captions)
+    assert "Model answering:" in texts(at.markdown) and "Deployed despite" in texts(at.warning)
     assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG"] * 2
 
 
-def test_script_runs_keep_tensorflow_kernels(run_id, data_dir, monkeypatch):
+def test_predict_refuses_a_photo_until_asked(deployed):
+    from sklearn.datasets import load_sample_image
+
+    photo = Image.fromarray(load_sample_image("flower.jpg"))
+    buffer = __import__("io").BytesIO()
+    photo.save(buffer, format="PNG")
+    at = open_page(ui.PREDICT)
+    at.file_uploader(key="uploads").set_value([("flower.png", buffer.getvalue(), "image/png")]).run()
+    assert_no_exception(at)
+    assert "Not like the training scans — no prediction: a colour image" in texts(at.warning)
+    assert not [m for m in at.metric if m.label == "Probability of COVID"]
+
+    at.checkbox(key="show_anyway_0").check().run()  # the user may still ask
+    assert_no_exception(at)
+    assert [m.label for m in at.metric] == ["Probability of COVID"]
+
+
+def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_run):
+    at = open_page(ui.EVALUATE)
+    assert_no_exception(at)
+    assert "trained on a subset (8 images per split)" in texts(at.warning)
+    assert button(at, "Use this model for predictions").disabled
+    at.checkbox(key="evaluate_confirm").check().run()
+    button(at, "Use this model for predictions").click().run()
+    assert_no_exception(at)
+    assert f"Run {run_id} now answers on Predict" in texts(at.success)
+    record = deploy.deployed_record()
+    assert record["run"] == run_id and record["confirmed_despite"] == deploy.problems(runs.load_run(trained_run))
+
+    at = open_page(ui.EVALUATE)  # now it says so instead of offering it again
+    assert "This model answers on Predict" in texts(at.success)
+    at = open_page(ui.PREDICT)
+    assert run_id in texts(at.markdown) and "Deployed despite: it was trained on a subset" in texts(at.warning)
+
+
+def test_evaluate_shows_the_test_ece_before_and_after_calibration(run_id, trained_run):
+    test = calibrated_predictions(trained_run).query("split == 'test'")
+    raw = runs.read_predictions(trained_run).query("split == 'test'")
+    at = open_page(ui.EVALUATE)
+    metrics = shown_metrics(at)
+    after = calibration.expected_calibration_error(test.y_true, test.prob)
+    assert metrics["Expected calibration error, calibrated"] == f"{after:.3f}"
+    assert metrics["Expected calibration error, model's own"] == \
+        f"{calibration.expected_calibration_error(raw.y_true, raw.prob):.3f}"
+
+
+def test_script_runs_keep_tensorflow_kernels(deployed, data_dir, monkeypatch):
     """Streamlit clears the Keras session after each script run, which throws
     away TensorFlow's compiled kernels (0.5 s per model call in the next run);
     the app turns that off (ui._keep_tensorflow_kernels)."""
@@ -292,13 +377,34 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
     assert f"Started run {run['id']}" in texts(at.success)
     assert any(run["id"] in m.value and "running" in m.value for m in at.markdown)
 
-    button(at, "Start training").click().run()
-    assert len(started) == 1
-    assert "already running" in texts(at.error)
+    at.run()  # Start waits while the run trains
+    assert button(at, "Start training").disabled
+    assert f"Run {run['id']} is training" in texts(at.caption)
 
     button(at, "Cancel this run").click().run()
     assert (run["path"] / "cancel").exists()
     assert "Cancel requested" in texts(at.info)
+
+
+def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_dir):
+    at = open_page(ui.TRAIN)
+    default_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
+    at.button(key="preset_quick_look").click().run()
+    assert_no_exception(at)
+    quick = presets.PRESETS["Quick look (~2 min)"]
+    for setting, value in quick.items():
+        assert at.session_state[f"cfg_{setting}"] == value, setting
+    assert at.number_input(key="cfg_max_images_per_split").value == 40
+    assert at.session_state["cfg_seed"] == train.TrainConfig().seed  # the rest stays at the defaults
+    quick_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
+    assert quick_estimate != default_estimate and "about **2 min**" in quick_estimate
+    # Every setting has a human label and a one-line help.
+    form = {w.key: w for w in [*at.number_input, *at.checkbox, *at.selectbox, *at.text_input]
+            if str(w.key).startswith("cfg_")}
+    for field in fields(train.TrainConfig):
+        label = form[f"cfg_{field.name}"].label
+        assert label not in (field.name, field.name.replace("_", " ").capitalize()), field.name
+        assert form[f"cfg_{field.name}"].help, field.name
 
 
 def test_start_while_another_process_trains_shows_training_busy(empty_artifacts, data_dir):

@@ -1,7 +1,9 @@
 """End to end in a real browser: `streamlit run streamlit_app.py` serving the
-tiny trained run, driven by Debian's Chromium through Playwright. A real
-COVID-CT slice uploaded on the Predict page gets a probability and Grad-CAM
-overlays; the screenshot lands in test-artifacts/ (git-ignored)."""
+tiny trained run, driven by Debian's Chromium through Playwright. The smoke
+run is refused for predictions until the user confirms on Evaluate; then a
+real COVID-CT slice uploaded on the Predict page gets a calibrated
+probability, Grad-CAM overlays and their colour bar, and a photo is refused;
+the screenshots land in test-artifacts/ (git-ignored)."""
 import os
 import re
 import socket
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
+
+from core import deploy, ood, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +36,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def app_url(trained_artifacts, tmp_path):
+def app_url(trained_artifacts, trained_run, tmp_path):
     """The app on a free port, with COVIDCT_ARTIFACTS at the trained run."""
     port = free_port()
     log_path = tmp_path / "streamlit.log"
@@ -56,6 +60,7 @@ def app_url(trained_artifacts, tmp_path):
             time.sleep(0.5)
         yield url
     finally:
+        deploy.deployed_file().unlink(missing_ok=True)  # the test deploys the tiny run: undo it
         server.terminate()
         try:
             server.wait(timeout=10)
@@ -64,32 +69,62 @@ def app_url(trained_artifacts, tmp_path):
             server.wait()
 
 
-def test_predict_page_in_chromium_shows_probability_and_gradcam(app_url, data_dir):
+def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a_photo(app_url, data_dir,
+                                                                                      trained_run, tmp_path):
+    from sklearn.datasets import load_sample_image
+
     scan = data_dir / "COVID" / "2020.03.13.20035212-p23-155.png"
+    photo = tmp_path / "holiday.png"
+    Image.fromarray(load_sample_image("china.jpg")).save(photo)
     screenshots = ROOT / "test-artifacts"
     screenshots.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            # 1280 px: the width the controls must fit in.
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("No model is deployed yet")).to_be_visible(timeout=SLOW)
+
+            # Evaluate refuses the smoke run until the user confirms, naming why.
+            page.goto(f"{app_url}/Evaluate")
+            expect(page.get_by_text("trained on a subset (8 images per split)")).to_be_visible(timeout=SLOW)
+            deploy_button = page.get_by_role("button", name="Use this model for predictions")
+            expect(deploy_button).to_be_disabled(timeout=SLOW)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # nothing wider than the page
+            page.get_by_text("Deploy it anyway: I know why it is not fit").click()
+            expect(deploy_button).to_be_enabled(timeout=SLOW)
+            deploy_button.click()
+            expect(page.get_by_text("now answers on Predict")).to_be_visible(timeout=SLOW)
+            assert deploy.deployed_record()["run"] == trained_run.name
+            # The tiny run's 8 validation scans give no meaningful 99th percentile: its feature
+            # check is turned off, so the photo below is refused by the image checks alone.
+            summary = runs.read_json(trained_run / ood.SUMMARY_FILE)
+            runs.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+
+            page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(scan))
 
             metric = page.get_by_test_id("stMetric").filter(has_text="Probability of COVID")
             expect(metric).to_be_visible(timeout=SLOW)
-            assert re.fullmatch(r"\d{1,3}\.\d%", metric.get_by_test_id("stMetricValue").inner_text())
+            assert re.fullmatch(r"<1%|>99%|\d{1,2}%", metric.get_by_test_id("stMetricValue").inner_text())
             for caption in ("scan", "Grad-CAM", "Grad-CAM++"):
                 expect(page.get_by_text(caption, exact=True)).to_be_visible(timeout=SLOW)
-            # Every image is really drawn (decoded by the browser, not a broken link).
+            expect(page.get_by_text("Heatmap colours: blue = no evidence for")).to_be_visible(timeout=SLOW)
+            # Every image is really drawn (decoded by the browser, not a broken link): the scan,
+            # its two maps and the colour bar.
             images = page.get_by_test_id("stImage").locator("img")
-            expect(images).to_have_count(3, timeout=SLOW)
-            for i in range(3):
+            expect(images).to_have_count(4, timeout=SLOW)
+            for i in range(4):
                 page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                        arg=images.nth(i).element_handle(), timeout=SLOW)
             for method in ("Grad-CAM", "Grad-CAM++"):  # the last elements of the page
                 expect(page.get_by_role("button", name=f"Download {method} PNG")).to_be_visible(timeout=SLOW)
             assert page.get_by_test_id("stException").count() == 0
             page.screenshot(path=str(screenshots / "predict.png"), full_page=True)
+            # Nothing is cut off at 1280 px: no element wider than the page.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
             # The overlay PNG is encoded when asked for: the download is a PNG of the scan's size.
             with page.expect_download(timeout=SLOW) as download:
@@ -97,5 +132,14 @@ def test_predict_page_in_chromium_shows_probability_and_gradcam(app_url, data_di
             assert download.value.suggested_filename == f"{scan.stem}-gradcam.png"
             with Image.open(download.value.path()) as overlay:
                 assert overlay.format == "PNG" and overlay.size == Image.open(scan).size
+
+            # A photo is not like the training scans: no prediction.
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(photo))
+            expect(page.get_by_text("Not like the training scans — no prediction: a colour image")).to_be_visible(
+                timeout=SLOW)
+            # The uploader adds the photo to the scan: the scan keeps its metric, the photo gets none.
+            expect(page.get_by_test_id("stMetric")).to_have_count(1, timeout=SLOW)
+            assert page.get_by_test_id("stException").count() == 0
+            page.screenshot(path=str(screenshots / "predict-refused.png"), full_page=True)
         finally:
             browser.close()

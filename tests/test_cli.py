@@ -55,14 +55,15 @@ def test_predict_explain_evaluate_on_a_trained_run(trained_artifacts, data_dir, 
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
 
-    assert main(["predict", scan, str(bad)]) == 2  # one bad file: reported, the other still predicted
+    # --run latest: the newest completed run, deployed or not (test_deploy.py tests the deployed default)
+    assert main(["predict", scan, str(bad), "--run", "latest"]) == 2  # one bad file: reported, the other predicted
     captured = capsys.readouterr()
     path, probability, label = captured.out.strip().split("\t")
     assert path == scan and 0 <= float(probability) <= 1 and label in ("COVID", "NonCOVID")
     assert "notes.png" in captured.err
 
     out_png = tmp_path / "cam.png"
-    assert main(["explain", scan, "--method", "gradcam++", "--out", str(out_png)]) == 0
+    assert main(["explain", scan, "--method", "gradcam++", "--out", str(out_png), "--run", "latest"]) == 0
     with Image.open(scan) as original, Image.open(out_png) as overlay:
         assert overlay.size == original.size  # the scan's own aspect ratio
 
@@ -73,6 +74,8 @@ def test_predict_explain_evaluate_on_a_trained_run(trained_artifacts, data_dir, 
 def test_no_run_yet_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     assert main(["predict", "x.png"]) == 2
+    assert "no model deployed" in capsys.readouterr().err
+    assert main(["predict", "x.png", "--run", "latest"]) == 2
     assert "no completed run" in capsys.readouterr().err
 
 
