@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from core import deploy, runs
+from core import deploy, external, runs
 from core.calibration import percent
 from core.ood import REFUSAL
 
@@ -46,7 +46,12 @@ with st.container(border=True):
         st.caption(f"Test split ({test.get('n')} scans): ROC-AUC {ui.fmt(test.get('roc_auc'))} "
                    f"(95% CI {ui.fmt(low)}–{ui.fmt(high)}), sensitivity {ui.fmt(test.get('recall'))}, "
                    f"specificity {ui.fmt(test.get('specificity'))} at its threshold.")
-    # External validation (other hospitals) is shown here by the external-validation page's helper.
+    external_sets = [found["metrics"] for found in ui.external_sets(run) if found["state"] == "completed"]
+    if external_sets:  # how the model did on scans from sources it never saw
+        st.caption("External validation: " + "; ".join(external.summary_line(m) for m in external_sets) + ".")
+    else:
+        st.caption("External validation: none yet. A model checked only on its own test split can do far worse "
+                   "on another hospital's scans; evaluate it on one from the Evaluate page.")
     low, high = calibration.borderline
     calibrated = (f"calibrated on the validation split ({calibration.method} scaling)" if calibration.method != "none"
                   else f"the model's own, not calibrated ({calibration.note})")
