@@ -138,5 +138,8 @@ def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_
         damage(completed_run(tmp_path / "runs", case.replace(" ", "-"), data_dir))
     at = open_page(page)
     assert_no_exception(at)
-    if page != "pages/2_Train.py":
+    if page == "pages/3_Evaluate.py":
         assert "Train one first" in texts(at.info)
+    if page == "pages/5_Predict.py":  # nothing deployed, and no damaged run is offered in its place
+        assert "No model is deployed yet" in texts(at.info)
+        assert "No completed run is fit to deploy" in texts(at.markdown)
