@@ -405,6 +405,11 @@ def image_sizes(paths) -> pd.DataFrame:
 # Indexing and splitting
 # ---------------------------------------------------------------------------
 
+def source_name(folder) -> str:
+    """What a source is called: its dataset folder's name."""
+    return Path(folder).resolve().name
+
+
 def source_dirs(data_dir) -> list[Path]:
     """The dataset folders named by `data_dir`: one path, several joined with
     os.pathsep (as in $COVIDCT_DATA or the CLI's --data-dir), or a list."""
@@ -412,7 +417,7 @@ def source_dirs(data_dir) -> list[Path]:
     folders = [Path(part.strip()).expanduser() for part in map(str, parts) if part.strip()]
     if not folders:
         raise ValueError("no dataset folder given")
-    names = [folder.resolve().name for folder in folders]
+    names = [source_name(folder) for folder in folders]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"two dataset folders share the name {repeated[0]!r}: each source is known by its "
@@ -513,11 +518,11 @@ def resolve_image(data_dir, relpath: str, holdout_source: str = "") -> Path:
     """The file of an index's relpath: under the dataset folder, or, with
     several sources, under the source its relpath starts with. A run that
     held a source out indexed only the others (TrainConfig.training_sources)."""
-    folders = [folder for folder in source_dirs(data_dir) if folder.resolve().name != holdout_source]
+    folders = [folder for folder in source_dirs(data_dir) if source_name(folder) != holdout_source]
     if len(folders) == 1:
         return folders[0] / relpath
     source, _, rest = relpath.partition("/")
-    by_name = {folder.resolve().name: folder for folder in folders}
+    by_name = {source_name(folder): folder for folder in folders}
     if source not in by_name:
         raise ValueError(f"{relpath}: its source {source!r} is not one of the dataset folders {sorted(by_name)}")
     return by_name[source] / rest

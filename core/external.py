@@ -19,7 +19,6 @@ independent evidence.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -106,13 +105,12 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
     from core.predict import Predictor  # TensorFlow: only when a model is used
 
     run_dir = Path(run_dir)
-    name = name or Path(data_dir).expanduser().resolve().name
+    name = name or data.source_name(Path(data_dir).expanduser())
     out = results_dir(run_dir, name)
     out.mkdir(parents=True, exist_ok=True)
     # Whatever was here belongs to an earlier evaluation: it stops counting as complete now.
     (out / "metrics.json").unlink(missing_ok=True)
-    runs.write_json(out / "status.json", {"state": "running", "pid": os.getpid(), "done": 0, "total": None,
-                                          "data_dir": str(data_dir), "started": runs.now()})
+    runs.set_status(out, "running", pid=os.getpid(), done=0, total=None, data_dir=str(data_dir), started=runs.now())
     try:
         predictor = Predictor.from_run(run_dir)
         index = index_external(data_dir, predictor.negative_class, predictor.positive_class, class_map)
@@ -129,11 +127,9 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
                        labels={"negative": predictor.negative_class, "positive": predictor.positive_class})
         runs.write_json(out / "metrics.json", metrics)
     except BaseException as error:
-        runs.write_json(out / "status.json", {**runs.read_json(out / "status.json", {}), "state": "failed",
-                                              "reason": str(error) or type(error).__name__})
+        runs.set_status(out, "failed", reason=str(error) or type(error).__name__)
         raise
-    runs.write_json(out / "status.json", {**runs.read_json(out / "status.json", {}), "state": "completed",
-                                          "finished": runs.now()})
+    runs.set_status(out, "completed", finished=runs.now())
     report(summary_line(metrics))
     return out
 
@@ -150,8 +146,7 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
         # scale of the run's own predictions.csv and test metrics.
         probabilities[start:start + len(rows)] = [prediction.raw_probability for prediction in scored]
         done = start + len(rows)
-        runs.write_json(out / "status.json", {**runs.read_json(out / "status.json", {}), "done": done,
-                                              "total": len(index)})
+        runs.set_status(out, "running", done=done, total=len(index))
         report(f"scored {done}/{len(index)} images ({done / (time.monotonic() - started):.1f} images/s)")
     return probabilities
 
@@ -276,16 +271,12 @@ def read_predictions(run_dir, name: str) -> pd.DataFrame:
     return pd.read_csv(results_dir(run_dir, name) / "predictions.csv")
 
 
-def delete(run_dir, name: str) -> None:
-    shutil.rmtree(results_dir(run_dir, name), ignore_errors=True)
-
-
 def launch(run_dir, data_dir, name: str | None = None, class_map_text: str = "") -> str:
     """Start `python -m core evaluate --run RUN --data DIR` in a background
     process that outlives the app's page; returns the set's name at once.
     Refused while the same set is being evaluated."""
     run_dir = Path(run_dir)
-    name = runs.check_run_id(name or Path(data_dir).expanduser().resolve().name)
+    name = runs.check_run_id(name or data.source_name(Path(data_dir).expanduser()))
     parse_class_map(class_map_text)  # refuse a malformed map here, not in the background
     if not Path(data_dir).expanduser().is_dir():
         raise ValueError(f"{data_dir}: dataset folder not found")
@@ -299,6 +290,5 @@ def launch(run_dir, data_dir, name: str | None = None, class_map_text: str = "")
     if class_map_text.strip():
         args += ["--class-map", class_map_text]
     pid = runs.start_background(args, out / "evaluate.log")
-    runs.write_json(out / "status.json", {"state": "running", "pid": pid, "done": 0, "total": None,
-                                          "data_dir": str(data_dir), "started": runs.now()})
+    runs.set_status(out, "running", pid=pid, done=0, total=None, data_dir=str(data_dir), started=runs.now())
     return name

@@ -155,7 +155,7 @@ class TrainConfig:
         except ValueError as error:
             return [f"data_dir: {error}"]
         found = [f"data_dir {folder}: no such folder" for folder in folders if not folder.is_dir()]
-        names = [folder.resolve().name for folder in folders]
+        names = [data.source_name(folder) for folder in folders]
         if self.holdout_source and self.holdout_source not in names:
             found.append(f"holdout_source {self.holdout_source!r} is not one of the sources in data_dir "
                          f"({', '.join(names)})")
@@ -167,12 +167,12 @@ class TrainConfig:
     def training_sources(self) -> list[Path]:
         """The dataset folders a run trains on: data_dir's, less the held-out
         source (data.resolve_image finds their files from a relpath)."""
-        return [folder for folder in data.source_dirs(self.data_dir) if folder.resolve().name != self.holdout_source]
+        return [folder for folder in data.source_dirs(self.data_dir) if data.source_name(folder) != self.holdout_source]
 
     def held_out_source(self) -> Path | None:
         """The folder of the held-out source (leave-one-source-out), else None."""
         return next((folder for folder in data.source_dirs(self.data_dir)
-                     if self.holdout_source and folder.resolve().name == self.holdout_source), None)
+                     if self.holdout_source and data.source_name(folder) == self.holdout_source), None)
 
     def validate(self) -> "TrainConfig":
         found = self.problems()
@@ -436,7 +436,7 @@ def leave_one_source_out(config: TrainConfig, name: str | None = None, report=pr
                          f"{os.pathsep!r}), got {config.data_dir}")
     run_dirs = []
     for folder in sources:
-        source = folder.resolve().name
+        source = data.source_name(folder)
         report(f"leaving out {source}")
         held_out = dataclasses.replace(config, holdout_source=source).validate()
         run_dirs.append(train(held_out, name=f"{name or 'loso'}-without-{source}", report=report,
