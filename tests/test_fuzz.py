@@ -30,6 +30,8 @@ def dicom_with(text_from: bytes, text_to: bytes) -> bytes:
     RescaleSlope "1.5" -> "abc": pydicom refuses to write such values itself."""
     ds = ct_dataset(np.arange(32 * 32, dtype=np.int16).reshape(32, 32) - 1000)
     ds.RescaleSlope, ds.WindowWidth = "1.5", "1500"
+    # A fixed UID: a random one may itself contain "1500" and break the one-match rule
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     content = dicom_bytes(ds)
     assert content.count(text_from) == 1, text_from
     return content.replace(text_from, text_to)
