@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core import lung
+from core import lung, near_duplicates
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -783,55 +783,72 @@ def split_counts(index: pd.DataFrame) -> pd.DataFrame:
 # Duplicate audit
 # ---------------------------------------------------------------------------
 
+# A candidate pair is confirmed on a finer hash of the lung-aligned slices:
+# cropping both to their lung fields undoes the different figure crops of one scan.
+FINE_HASH_SIZE = 16       # 256-bit pHash
+FINE_MAX_DISTANCE = 40    # of 256 bits; docs/duplicate-audit.md gives the separation it rests on
+
+
 def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) -> pd.DataFrame:
-    """Exact (sha256 of the bytes) and near (64-bit pHash of the grey image,
-    Hamming distance <= max_distance) duplicate pairs that cross splits,
-    classes or sources, the ones that leak or conflict; cross-class pairs first.
-
-    Measured on COVID-CT (746 images, official split): pHash distances of the
-    two known cross-class copies (kjr-21-e24-p5-29/-31 vs 71%0/71%1) are 2 and
-    4. At max_distance 6, 9 pairs cross a split or class: those two, a figure
-    printed twice in one paper (20040782-p24-1533-6 val ~ p25-1543 test) and 6
-    look-alike CT slices; at 4 only the two known pairs; at 8, 53 pairs. dHash
-    finds the known pairs (1 and 3) but with more look-alikes (16 at 3); pHash
-    distances are always even, as half its bits are set.
-    progress(done, total) is called after each image is hashed.
-    """
+    """Duplicate pairs that cross splits, classes or sources (the ones that
+    leak or conflict), cross-class pairs first: exact copies (same sha256 of
+    the bytes) and near copies (64-bit pHash of the grey image within
+    `max_distance` bits, confirmed by a 256-bit pHash of both slices cropped
+    to their lungs within FINE_MAX_DISTANCE bits). Candidates are found by
+    multi-index hashing (core.near_duplicates), in memory O(N).
+    progress(done, total) is called after each image is hashed."""
     index = index.sort_values("relpath", ignore_index=True)
-    digests, hashes = [], []
-    for i, (path, relpath) in enumerate(zip(index["path"], index["relpath"])):
-        content = Path(path).read_bytes()
-        digests.append(hashlib.sha256(content).hexdigest())
-        gray = Image.fromarray(load_image(content, name=relpath)).convert("L")
-        hashes.append(np.packbits(imagehash.phash(gray).hash.ravel()))
-        if progress is not None:
-            progress(i + 1, len(index))
-
-    # All pairs at once: XOR the 64-bit hashes and count the differing bits.
-    codes = np.array(hashes, dtype=np.uint8).reshape(len(index), 8).view(np.uint64).ravel()
-    a, b = np.triu_indices(len(index), k=1)
-    distance = np.bitwise_count(codes[a] ^ codes[b]).astype(int)
-    digests = np.array(digests)
-    exact = digests[a] == digests[b]
+    digests, codes = _hash_images(index, progress)
+    a, b, distance = near_duplicates.hamming_pairs(codes, max_distance)
     labels, splits = index["label"].to_numpy(), index["split"].to_numpy()
     sources = index["source"].to_numpy() if "source" in index else np.zeros(len(index), dtype=object)
-    cross_class = labels[a] != labels[b]
-    cross_split = splits[a] != splits[b]
     # The same scan in two sources (public collections re-share each other's images) leaks just the same.
-    cross_source = sources[a] != sources[b]
-    keep = (exact | (distance <= max_distance)) & (cross_class | cross_split | cross_source)
+    crosses = (labels[a] != labels[b]) | (splits[a] != splits[b]) | (sources[a] != sources[b])
+    a, b, distance = a[crosses], b[crosses], distance[crosses]
+    exact = digests[a] == digests[b]
+    fine_hashes = {}  # row -> its fine hash, computed only for images in a candidate pair
+    fine = np.array([0 if same else _fine_hash(index, i, fine_hashes) - _fine_hash(index, j, fine_hashes)
+                     for i, j, same in zip(a, b, exact)], dtype=int)
+    keep = exact | (fine <= FINE_MAX_DISTANCE)
     a, b = a[keep], b[keep]
-
     pairs = pd.DataFrame({
         "relpath_a": index["relpath"].to_numpy()[a], "relpath_b": index["relpath"].to_numpy()[b],
         "label_a": labels[a], "label_b": labels[b],
         "split_a": splits[a], "split_b": splits[b],
         "kind": np.where(exact[keep], "exact", "near"),
-        "distance": distance[keep],
-        "cross_class": cross_class[keep], "cross_split": cross_split[keep], "cross_source": cross_source[keep],
+        "distance": distance[keep], "fine_distance": fine[keep],
+        "cross_class": labels[a] != labels[b], "cross_split": splits[a] != splits[b],
+        "cross_source": sources[a] != sources[b],
     })
     return pairs.sort_values(["cross_class", "distance", "relpath_a", "relpath_b"],
                              ascending=[False, True, True, True], ignore_index=True)
+
+
+def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(sha256 hex digests, 64-bit pHash codes as uint64) of the index's images, in its order."""
+    digests, hashes = [], []
+    for i, (path, relpath) in enumerate(zip(index["path"], index["relpath"])):
+        content = Path(path).read_bytes()
+        digests.append(hashlib.sha256(content).hexdigest())
+        hashes.append(np.packbits(imagehash.phash(_lung_view(load_image(content, name=relpath))).hash.ravel()))
+        if progress is not None:
+            progress(i + 1, len(index))
+    codes = np.array(hashes, dtype=np.uint8).reshape(len(index), 8).view(np.uint64).ravel()
+    return np.array(digests), codes
+
+
+def _lung_view(image: np.ndarray) -> Image.Image:
+    """The grey slice cropped to its lungs with a tight margin: the same scan cut
+    from two figures with different borders (or a cropped copy) then lines up."""
+    return Image.fromarray(lung.crop_to_lungs(image, margin=0.02)).convert("L")
+
+
+def _fine_hash(index: pd.DataFrame, row: int, cache: dict) -> imagehash.ImageHash:
+    """The 256-bit pHash of an image cropped to its lungs (the difference of two counts the bits apart)."""
+    if row not in cache:
+        image = load_image(Path(index["path"].iat[row]).read_bytes(), name=index["relpath"].iat[row])
+        cache[row] = imagehash.phash(_lung_view(image), hash_size=FINE_HASH_SIZE)
+    return cache[row]
 
 
 # ---------------------------------------------------------------------------

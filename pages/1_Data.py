@@ -75,10 +75,12 @@ st.caption(f"{len(shown)} {label} images in {split}, {GALLERY_PAGE} per page.")
 
 # --- Duplicate audit -------------------------------------------------------------
 st.subheader("Duplicate audit")
-st.markdown("Exact copies (same bytes) and near copies (perceptual hash within 6 bits) that "
-            "**cross splits** (they leak test images into training) or **cross classes** "
-            "(the same picture carries both labels). Small distances (2–4) are the same figure; "
-            "at 6 some pairs are only look-alike slices, so judge each pair by eye.")
+st.markdown("Exact copies (same bytes) and near copies that **cross splits** (they leak test "
+            "images into training) or **cross classes** (the same picture carries both labels). "
+            "A near copy is two slices whose lung fields have nearly the same perceptual hash "
+            f"(within 6 of 64 bits), confirmed on a finer hash (within {data.FINE_MAX_DISTANCE} of 256 bits), which "
+            "sets look-alike slices of different patients aside. A copy cropped by more than a "
+            "few percent can be missed (docs/duplicate-audit.md).")
 # Hashing every image takes a few seconds: only on request, then cached for everyone.
 if st.button("Run the duplicate audit", disabled=st.session_state.get("audit_requested", False)):
     st.session_state["audit_requested"] = True
@@ -98,7 +100,8 @@ if st.session_state.get("audit_requested"):
                                                ("splits (leak)", pair["cross_split"]),
                                                ("sources", pair["cross_source"])) if flag]
             with st.container(border=True):
-                st.markdown(f"**{pair['kind']} duplicate**, hash distance {pair['distance']}, "
+                st.markdown(f"**{pair['kind']} duplicate**, hash distances {pair['distance']} / 64 and "
+                            f"{pair['fine_distance']} / 256, "
                             f"crosses {' and '.join(crosses)}")
                 a, b = st.columns(2)
                 for column, side in ((a, "a"), (b, "b")):

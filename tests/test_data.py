@@ -302,13 +302,18 @@ def test_load_images_resizes_and_reports_progress(official_index):
 def test_audit_finds_the_known_cross_class_pairs(official_index):
     pairs = data.audit_duplicates(official_index)
     assert list(pairs.columns) == ["relpath_a", "relpath_b", "label_a", "label_b", "split_a",
-                                   "split_b", "kind", "distance", "cross_class", "cross_split", "cross_source"]
+                                   "split_b", "kind", "distance", "fine_distance", "cross_class", "cross_split",
+                                   "cross_source"]
     cross_class = pairs[pairs["cross_class"]]
     assert KNOWN_CROSS_CLASS <= set(zip(cross_class["relpath_a"], cross_class["relpath_b"]))
     assert (pairs["cross_class"] | pairs["cross_split"]).all()
     assert pairs["cross_class"].is_monotonic_decreasing  # cross-class first
     assert (pairs["kind"] == "near").all()  # COVID-CT has no byte-identical files
-    assert len(pairs) <= 20  # short enough to review by eye
+    # The look-alike slices of different patients are not confirmed; the two known copies
+    # and two figures printed twice in one paper (checked by eye) are.
+    assert set(zip(pairs["relpath_a"], pairs["relpath_b"])) == KNOWN_CROSS_CLASS | {
+        ("COVID/2020.03.22.20040782-p24-1533-6.png", "COVID/2020.03.22.20040782-p25-1543.png"),
+        ("COVID/2020.03.22.20040782-p24-1533-7.png", "COVID/2020.03.22.20040782-p25-1546.png")}
 
 
 def test_audit_reports_only_pairs_that_cross(tmp_path):
