@@ -197,7 +197,8 @@ def cmd_evaluate(args) -> int:
 def cmd_deploy(args) -> int:
     from core import deploy
 
-    record = deploy.deploy(args.run, force=args.force, report=_report)
+    # A run folder's path works as in evaluate; deploy keeps runs by id, under the artifacts folder.
+    record = deploy.deploy(_run_dir(args.run).name, force=args.force, report=_report)
     forced = f" despite: {'; '.join(record['confirmed_despite'])}" if record["confirmed_despite"] else ""
     print(f"deployed {record['run']}: Predict and python -m core predict now use it{forced}")
     return 0

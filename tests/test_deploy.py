@@ -81,7 +81,7 @@ def test_smoke_run_is_refused_then_forced_and_the_cli_uses_it(artifacts_copy, da
     assert "trained on a subset" in reason and "--force" in reason
     assert not deploy.deployed_file().exists()
 
-    assert main(["deploy", run_id, "--force"]) == 0
+    assert main(["deploy", str(artifacts_copy), "--force"]) == 0  # a run folder's path, as evaluate takes
     assert deploy.deployed_record()["run"] == run_id
     assert any("subset" in r for r in deploy.deployed_record()["confirmed_despite"])
     summary = runs.read_json(artifacts_copy / ood.SUMMARY_FILE)
