@@ -161,12 +161,13 @@ def per_patient(frame: pd.DataFrame, method: str) -> pd.DataFrame:
                          "slices": grouped.size()}).reset_index()
 
 
-def compare_aggregations(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def compare_aggregations(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                         splits=("val", "test")) -> pd.DataFrame:
     """Patient-level ROC-AUC with its bootstrap 95% CI (patients resampled) of
-    each aggregation, per split present (val, test): columns split, method,
-    patients, multi_slice, roc_auc, ci_low, ci_high."""
+    each aggregation, per split present: columns split, method, patients,
+    multi_slice, roc_auc, ci_low, ci_high."""
     rows = []
-    for split in ("val", "test"):
+    for split in splits:
         part = frame[frame["split"] == split]
         if part.empty:
             continue
