@@ -91,7 +91,8 @@ def probability_curve(result: ScanResult, shown: int) -> go.Figure:
     unscored = sorted(set(range(len(result.scan.slices))) - set(result.scored))
     if unscored:
         figure.add_scatter(x=x[unscored], y=np.zeros(len(unscored)), mode="markers",
-                           name=f"not scored (lung under {scan_level.MIN_LUNG_AREA:.0%} of the slice)",
+                           name=f"not scored (lung under {scan_level.MIN_LUNG_AREA:.0%} of the slice, or "
+                                f"within {scan_level.MIN_SPACING_MM:g} mm of a scored slice)",
                            marker=dict(color=UNSCORED_COLOR, symbol="x", size=7),
                            customdata=[[i + 1, result.lung_fraction[i]] for i in unscored],
                            hovertemplate="slice %{customdata[0]}: not scored<br>lung %{customdata[1]:.0%}"

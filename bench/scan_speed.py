@@ -111,9 +111,12 @@ def main() -> None:
     parser.add_argument("run", help="a completed run folder (copied, never written to)")
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--artifacts", help="deploy the copy into this new folder and keep it (for "
+                                            "COVIDCT_ARTIFACTS=... python bench/app_speed.py --series N)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        copy = deployed_copy(Path(args.run).resolve(), Path(scratch) / "artifacts")
+        artifacts = Path(args.artifacts).resolve() if args.artifacts else Path(scratch) / "artifacts"
+        copy = deployed_copy(Path(args.run).resolve(), artifacts)
         time_core(copy, series(args.slices, seed=0))
         time_app(args.slices, args.repeats)
 

@@ -256,9 +256,17 @@ def test_only_slices_that_show_lung_are_scored(grey_slices):
     fractions = [scan_level.lung_fraction(np.repeat(g[:, :, None], 3, axis=2)) for g in grey_slices]
     fractions.append(scan_level.lung_fraction(np.zeros((SIDE, SIDE, 3), np.uint8)))  # below the lungs: no air
     assert min(fractions[:5]) >= scan_level.MIN_LUNG_AREA and fractions[5] == 0
-    assert scan_level.slices_to_score(fractions) == ([0, 1, 2, 3, 4], None)
-    chosen, note = scan_level.slices_to_score([0.0, 0.01])
-    assert chosen == [0, 1] and "every slice was scored" in note
+    assert scan_level.slices_to_score(fractions) == ([0, 1, 2, 3, 4], [])
+    chosen, notes = scan_level.slices_to_score([0.0, 0.01])
+    assert chosen == [0, 1] and "every slice was scored" in notes[0]
+
+
+def test_a_thin_slice_scan_is_scored_one_slice_per_spacing():
+    positions = [0, 1.25, 2.5, 3.75, 5.0, 6.25, 7.5, 8.75, 10.0, 11.25]
+    fractions = [0.0] + [0.2] * 9  # the first slice is below the lungs
+    chosen, notes = scan_level.slices_to_score(fractions, positions)
+    assert chosen == [1, 5, 9] and notes == ["6 lung slices within 5 mm of a scored one were not scored"]
+    assert scan_level.slices_to_score(fractions, [5.0 * k for k in range(10)])[0] == list(range(1, 10))
 
 
 def patients_frame(seed=0) -> pd.DataFrame:
@@ -340,10 +348,10 @@ def test_scan_probability_aggregates_the_lung_slices_scored_in_batches(grey_slic
 def test_predict_scan_prints_one_line_per_scan_and_writes_csv(grey_slices, trained_run, tmp_path, capsys):
     folder = tmp_path / "series"
     folder.mkdir()
-    for name, content in series(grey_slices[:3]):
+    for name, content in series(grey_slices[:3], spacing=5.0):
         (folder / name).write_bytes(content)
     volume = tmp_path / "ct.nii.gz"
-    volume.write_bytes(gzip.compress(nib.Nifti1Image(axial_volume(grey_slices), np.eye(4)).to_bytes()))
+    volume.write_bytes(gzip.compress(nib.Nifti1Image(axial_volume(grey_slices), np.diag([1, 1, 5.0, 1])).to_bytes()))
     (tmp_path / "notes.zip").write_bytes(b"PK\x03\x04 not really")
     out = tmp_path / "scans.csv"
     code = cli.main(["predict-scan", str(folder), str(volume), str(tmp_path / "notes.zip"),

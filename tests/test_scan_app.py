@@ -33,7 +33,7 @@ def scan_metrics(at) -> list[str]:
 
 def test_a_dicom_series_gets_one_decision_a_curve_and_a_scroller(deployed, slices):  # noqa: F811
     blank = np.zeros((SIDE, SIDE), np.uint8)  # below the lungs: read, not scored
-    files = series(slices + [blank])
+    files = series(slices + [blank], spacing=5.0)
     at = open_page(ui.PREDICT)
     at.file_uploader(key="uploads").set_value([(name, content, "application/dicom") for name, content in files])
     at.run()
