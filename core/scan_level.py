@@ -32,8 +32,8 @@ from core.scan import Scan
 # lung than 3% is an apex or base cut unlike anything the model was trained on, or no lung at all.
 MIN_LUNG_AREA = 0.03
 LUNG_MASK_SIDE = 256  # px: masks computed on slices scaled to this, 4x faster at 512 px and the same fractions
-# Neighbouring slices closer than this show the same opacities (COVID-19's ground-glass patches are mostly
-# over 1 cm across): scoring every slice of a thin-slice scan multiplies the time, not the evidence.
+# Slices closer than this are taken to show the same opacities (assumed to span more than 5 mm along the
+# body): scoring every slice of a thin-slice scan doubles or quadruples the time (docs/scan-level.md).
 MIN_SPACING_MM = 5.0
 TOP_K = 3  # COVID-19 lesions show on some slices: the mean of the 3 most suspicious is less swayed by one odd slice
 AGGREGATIONS = {"mean": "mean of the slices", "top3": f"mean of the {TOP_K} most suspicious slices",
