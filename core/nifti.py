@@ -70,7 +70,7 @@ def _nifti_image(content: bytes, name: str, max_slices: int, max_voxels: int):
             shape = shape[:3]
         if len(shape) != 3 or min(shape) < 1:
             raise ImageReadError(f"{name}: NIfTI volume of shape {shape}: a scan is one 3-D volume")
-        _check_size(shape, shape[_orientation(header.get_best_affine(), name)[1]], name, max_slices, max_voxels)
+        _check_size(shape, _orientation(header.get_best_affine(), name)[1], name, max_slices, max_voxels)
         needed = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
         content = head + stream.read(needed - len(head))  # never more than the header says: no gzip bomb
         if len(content) < needed:
@@ -92,7 +92,11 @@ def _nifti_kind(head: bytes):
     return None
 
 
-def _check_size(shape: tuple[int, int, int], slices: int, name: str, max_slices: int, max_voxels: int) -> None:
+def _check_size(shape: tuple[int, int, int], slice_axis: int, name: str, max_slices: int, max_voxels: int) -> None:
+    slices, side = shape[slice_axis], min(n for axis, n in enumerate(shape) if axis != slice_axis)
+    if side < data.MIN_IMAGE_SIDE:
+        raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))}: its axial slices are under "
+                             f"{data.MIN_IMAGE_SIDE} px a side, too small for a CT slice")
     if slices > max_slices:
         raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))} has {slices} axial slices, "
                              f"more than the {max_slices} a scan may have")

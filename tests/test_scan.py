@@ -206,8 +206,8 @@ def test_coronal_volume_with_flipped_axes_is_reoriented_to_axial(grey_slices):
 
 
 def test_thick_rows_are_made_square():
-    volume = nib.Nifti1Image(np.full((20, 10, 3), -1000, np.int16), np.diag([1.0, 3.0, 1.0, 1]))
-    assert scan.read_nifti(volume.to_bytes(), "v.nii").slices[0].shape == (30, 20)
+    volume = nib.Nifti1Image(np.full((40, 20, 3), -1000, np.int16), np.diag([1.0, 3.0, 1.0, 1]))
+    assert scan.read_nifti(volume.to_bytes(), "v.nii").slices[0].shape == (60, 40)
 
 
 def test_nifti_limits_come_from_the_header_alone(monkeypatch):
@@ -228,6 +228,8 @@ def test_bad_nifti_files_are_named():
     whole = nib.Nifti1Image(np.zeros((40, 40, 4), np.int16), np.eye(4)).to_bytes()
     with pytest.raises(ImageReadError, match=r"cut\.nii: NIfTI file truncated"):
         scan.read_nifti(whole[:-100], "cut.nii")
+    with pytest.raises(ImageReadError, match=r"thin\.nii: NIfTI volume 8 x 40 x 40: its axial slices are under 16"):
+        scan.read_nifti(nib.Nifti1Image(np.zeros((8, 40, 40), np.int16), np.eye(4)).to_bytes(), "thin.nii")
     with pytest.raises(ImageReadError, match=r"x\.nii: not a NIfTI volume"):
         scan.read_nifti(b"hello" * 200, "x.nii")
 
