@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,6 +24,12 @@ from core.scan_level import ScanResult
 
 SCAN_TYPES = ["zip", "nii", "gz"]  # a .nii.gz ends in .gz: Streamlit checks the end of the name
 SCORED_COLOR, UNSCORED_COLOR, REFUSED_COLOR = "#e45756", "#888888", "#f2a93b"
+
+
+def _plain(text: str) -> str:
+    """Text that names uploaded files (zip members included, which the uploader chose), with
+    Markdown's special characters escaped, so a crafted name cannot inject links or images."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~-])", r"\\\1", "".join(ch for ch in text if ch.isprintable()))
 
 
 def files_key(files: list[tuple[str, bytes]]) -> str:
@@ -114,7 +121,7 @@ def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: flo
             with st.spinner(f"Reading and scoring {shown_name}…"):
                 result = score_upload(run, name, files)
         except ValueError as error:  # ImageReadError: its message names the file
-            st.error(f"Cannot use this scan: {error}")
+            st.error(f"Cannot use this scan: {_plain(str(error))}")
             return
         st.markdown(f"#### {shown_name}")
         _decision(result)
@@ -147,9 +154,9 @@ def _decision(result: ScanResult) -> None:
         right.caption(f"Scan probability: {scan_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
                       "A research figure, not a diagnosis.")
     if chosen.get("caveat"):
-        st.warning(chosen["caveat"].capitalize() + ".", icon=":material/warning:")
+        st.warning(_plain(chosen["caveat"].capitalize()) + ".", icon=":material/warning:")
     if result.notes:
-        st.info("\n".join(f"- {note}" for note in result.notes), icon=":material/info:")
+        st.info("\n".join(f"- {_plain(note)}" for note in result.notes), icon=":material/info:")
 
 
 def _slice(run: dict, result: ScanResult, key: str, index: int, opacity: float) -> None:

@@ -107,3 +107,13 @@ def test_evaluate_shows_test_patients_beside_test_slices(run_id, trained_run):  
     assert table.loc["ROC-AUC", "per patient"] == pytest.approx(expected["roc_auc"])
     assert table.loc["Sensitivity (recall)", "per patient"] == pytest.approx(expected["recall"])
     assert f"Per patient: the {expected['n']} test patients" in texts(at.caption)
+
+
+def test_a_crafted_member_name_cannot_inject_markdown(deployed):  # noqa: F811
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("![x](http://example.org/p.png).dcm", b"not a slice")
+    at = open_page(ui.PREDICT)
+    at.file_uploader(key="uploads").set_value([("study.zip", buffer.getvalue(), "application/zip")]).run()
+    assert_no_exception(at)
+    assert len(at.error) == 1 and r"study.zip/\!\[x\]\(http://example.org/p.png\).dcm" in at.error[0].value
