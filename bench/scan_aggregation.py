@@ -49,8 +49,12 @@ def main() -> None:
         settings = scan_level.choose_settings(frame)
     table = pd.DataFrame(settings["comparison"])
     if args.external:
-        table = pd.concat([table, scan_level.compare_aggregations(external_frame(Path(args.run), args.external),
-                                                                   splits=("external",))])
+        outside = external_frame(Path(args.run), args.external)
+        table = pd.concat([table, scan_level.compare_aggregations(outside, splits=("external",))])
+        patients = scan_level.per_patient(outside, settings["aggregation"])
+        right = int(((patients["prob"] >= settings["threshold"]) == patients["y_true"].astype(bool)).sum())
+        print(f"external patients decided right at the scan threshold: {right} of {len(patients)} "
+              f"({', '.join(f'{p.patient_id} {p.prob:.2f}' for p in patients.itertuples())})")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     test = settings["test_patients"]
     print(f"chosen on validation: {settings['aggregation']}, scan threshold {settings['threshold']:.3f} "
