@@ -10,6 +10,11 @@ Starts `streamlit run streamlit_app.py` on a free port and prints:
 - the same upload without a browser (streamlit.testing AppTest): the
   server's whole Predict run, prediction + Grad-CAM + Grad-CAM++ included.
 Uses the runs under $COVIDCT_ARTIFACTS (default ./artifacts).
+
+    python bench/app_speed.py --series 100 [--scans 2]
+
+times instead the upload of a synthetic 100-slice DICOM series (bench/scan_speed.py
+builds it) -> the scan's probability and its most suspicious slice's Grad-CAM drawn.
 """
 import argparse
 import os
@@ -17,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 from core import paths  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -55,6 +62,38 @@ def time_upload(page, scan: Path) -> float:
     return gradcam
 
 
+def time_series_upload(page, folder: Path) -> float:
+    """Seconds from choosing a series' files to the scan's result and its slice's Grad-CAM drawn."""
+    page.goto(page.url)
+    expect(page.get_by_text("Upload one or more CT slices")).to_be_visible(timeout=60_000)
+    files = sorted(str(path) for path in folder.iterdir())
+    started = time.perf_counter()
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(files)
+    # Every file read (not a run on part of the upload), then its result and Grad-CAM drawn.
+    expect(page.get_by_text(f"DICOM series: {len(files)} slices read")).to_be_visible(timeout=300_000)
+    expect(page.get_by_test_id("stMetric").filter(has_text="Scan probability of")).to_be_visible(timeout=300_000)
+    result = time.perf_counter() - started
+    expect(page.get_by_text("Grad-CAM: evidence for")).to_be_visible(timeout=300_000)
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stImage] img')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0).length >= 2", timeout=300_000)
+    elapsed = time.perf_counter() - started
+    print(f"  {folder.name}: scan result {result:.2f} s, with Grad-CAM {elapsed:.2f} s", flush=True)
+    return elapsed
+
+
+def series_folders(slices: int, count: int, root: Path) -> list[Path]:
+    from scan_speed import series
+
+    folders = []
+    for seed in range(count):
+        folder = root / f"series{seed}"
+        folder.mkdir()
+        for name, content in series(slices, seed=seed):
+            (folder / name).write_bytes(content)
+        folders.append(folder)
+    return folders
+
+
 def time_server_side(scans: list[Path]) -> list[float]:
     """Seconds of the Predict page's script run for one upload, warm model."""
     from streamlit.testing.v1 import AppTest
@@ -74,7 +113,10 @@ def time_server_side(scans: list[Path]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=5)
+    parser.add_argument("--series", type=int, default=0, help="time series of this many slices instead")
     args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    folders = series_folders(args.series, args.scans + 1, Path(scratch.name)) if args.series else []
 
     port = free_port()
     started = time.perf_counter()
@@ -95,6 +137,12 @@ def main() -> None:
             print(f"app start -> Home rendered: {time.perf_counter() - started:.1f} s")
 
             page.goto(f"http://localhost:{port}/Predict")
+            if folders:
+                first, *warm = [time_series_upload(page, folder) for folder in folders]
+                print(f"first series upload (loads TensorFlow and the model): {first:.1f} s")
+                print(f"{args.series}-slice series upload -> scan result + Grad-CAM drawn, warm model: median "
+                      f"{statistics.median(warm):.2f} s (min {min(warm):.2f}, max {max(warm):.2f}, {len(warm)} series)")
+                return
             scans = sorted((paths.data_dir() / "COVID").glob("*.png"))[:args.scans + 1]
             first = time_upload(page, scans[0])
             warm = [time_upload(page, scan) for scan in scans[1:]]

@@ -1,5 +1,5 @@
-"""Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | explain | audit
-| runs.
+"""Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | predict-scan
+| explain | audit | runs.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -328,7 +328,7 @@ def cmd_runs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import paths
+    from core import paths, scan_cli
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -420,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="scans per model call (default 32)")
     predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
     predict.set_defaults(func=cmd_predict)
+
+    scan_cli.add_parser(commands)  # predict-scan: its own module, as this one is long enough
 
     explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one scan")
     explain.add_argument("image")

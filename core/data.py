@@ -57,13 +57,14 @@ DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # the worst case, 8-byte empty elements); decoding is capped by MAX_IMAGE_PIXELS.
 MAX_FILE_BYTES = 256 * 2**20
 MAX_DICOM_HEADER_BYTES = 2 * 2**20
+LUNG_WINDOW = (1500, -600)  # (width, level) in HU: air black, lung grey, soft tissue and bone white
 
 
 # ---------------------------------------------------------------------------
 # Reading images
 # ---------------------------------------------------------------------------
 
-def load_image(source, name: str | None = None, window=(1500, -600)) -> np.ndarray:
+def load_image(source, name: str | None = None, window=LUNG_WINDOW) -> np.ndarray:
     """Decode an image by its content into uint8 RGB (H x W x 3).
 
     `source` is a path, raw bytes, or a file-like object with .read() (a
@@ -79,12 +80,29 @@ def load_image(source, name: str | None = None, window=(1500, -600)) -> np.ndarr
     be a guess); DICOM without pixel data or in a transfer syntax no
     installed decoder reads.
     """
+    opened, name = open_image(source, name)
+    return decode_image(opened, name, window)
+
+
+def open_image(source, name: str | None = None):
+    """(opened, name): the file identified and its header checked as
+    load_image does, pixels not decoded yet (a pydicom Dataset or a Pillow
+    image), so that a whole scan's limits can be checked before any decoding."""
     data, name = _read_bytes(source, name)
-    opened = _open(data, name)
+    return _open(data, name), name
+
+
+def decode_image(opened, name: str, window=LUNG_WINDOW) -> np.ndarray:
+    """The pixels of what open_image returned, as load_image gives them."""
     if isinstance(opened, pydicom.Dataset):
         return _decode_dicom(opened, name, window)
     with _pillow_errors(name), opened as image:
         return _decode_with_pillow(image)
+
+
+def lung_window(hounsfield: np.ndarray, window=LUNG_WINDOW) -> np.ndarray:
+    """Hounsfield units -> uint8 grey through `window` (width, level), as DICOM CT slices are shown."""
+    return _apply_window(np.asarray(hounsfield, dtype=np.float64), window)
 
 
 def check_image(source, name: str | None = None) -> None:

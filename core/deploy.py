@@ -4,8 +4,9 @@
 artifacts/deployed.json names it (written atomically). A run that was trained
 on a subset, did not complete, or is below the quality floor (FLOOR) can only
 be deployed with a confirmation, and the refusal says why. Deploying also
-builds the run's out-of-distribution reference (core.ood) and its calibration
-(core.calibration), so that the deployed model never answers unguarded.
+builds the run's out-of-distribution reference (core.ood), its calibration
+(core.calibration) and its scan-level aggregation and threshold (core.scan_level),
+so that the deployed model never answers unguarded.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     """Make `run_id` the deployed model; raises DeployRefused (naming why) for
     a run with problems unless `force`. Builds its calibration and
     out-of-distribution reference first. Returns the record written."""
-    from core import calibration, ood
+    from core import calibration, ood, scan_level
     from core.predict import Predictor
 
     run_dir = runs.run_path(run_id)
@@ -80,6 +81,8 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     if not (run_dir / "model.keras").exists():
         raise ValueError(f"run {run_id} has no model.keras: nothing to deploy")
     calibration.for_run(run_dir)
+    report("choosing the scan-level aggregation and threshold on the validation patients…")
+    scan_level.settings_for_run(run_dir)
     report("building the out-of-distribution reference (features of the training scans)…")
     ood.build_reference(Predictor.from_run(run_dir), report)
     record = {"run": run_id, "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

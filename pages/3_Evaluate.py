@@ -5,8 +5,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+import scan_ui
 import ui
-from core import calibration, deploy, evaluate, external, runs
+from core import calibration, deploy, evaluate, external, runs, scan_level
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -30,13 +31,24 @@ NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sens
 table = evaluate.metrics_table(metrics).rename(index=NAMES)
 table.insert(1, "95% CI", [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
                            zip(table["ci_low"], table["ci_high"])])
+scan_settings = scan_ui.settings(run)
+per_patient = scan_settings.get("test_patients")
+if per_patient:  # patients known from the dataset's metadata: the same metrics per patient
+    patients = evaluate.metrics_table({"test": {"at_threshold": per_patient}}).rename(index=NAMES)
+    table["per patient"] = patients["value"]
+    table["per patient 95% CI"] = [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
+                                   zip(patients["ci_low"], patients["ci_high"])]
 left, right = st.columns([2, 3])
 with left:
     st.subheader("Test metrics")
-    st.dataframe(table, column_config={"value": st.column_config.NumberColumn(format="%.3f"),
-                                       "ci_low": None, "ci_high": None})
-    st.caption("At the validation-chosen threshold. "
-               "CIs: percentile bootstrap over the test images.")
+    st.dataframe(table, column_config={"value": st.column_config.NumberColumn("per slice", format="%.3f"),
+                                       "95% CI": "per slice 95% CI", "ci_low": None, "ci_high": None,
+                                       "per patient": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("Per slice: at the validation-chosen threshold; CIs: percentile bootstrap over the test images."
+               + (f" Per patient: the {per_patient['n']} test patients, each scored by the "
+                  f"{scan_level.AGGREGATIONS[scan_settings['aggregation']]}, decided at the scan threshold "
+                  f"{scan_settings['threshold']:.3f} chosen on the {scan_settings['val_patients']} validation "
+                  "patients (as Predict decides a whole scan); CIs resample patients." if per_patient else ""))
 
 # --- Threshold: everything below follows the slider ------------------------------
 with right:

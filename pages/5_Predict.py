@@ -4,14 +4,16 @@ its threshold (borderline when too close to call), and Grad-CAM and
 Grad-CAM++ maps of the evidence for that decision to download. A scan unlike
 the training scans (core.ood) gets no prediction unless the user asks. A file
 that cannot be read gets an error naming it; the other uploads are still
-processed."""
+processed. A whole scan (several DICOM files of a series, a zip, a NIfTI
+volume, or slices ticked as one scan) gets one decision (scan_ui)."""
 from functools import partial
 from pathlib import Path
 
 import streamlit as st
 
+import scan_ui
 import ui
-from core import deploy, external, runs
+from core import deploy, external, runs, scan
 from core.calibration import percent
 from core.ood import REFUSAL
 
@@ -62,18 +64,28 @@ with st.container(border=True):
     if record.get("confirmed_despite"):
         st.warning("Deployed despite: " + "; ".join(record["confirmed_despite"]) + ".", icon=":material/warning:")
 
-uploads = st.file_uploader("CT slices: PNG, JPEG or DICOM (one or several)", type=ui.UPLOAD_TYPES,
-                           accept_multiple_files=True, key="uploads")
+uploads = st.file_uploader("CT slices (PNG, JPEG or DICOM, one or several), or a whole scan: the DICOM files of "
+                           "a series, a .zip of them, or a NIfTI volume (.nii, .nii.gz)",
+                           type=ui.UPLOAD_TYPES + scan_ui.SCAN_TYPES, accept_multiple_files=True, key="uploads")
+one_scan = st.checkbox("These slices are one scan (one patient)", key="one_scan",
+                       help="Ticked: PNG or JPEG slices uploaded together get one decision, as a series does.")
+st.caption("Several DICOM files are read as one series, and a .zip or NIfTI file as one scan: one decision "
+           "for the patient, from the slices that show lung. PNG and JPEG slices are predicted one by one "
+           "unless ticked above.")
 opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity", persist_state="session")
 if not uploads:
-    st.info("Upload one or more CT slices to get a prediction.")
+    st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
     st.stop()
 
-for i, upload in enumerate(uploads):
-    name = ui.upload_name(upload.name)
+scans, singles = scan.group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+for scan_name, files in scans:
+    scan_ui.show_scan(run, scan_name, files, opacity)
+
+for i, (file_name, content) in enumerate(singles):
+    name = ui.upload_name(file_name)
     with st.container(border=True):
         try:
-            prediction = ui.predict_upload(run, name, upload.getvalue())
+            prediction = ui.predict_upload(run, name, content)
         except ValueError as error:  # ImageReadError: its message starts with the file name
             st.error(f"Cannot use this file: {error}")
             continue
@@ -95,12 +107,12 @@ for i, upload in enumerate(uploads):
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in ((gradcam, "gradcam"), (gradcam_pp, "gradcam++")):
             with column, st.spinner(f"{ui.CAM_METHODS[method]}…"):
-                image = ui.gradcam_overlay(run, upload.getvalue(), name, method, opacity,
+                image = ui.gradcam_overlay(run, content, name, method, opacity,
                                            class_index=prediction.class_index)
                 st.image(image, caption=ui.CAM_METHODS[method], width="stretch")
                 # The PNG is encoded on click (0.1 s for a large scan), not on every run.
                 st.download_button(f"Download {ui.CAM_METHODS[method]} PNG", partial(ui.png_bytes, image),
-                                   file_name=f"{Path(upload.name.replace(chr(92), '/')).stem}-{method}.png",
+                                   file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
                                    mime="image/png", key=f"download_{i}_{method}",
                                    on_click="ignore")
         ui.heatmap_colour_bar(prediction.label)
