@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     from core.train import TrainConfig, train
 
     if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
-        config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}))
+        config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}), starting=True)
         train(config, run_dir=Path(args.run_dir), report=_report)
     else:
         train(config_from_args(args), name=args.name, report=_report)
@@ -95,8 +95,7 @@ def cmd_cv(args) -> int:
             args.cv_folds = 5
         config = config_from_args(args)
         run_dirs = cross_validate(config, name=args.name, report=_report)
-    summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs],
-                                                n_boot=config.n_boot, seed=config.seed)
+    summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs], seed=config.seed)
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
@@ -394,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "validation-chosen threshold, per slice and per patient, and store the result in the run "
                     "under external/NAME.")
     evaluate.add_argument("--run", default="latest", help="run id or folder (default: newest completed)")
-    evaluate.add_argument("--n-boot", type=int, default=1000)
+    evaluate.add_argument("--n-boot", type=int, help="bootstrap resamples (default 1000)")
     evaluate.add_argument("--data", help="external validation: a labelled dataset folder the run never saw")
     evaluate.add_argument("--name", help="name of the external result (default: the folder's name)")
     evaluate.add_argument("--class-map",

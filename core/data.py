@@ -838,48 +838,35 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
 # Training pipeline
 # ---------------------------------------------------------------------------
 
-FILL_MODES = ("reflect", "constant", "nearest")
-
-
 def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: float = 0.1,
-                        flip: bool = True, seed: int | None = None, fill_mode: str = "reflect",
-                        blur: float = 0.0) -> keras.Sequential:
-    """Random rotation (+/- `rotation` degrees), zoom, contrast, horizontal
-    flip and Gaussian blur, for float32 images in 0..255; a switch at 0/False
-    leaves its layer out. `fill_mode` fills what rotation and zooming out
-    uncover: "constant" with black (air, as around a whole CT slice), "reflect"
-    mirrors the image's edge. `blur` > 0 blurs half the images with a sigma of
-    up to `blur` pixels: COVID-CT's scans come at very different resolutions
-    (in its training split the COVID ones have half the pixels of the others),
-    and blurring sharp scans as well keeps sharpness from telling the classes apart."""
+                        flip: bool = True, seed: int | None = None) -> keras.Sequential:
+    """Random rotation (+/- `rotation` degrees), zoom, contrast and horizontal
+    flip, for float32 images in 0..255; a switch at 0/False leaves its layer
+    out. What rotation and zooming out uncover is filled by mirroring the
+    image's edge (black fill was tried: docs/experiments.md)."""
     def layer_seed(offset):
         # Distinct seeds, so the layers do not draw the same random numbers.
         return None if seed is None else seed + offset
 
     layers = []
     if rotation:
-        layers.append(keras.layers.RandomRotation(rotation / 360, fill_mode=fill_mode, seed=layer_seed(0)))
+        layers.append(keras.layers.RandomRotation(rotation / 360, fill_mode="reflect", seed=layer_seed(0)))
     if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, fill_mode=fill_mode, seed=layer_seed(1)))
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=layer_seed(1)))
     if contrast:
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=layer_seed(2)))
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed(3)))
-    if blur:
-        # One sigma per batch and axis (Keras' choice); a kernel of 2 * 3 sigma + 1 holds the Gaussian.
-        layers.append(keras.layers.RandomGaussianBlur(factor=(0.5, 0.5), kernel_size=2 * int(np.ceil(3 * blur)) + 1,
-                                                      sigma=(0.0, blur), value_range=(0, 255), seed=layer_seed(4)))
     if not layers:
         layers.append(keras.layers.Identity())  # an empty Sequential cannot be called
     return keras.Sequential(layers, name="augmentation")
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool = False,
-                 augment: keras.Sequential | None = None, seed: int = 0, mixup: float = 0.0) -> tf.data.Dataset:
+                 augment: keras.Sequential | None = None, seed: int = 0) -> tf.data.Dataset:
     """(float32 images 0..255 (B, S, S, 3), one-hot float32 labels (B, 2)) batches.
 
-    Training: shuffled (seeded, reshuffled each epoch), augmented per batch,
-    and with `mixup` > 0 mixed pairwise (mix_pairs).
+    Training: shuffled (seeded, reshuffled each epoch) and augmented per batch.
     Not training: batches in the given order, never augmented.
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -899,32 +886,4 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, traini
     if training and augment is not None:
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    if training and mixup:
-        # Sequential: the map shares one NumPy generator.
-        dataset = dataset.map(_mixup_for_batches(mixup, seed))
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def mix_pairs(batch: tuple, rng: np.random.Generator, alpha: float) -> tuple:
-    """Mixup (Zhang et al. 2018): each example becomes lam * itself +
-    (1 - lam) * a random partner from the batch, lam ~ Beta(alpha, alpha),
-    with labels (and sample weights) mixed alike. Softer targets than one
-    image's own keep the model from memorising the few hundred scans."""
-    partner = rng.permutation(len(batch[0]))
-    lam = rng.beta(alpha, alpha, size=len(batch[0])).astype("float32")
-    mixed = []
-    for part in batch:
-        shape = (-1,) + (1,) * (part.ndim - 1)
-        mixed.append(lam.reshape(shape) * part + (1 - lam.reshape(shape)) * part[partner])
-    return tuple(mixed)
-
-
-def _mixup_for_batches(alpha: float, seed: int):
-    """mix_pairs as a tf.data map over (images, one-hot labels) batches."""
-    rng = np.random.default_rng(seed)
-
-    def mix(x, y):
-        mixed_x, mixed_y = tf.numpy_function(lambda a, b: mix_pairs((a, b), rng, alpha), [x, y],
-                                             [tf.float32, tf.float32])
-        return tf.ensure_shape(mixed_x, x.shape), tf.ensure_shape(mixed_y, y.shape)
-    return mix

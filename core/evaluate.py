@@ -21,6 +21,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+# Bootstrap resamples behind every confidence interval; read at each call, so
+# that tests can make it small.
+N_BOOT = 1000
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
 
@@ -118,15 +121,15 @@ def _weighted_metrics(y_true, prob, threshold, weights) -> dict:
     }
 
 
-def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000,
+def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int | None = None,
                  seed: int = 0, level: float = 0.95, groups=None) -> dict:
     """Percentile bootstrap confidence intervals over cases: {metric: [low, high]}.
 
     With `groups` (a patient id per case) whole patients are resampled: the
     slices of one patient are not independent, and resampling them one by
-    one would give intervals that are too narrow.
-    Resamples with a single class are skipped for the AUCs; [None, None] when
-    no resample could be used.
+    one would give intervals that are too narrow. `n_boot` resamples (N_BOOT
+    when None); those with a single class are skipped for the AUCs; [None,
+    None] when no resample could be used.
     """
     y_true, prob = _as_arrays(y_true, prob)
     rng = np.random.default_rng(seed)
@@ -135,7 +138,7 @@ def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000,
     codes, uniques = pd.factorize(np.asarray(groups))
     # How often each group appears in a resample drawn with replacement;
     # each case counts as often as its group.
-    drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=n_boot)
+    drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=n_boot or N_BOOT)
     weights = drawn[:, codes]
     resampled = _weighted_metrics(y_true, prob, threshold, weights)
 
@@ -210,7 +213,7 @@ def confusion_frame(y_true, prob, threshold, labels=("NonCOVID", "COVID")) -> pd
     )
 
 
-def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, seed: int = 0,
                          threshold_method: str = "youden") -> dict:
     """Metrics of one model's predictions, JSON-serialisable.
 
@@ -275,7 +278,7 @@ def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> dict:
+def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int | None = None, seed: int = 0) -> dict:
     """Score a recipe from its k cross-validation runs (core.train.cross_validate):
     each run's validation ROC-AUC, their mean and standard deviation, and the
     ROC-AUC of all out-of-fold predictions pooled, with a bootstrap 95% CI.
@@ -316,7 +319,7 @@ def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
                          "slices": grouped.size()}).reset_index()
 
 
-def metrics_at(y_true, prob, threshold: float, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
+def metrics_at(y_true, prob, threshold: float, n_boot: int | None = None, seed: int = 0, groups=None) -> dict:
     """binary_metrics at `threshold` with their bootstrap CIs ("ci"), resampled by `groups` when given."""
     return {**binary_metrics(y_true, prob, threshold),
             "ci": bootstrap_ci(y_true, prob, threshold, n_boot=n_boot, seed=seed, groups=groups)}

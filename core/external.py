@@ -97,7 +97,7 @@ def results_dir(run_dir, name: str) -> Path:
 
 
 def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | None = None,
-                report=print, n_boot: int = 1000) -> Path:
+                report=print, n_boot: int | None = None) -> Path:
     """Score the run's model on every image of `data_dir`, in batches, and store
     predictions and metrics under external/<name> (default: the folder's
     name); returns that folder. Progress goes to its status.json and to
@@ -151,7 +151,8 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
     return probabilities
 
 
-def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
+def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | None = None,
+                     seed: int = 0) -> dict:
     """Slice-level metrics at `threshold` with CIs resampled by patient, and,
     where some patient has several slices, the same per patient (mean
     probability). JSON-serialisable:

@@ -72,8 +72,6 @@ class Predictor:
     positive_class: str
     negative_class: str
     flip_tta: bool = False
-    rotate_zoom_tta: bool = False  # runs trained before this option had none
-    fill_mode: str = "reflect"
     lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
@@ -94,8 +92,7 @@ class Predictor:
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=runs.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
-                   rotate_zoom_tta=bool(config.get("rotate_zoom_tta", False)),
-                   fill_mode=config.get("fill_mode", "reflect"), lung_crop=bool(config.get("lung_crop", False)),
+                   lung_crop=bool(config.get("lung_crop", False)),
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -112,7 +109,7 @@ class Predictor:
             if self._features_model is None:
                 self._features_model = features_model(self.model)
         return predict_proba(self._features_model, batch, self.batch_size, flip_tta=self.flip_tta,
-                             rotate_zoom_tta=self.rotate_zoom_tta, fill_mode=self.fill_mode, with_features=True)
+                             with_features=True)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Pooled backbone features of prepared (resized) scans, N x D."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from core.train import CACHED_VIEWS
+
 REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
 REFERENCE_TRAIN_IMAGES = 425
 OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
@@ -26,10 +28,9 @@ CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 
 
 PRESETS = {
     "Quick look (~2 min)": {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1,
-                            "finetune_epochs": 2, "cached_views": 1, "n_boot": 200},
+                            "finetune_epochs": 2},
     "Default (~20 min)": {},
-    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8, "cached_views": 8,
-                           "rotate_zoom_tta": True, "n_boot": 2000},
+    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8},
 }
 
 
@@ -46,12 +47,12 @@ def estimate(config, n_train: int) -> dict:
     pixels = (config.input_size / 224) ** 2
     compute = BACKBONE_COMPUTE.get(config.backbone, 1.0)
     per_epoch = (REFERENCE_MINUTES_PER_EPOCH * n_train / REFERENCE_TRAIN_IMAGES * pixels * compute
-                 * TRAIN_FROM_TIME.get(config.train_from, 1.0) * (1.0 if config.cache_frozen else 1.5))
+                 * TRAIN_FROM_TIME.get(config.train_from, 1.0))
     minutes = OVERHEAD_MINUTES + per_epoch * (config.head_epochs + config.finetune_epochs)
     cache = 0.0
-    if config.cache_frozen and config.train_from in CACHED_ACTIVATION:
+    if config.train_from in CACHED_ACTIVATION:
         side, channels = CACHED_ACTIVATION[config.train_from]
         per_scan = (config.input_size * side) ** 2 * channels * 2  # float16
-        cache = config.cached_views * n_train * per_scan / 1e9
+        cache = CACHED_VIEWS * n_train * per_scan / 1e9
     gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute + cache
     return {"minutes": minutes, "gigabytes": gigabytes, "cache_gigabytes": cache}

@@ -201,7 +201,7 @@ def cross_validation_groups(all_runs: list[dict]) -> list[list[dict]]:
 
 
 COMPARED_SETTINGS = ("backbone", "input_size", "batch_size", "train_from", "head_epochs",
-                     "finetune_epochs", "head_lr", "finetune_lr", "dropout", "label_smoothing", "seed")
+                     "finetune_epochs", "head_lr", "finetune_lr", "dropout", "seed")
 
 
 def compare_runs(runs: list[dict]) -> pd.DataFrame:

@@ -7,7 +7,6 @@ head do not wreck the pretrained features), then unfreeze the stages from
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -26,10 +25,14 @@ from core import checkpoint, data, distribute, evaluate, external, paths, runs
 from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
                         set_trainable, split_at)
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# Keras dtype policies: bfloat16 runs faster on CPUs with AVX512-BF16 or AMX,
-# float16 on GPUs (Keras adds loss scaling); variables stay float32 in both.
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Augmented views per training image in the frozen-stage activation cache.
+CACHED_VIEWS = 4
+# Settings measured and not kept (docs/experiments.md), with the value every run
+# now trains with: an old run's config.json naming them still loads.
+RETIRED = {"precision": "float32", "optimizer": "adam", "train_batchnorm": False, "cache_frozen": True,
+           "cached_views": 4, "label_smoothing": 0.0, "mixup": 0.0, "class_weights": True,
+           "fill_mode": "reflect", "blur": 0.0, "ema": 0.0, "rotate_zoom_tta": False, "n_boot": 1000,
+           "cpu_devices": 0}
 
 
 @dataclass
@@ -52,49 +55,37 @@ class TrainConfig:
     weights: str | None = field(default_factory=paths.weights_path)
     input_size: int = 224
     lung_crop: bool = False  # crop each scan to its lung fields (core.lung) before resizing
-    precision: str = "float32"
     batch_size: int = 32
     dropout: float = 0.3
-    optimizer: str = "adam"
     head_epochs: int = 5
     head_lr: float = 1e-3
     finetune_epochs: int = 20
     finetune_lr: float = 5e-5
     train_from: str = "conv3"  # validation ROC-AUC: conv2 0.870, conv3 0.896, conv4 0.894, conv5 0.827 (README)
-    train_batchnorm: bool = False
-    cache_frozen: bool = True  # train on cached activations of the frozen stages
-    cached_views: int = 4      # augmented views per training image in that cache
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) on training pairs; 0 = off
-    class_weights: bool = True
     rotation: float = 10.0
     zoom: float = 0.1
     contrast: float = 0.1
     flip: bool = True
-    fill_mode: str = "reflect"  # what rotation/zoom uncover: "reflect", "constant" (black) or "nearest"
-    blur: float = 0.0  # largest sigma (pixels) of a Gaussian blur on half the training images; 0 = off
-    # Momentum of an exponential moving average of the fine-tuned weights
-    # (Polyak averaging); validation, checkpoints and the saved model use the
-    # average. Smooths the epoch-to-epoch swings that best-epoch selection chases.
-    ema: float = 0.0  # 0 = off
     early_stopping_patience: int = 5
     lr_patience: int = 2
     flip_tta: bool = True  # average predictions with the mirrored scan
-    # ... and with the scan rotated +/- 7 degrees and zoomed in 10%: validation ROC-AUC +0.010
-    # over 3 seeds, but 2.5x the inference compute (app upload 0.98 s -> 1.28 s; README)
-    rotate_zoom_tta: bool = False
     threshold_method: str = "youden"
-    n_boot: int = 1000
     strategy: str = "default"  # or "mirrored" (local GPUs) / "multiworker" (TF_CONFIG); core.distribute
-    cpu_devices: int = 0       # split the CPU into N logical devices (mirrored without GPUs)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, starting: bool = False) -> "TrainConfig":
+        """The config of saved `values`. Retired settings are left out; one
+        set to another value than every run now trains with is refused when
+        `starting` a run (new or resumed), as that run would not train as asked."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - set(RETIRED))
         if unknown:
             raise ValueError(f"unknown config setting(s): {', '.join(unknown)}")
-        return cls(**values)
+        changed = [f"{name}={values[name]!r}" for name in RETIRED if name in values and values[name] != RETIRED[name]]
+        if starting and changed:
+            raise ValueError(f"retired setting(s) {', '.join(changed)}: see docs/experiments.md for what they "
+                             "did and the commit that still has them")
+        return cls(**{name: value for name, value in values.items() if name in known})
 
     def problems(self) -> list[str]:
         """Every impossible value, so a bad config is refused before any work."""
@@ -103,10 +94,6 @@ class TrainConfig:
             found.append(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if self.train_from not in TRAIN_FROM:
             found.append(f"train_from {self.train_from!r} is not one of {', '.join(TRAIN_FROM)}")
-        if self.precision not in PRECISIONS:
-            found.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            found.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if not 32 <= self.input_size <= 1024:
             found.append(f"input_size {self.input_size} must be between 32 and 1024 pixels")
         if not 1 <= self.batch_size <= 1024:
@@ -118,8 +105,6 @@ class TrainConfig:
             found.append(f"cv_folds {self.cv_folds} must be 0 (no cross-validation) or between 2 and 20")
         elif self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
             found.append(f"cv_fold {self.cv_fold} must be between 0 and cv_folds - 1 ({self.cv_folds - 1})")
-        if self.cached_views < 1:
-            found.append(f"cached_views {self.cached_views} must be at least 1")
         for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience",
                      "lr_patience"):
             if getattr(self, name) < 0:
@@ -128,24 +113,14 @@ class TrainConfig:
             found.append("head_epochs + finetune_epochs must be at least 1")
         if not 0 <= self.dropout < 1:
             found.append(f"dropout {self.dropout} must be in [0, 1)")
-        if not 0 <= self.mixup <= 10:
-            found.append(f"mixup {self.mixup} must be between 0 (off) and 10")
-        if not 0 <= self.ema < 1:
-            found.append(f"ema {self.ema} must be in [0, 1) (0 = off)")
-        if not 0 <= self.label_smoothing < 0.5:
-            found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
         if not 0 <= self.rotation <= 180:
             found.append(f"rotation {self.rotation} must be between 0 and 180 degrees")
-        if not 0 <= self.blur <= 5:
-            found.append(f"blur {self.blur} must be between 0 (off) and 5 pixels")
         for name in ("zoom", "contrast"):
             if not 0 <= getattr(self, name) < 1:
                 found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
-        if self.fill_mode not in data.FILL_MODES:
-            found.append(f"fill_mode {self.fill_mode!r} is not one of {', '.join(data.FILL_MODES)}")
         if self.threshold_method not in ("youden", "f1"):
             found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
-        found += distribute.problems(self.strategy, self.cpu_devices)
+        found += distribute.problems(self.strategy)
         found += self._data_problems()
         return found
 
@@ -189,7 +164,7 @@ def load_default_config() -> TrainConfig:
     path = paths.default_config_path()
     try:
         saved = runs.read_json(path)
-        return TrainConfig.from_dict(saved["config"]) if saved else TrainConfig()
+        return TrainConfig.from_dict(saved["config"], starting=True) if saved else TrainConfig()
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"{path}: {error}; correct it, or go back to the project's defaults with "
                          "`python -m core tune --reset-default`") from None
@@ -274,21 +249,12 @@ def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     return shuffled.groupby(["split", "y"]).head(per_class).sort_values("relpath").reset_index(drop=True)
 
 
-def make_optimizer(name: str, learning_rate: float, ema: float = 0.0):
-    averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, **averaging)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4, **averaging)
-    return keras.optimizers.Adam(learning_rate, **averaging)
-
-
-def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float, ema: float = 0.0) -> None:
-    """Cross-entropy on one-hot labels (label smoothing needs them) and the
-    positive-class precision, recall and AUC."""
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam, cross-entropy on one-hot labels, and the positive-class
+    precision, recall and AUC."""
     model.compile(
-        optimizer=make_optimizer(config.optimizer, learning_rate, ema),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.Precision(class_id=1, name="precision"),
@@ -313,20 +279,13 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
     the history.csv rows of the phases before it."""
     # Rows of epochs logged but not committed before a kill are logged again.
     checkpoint.truncate_history(run_dir, checkpoint.history_rows(run_dir, phase, rows_before))
-    # Weight averaging in fine-tuning only: the few steps of the head warm-up
-    # would leave the average near the random initial head.
-    ema = config.ema if phase == "finetune" else 0.0
-    compile_model(model, config, learning_rate, ema)
+    compile_model(model, learning_rate)
     callbacks = list(extra_callbacks) + [
         RunProgress(run_dir, phase, epochs, steps, report),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
                                           patience=config.lr_patience, min_lr=1e-7),
     ]
-    if ema:
-        # Validation sees the averaged weights; at each epoch's end they stay
-        # in the model for the callbacks below (best weights, checkpoint).
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if phase == "finetune":
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
@@ -353,7 +312,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
     # Before any other TensorFlow work: a multi-worker strategy and a split
     # CPU can only be set up in a fresh runtime.
     try:
-        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+        strategy = distribute.make_strategy(config.strategy)
     except (ValueError, RuntimeError) as error:  # a folder made by launch_training says why
         if run_dir:
             runs.set_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
@@ -450,14 +409,15 @@ _NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed", "holdout_so
 
 def recipe_changes(config: dict) -> str:
     """The settings of a run that differ from the project's recipe
-    (TrainConfig's defaults), e.g. "train_from=conv2, ema=0.97"."""
-    defaults = asdict(TrainConfig())
+    (TrainConfig's defaults, and the values of the retired settings), e.g.
+    "train_from=conv2, input_size=160"."""
+    defaults = {**RETIRED, **asdict(TrainConfig())}
     changed = [f"{key}={value}" for key, value in config.items()
                if key not in _NOT_RECIPE and key in defaults and value != defaults[key]]
     return ", ".join(changed) or "project defaults"
 
 
-def cross_validation_table(all_runs: list[dict], n_boot: int = 1000) -> pd.DataFrame:
+def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     """One row per cross-validated recipe found among the runs
     (runs.cross_validation_groups), scored by evaluate.cross_validation_summary
     over the folds trained so far: the mean fold ROC-AUC is the recipe's score.
@@ -470,7 +430,7 @@ def cross_validation_table(all_runs: list[dict], n_boot: int = 1000) -> pd.DataF
         config = group[0]["config"]
         try:
             summary = evaluate.cross_validation_summary([runs.read_predictions(run["path"]) for run in group],
-                                                        n_boot=n_boot, seed=config.get("seed", 0))
+                                                        seed=config.get("seed", 0))
         except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
             summary = error
         scored.append((recipe_changes(config), config, group, summary))
@@ -563,7 +523,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     augment = augmentation(config, seed=config.seed)
     # Models (and so their variables and optimizers) made under the strategy's
     # scope are mirrored across its replicas; fit then splits each batch.
-    with strategy.scope(), dtype_policy(config.precision):
+    with strategy.scope():
         model = fit_model(run_dir, config, images, labels, augment, report, callbacks)
     if replicas > 1:
         # Under a strategy, Keras 3.15's predict_on_batch returns the batch
@@ -571,8 +531,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         model = load_model(run_dir / "model.keras")
 
     runs.set_status(run_dir, "running", phase="evaluating")
-    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta,
-                                  config.rotate_zoom_tta, config.fill_mode)
+    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta)
              for split in ("val", "test")}
 
     predictions = pd.concat([
@@ -582,7 +541,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     ], ignore_index=True)
     runs.write_csv(run_dir / "predictions.csv", predictions)
     checkpoint.kill_point("evaluating")
-    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
+    metrics = evaluate.evaluate_predictions(predictions, seed=config.seed,
                                             threshold_method=config.threshold_method)
     negative_class = index.loc[index.y == 0, "label"].iloc[0]
     metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
@@ -592,26 +551,12 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
            f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
     if config.holdout_source and distribute.is_chief(strategy):
         runs.set_status(run_dir, "running", phase=f"evaluating on the held-out source {config.holdout_source}")
-        external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report,
-                             n_boot=config.n_boot)
+        external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report)
 
 
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
     """The config's training augmentation (core.data.augmentation_layers)."""
-    return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed,
-                                    fill_mode=config.fill_mode, blur=config.blur)
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Build layers under a Keras dtype policy, then restore the previous
-    one: the policy is global, and the app or a test goes on in this process."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
 
 
 def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:
@@ -625,17 +570,18 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
         report("resumed after training: evaluating")
         return model
-    boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None
+    # The frozen stages' activations are cached whenever train_from leaves any frozen.
+    boundary = frozen_boundary(model, config.train_from)
     if boundary:
         fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
     else:
         fitted = model
         train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                     augment=augment, seed=config.seed, mixup=config.mixup)
+                                     augment=augment, seed=config.seed)
         val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
-    class_weight = balanced_class_weights(labels["train"]) if config.class_weights and not boundary else None
+    class_weight = None if boundary else balanced_class_weights(labels["train"])
 
     phases = [("head", config.head_epochs, config.head_lr)]
     if config.train_from != "head":
@@ -645,7 +591,7 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         if not epochs:
             continue
         if phase == "finetune":
-            set_trainable(model, config.train_from, config.train_batchnorm)
+            set_trainable(model, config.train_from)
         if checkpoint.is_finished(run_dir, phase):
             checkpoint.restore_phase(run_dir, phase, model, train_ds)
             report(f"resumed after the {phase} phase")
@@ -674,16 +620,15 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
     frozen, top = split_at(model, boundary)
     started = time.monotonic()
     runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
-    train_x = activations(frozen, images["train"], config.batch_size, augment, views=config.cached_views)
-    train_y = np.tile(labels["train"], config.cached_views)
+    train_x = activations(frozen, images["train"], config.batch_size, augment, views=CACHED_VIEWS)
+    train_y = np.tile(labels["train"], CACHED_VIEWS)
     checkpoint.kill_point("caching")
     val_x = activations(frozen, images["val"], config.batch_size)
-    report(f"cached {boundary} activations for {config.cached_views} augmented views "
+    report(f"cached {boundary} activations for {CACHED_VIEWS} augmented views "
            f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
 
-    class_weight = balanced_class_weights(labels["train"]) if config.class_weights else None
     train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
-                                      seed=config.seed, class_weight=class_weight, mixup=config.mixup)
+                                      seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
     val_batches = ActivationBatches(val_x, labels["val"], config.batch_size)
     return top, train_batches, val_batches
 
@@ -711,17 +656,14 @@ class ActivationBatches(keras.utils.PyDataset):
 
     For training, each epoch draws as many samples as there are training
     images, at random from all views, so each epoch mixes augmentations.
-    Indexing the array avoids the copies a tf.data shuffle buffer would make.
-    With `mixup` > 0, training batches are mixed pairwise (mixup at the input
-    of the trained stages, "manifold mixup")."""
+    Indexing the array avoids the copies a tf.data shuffle buffer would make."""
 
-    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None, mixup=0.0):
+    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None):
         super().__init__()
         self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
         self.epoch_size = epoch_size or len(x)
         self.rng = np.random.default_rng(seed) if epoch_size else None
         self.class_weight = class_weight
-        self.mixup = mixup if epoch_size else 0.0
         self.on_epoch_end()
 
     def __len__(self):
@@ -733,8 +675,6 @@ class ActivationBatches(keras.utils.PyDataset):
         batch = (self.x[rows].astype("float32"), np.eye(2, dtype="float32")[labels])
         if self.class_weight:
             batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
-        if self.mixup:
-            batch = data.mix_pairs(batch, self.rng, self.mixup)
         return batch
 
     def on_epoch_end(self):
@@ -758,7 +698,7 @@ def resume(run_dir: Path, report=print) -> Path:
     if state in ("running", "completed"):
         raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
     (run_dir / "cancel").unlink(missing_ok=True)
-    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}))
+    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}), starting=True)
     report(f"resuming {run_dir.name}: {checkpoint.describe(run_dir)} committed")
     if config.strategy == "multiworker":
         # The other workers' backups lived in scratch folders that are gone.

@@ -56,7 +56,7 @@ INTEGERS = ("batch_size", "input_size")
 AUGMENT_AT_FULL_STRENGTH = {"rotation": 20.0, "zoom": 0.2, "contrast": 0.2}
 # Where the data is, how this machine trains and which cross-validation fold a
 # run validates on: not part of a promoted default.
-MACHINE_SETTINGS = ("data_dir", "strategy", "cpu_devices", "cv_folds", "cv_fold")
+MACHINE_SETTINGS = ("data_dir", "strategy", "cv_folds", "cv_fold")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Median rule: nothing is pruned before 5 trials have finished, nor before a trial's 3rd epoch.

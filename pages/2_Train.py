@@ -18,21 +18,18 @@ import ui
 from core import data, distribute, presets, runs, train, tune
 from core.model import BACKBONES, TRAIN_FROM
 
-CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precision": list(train.PRECISIONS),
-           "strategy": list(distribute.STRATEGIES),
-           "optimizer": list(train.OPTIMIZERS), "threshold_method": ["youden", "f1"],
-           "fill_mode": list(data.FILL_MODES)}
+CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "strategy": list(distribute.STRATEGIES),
+           "threshold_method": ["youden", "f1"]}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "holdout_source", "positive_class", "use_official_splits", "max_images_per_split",
               "seed", "cv_folds", "cv_fold"],
-     "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
-     "Devices": ["strategy", "cpu_devices", "precision"]},
-    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from", "train_batchnorm"],
-     "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode", "blur"]},
-    {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
-                      "finetune_lr", "label_smoothing", "mixup", "ema", "class_weights",
-                      "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
+     "Evaluation": ["threshold_method", "flip_tta"],
+     "Devices": ["strategy"]},
+    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from"],
+     "Augmentation": ["rotation", "zoom", "contrast", "flip"]},
+    {"Optimisation": ["batch_size", "head_epochs", "head_lr", "finetune_epochs", "finetune_lr",
+                      "early_stopping_patience", "lr_patience"]},
 ]
 # What each setting is called on the form (its code name is in the README and `python -m core train --help`).
 LABELS = {
@@ -46,47 +43,31 @@ LABELS = {
     "cv_folds": "Cross-validation folds (0 = off)",
     "cv_fold": "Validation fold",
     "threshold_method": "Threshold rule",
-    "n_boot": "Resamples for confidence intervals",
     "flip_tta": "Also predict on the mirrored scan",
-    "rotate_zoom_tta": "Also predict on rotated and zoomed scans",
     "strategy": "Devices",
-    "cpu_devices": "Split the CPU into devices",
-    "precision": "Number format",
     "backbone": "Network",
     "weights": "Starting weights file",
     "input_size": "Image size (px)",
     "dropout": "Dropout before the classifier",
     "train_from": "Fine-tune from stage",
-    "train_batchnorm": "Also fine-tune batch-norm layers",
     "rotation": "Random rotation (± degrees)",
     "zoom": "Random zoom (± fraction)",
     "contrast": "Random contrast (± fraction)",
     "flip": "Random left-right flip",
-    "fill_mode": "Fill uncovered corners by",
-    "blur": "Random blur (up to px)",
     "batch_size": "Scans per training step",
-    "optimizer": "Optimiser",
     "head_epochs": "Epochs training the classifier only",
     "head_lr": "Learning rate, classifier only",
     "finetune_epochs": "Epochs fine-tuning (at most)",
     "finetune_lr": "Learning rate, fine-tuning",
-    "label_smoothing": "Soften the training labels",
-    "mixup": "Mix pairs of scans (mixup strength)",
-    "ema": "Average the weights over steps (momentum)",
-    "class_weights": "Balance the two classes",
     "early_stopping_patience": "Stop after this many epochs without progress",
     "lr_patience": "Halve the learning rate after this many epochs without progress",
-    "cache_frozen": "Compute the frozen layers once (faster)",
-    "cached_views": "Augmented copies per scan in that cache",
 }
 HELP = {
     "seed": "Same seed, same settings, same data: the same run again.",
     "dropout": "Share of features dropped at random while training the classifier, against over-fitting.",
     "batch_size": "More scans per step: faster epochs, more memory.",
-    "optimizer": "How the weights are updated from their gradients (Adam is the project's choice).",
     "head_lr": "Step size while the new classifier trains on the frozen network.",
     "finetune_lr": "Step size while the unfrozen stages fine-tune: small, so ImageNet features are kept.",
-    "label_smoothing": "Train towards 0.95 / 0.05 instead of 1 / 0 (0 = off): less over-confident outputs.",
     "data_dir": "Folder with one sub-folder per class (and splits/, meta/); several sources (hospitals, "
                 f"collections) joined with '{os.pathsep}'.",
     "holdout_source": "Leave-one-source-out: train on the other sources and evaluate on this one (its "
@@ -105,38 +86,21 @@ HELP = {
                "empty = random initialisation.",
     "input_size": "Images are resized to this square size (pixels).",
     "train_from": "Fine-tuning trains the ResNet stages from this one up ('head': the head only).",
-    "train_batchnorm": "Also train BatchNorm layers of the unfrozen stages (noisy on small batches).",
     "head_epochs": "Phase 1: the new head on a frozen backbone.",
     "finetune_epochs": "Phase 2: unfrozen stages at the lower learning rate.",
-    "mixup": "Mixup's alpha: train on pairs of scans (or their cached activations) mixed with a "
-             "Beta(alpha, alpha) weight, labels alike (0 = off).",
-    "ema": "Keep a moving average of the fine-tuned weights with this momentum (e.g. 0.97); validation, "
-           "the checkpoint and the saved model use the average (0 = off).",
-    "class_weights": "Weight classes inversely to their frequency in the training split.",
     "early_stopping_patience": "Fine-tuning stops after this many epochs without a better validation AUC.",
     "lr_patience": "Halve the learning rate after this many epochs without a better validation AUC.",
     "rotation": "Random rotation, ± degrees (0 = off).",
     "zoom": "Random zoom, ± fraction (0 = off).",
     "contrast": "Random contrast, ± fraction (0 = off).",
     "flip": "Random horizontal flip.",
-    "fill_mode": "What rotation and zooming out uncover: the mirrored edge (reflect), black (constant) "
-                 "or the nearest pixel.",
-    "blur": "Largest sigma (pixels) of a Gaussian blur on half the training scans, so that a scan's "
-            "sharpness (its source's resolution) says nothing of its class (0 = off).",
     "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
-    "n_boot": "Bootstrap resamples for the 95% confidence intervals.",
     "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
-    "rotate_zoom_tta": "Also average with the scan rotated by ± 7° and with its centre zoomed in by 10%.",
-    "cache_frozen": "Run the frozen stages once and train on their cached activations (much faster).",
-    "cached_views": "Augmented views of each training image in that cache.",
     "strategy": "default: one device; mirrored: every local GPU (or the CPU split by 'Cpu devices'); "
                 "multiworker: several machines, from TF_CONFIG. Batch size and learning rates are per "
                 "replica (README, 'Distributed training').",
-    "cpu_devices": "Split the CPU into this many logical devices for 'mirrored' (0: no split).",
-    "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
 }
-STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1, "ema": 0.01,
-         "rotation": 1.0, "zoom": 0.05, "contrast": 0.05, "blur": 0.25}
+STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "rotation": 1.0, "zoom": 0.05, "contrast": 0.05}
 
 
 def setting_widget(field: dataclasses.Field, default):

@@ -157,7 +157,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
                                runs_root=runs_root)
         runs.write_csv(run_dir / "predictions.csv", half)
         runs.set_status(run_dir, "completed")
-    summary = evaluate.cross_validation_summary(halves, n_boot=config["n_boot"], seed=config["seed"])
+    summary = evaluate.cross_validation_summary(halves, seed=config["seed"])
 
     at = open_page(ui.EVALUATE)
     assert_no_exception(at)

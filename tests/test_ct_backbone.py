@@ -255,7 +255,7 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
 
     # The default weights setting (the ImageNet ResNet-50 file) is left as it is: the CT backbone ignores it.
     config = TrainConfig(data_dir=str(data_dir), backbone="ct-resnet152-transposed", input_size=64, batch_size=4,
-                         max_images_per_split=6, head_epochs=1, finetune_epochs=1, train_from="conv5", n_boot=20)
+                         max_images_per_split=6, head_epochs=1, finetune_epochs=1, train_from="conv5")
     run_dir = train(config, name="ct", report=lambda line: None, runs_root=tmp_path / "runs")
     assert runs.read_status(run_dir)["state"] == "completed"
     assert {"val", "test"} <= set(runs.read_json(run_dir / "metrics.json"))

@@ -343,27 +343,11 @@ def test_augmentation_switches():
     np.testing.assert_array_equal(np.asarray(identity(batch, training=True)), batch)
 
 
-def test_fill_mode_decides_what_a_rotation_uncovers():
+def test_rotation_fills_what_it_uncovers_with_the_mirrored_edge():
     bright = np.full((4, 32, 32, 3), 200.0, dtype="float32")
     rotate = dict(rotation=45, zoom=0, contrast=0, flip=False, seed=0)
-    black_corners = np.asarray(data.augmentation_layers(fill_mode="constant", **rotate)(bright, training=True))
-    assert (black_corners[:, 0, 0] == 0).any()  # a rotated square uncovers its corners, filled black
-    mirrored = np.asarray(data.augmentation_layers(fill_mode="reflect", **rotate)(bright, training=True))
-    np.testing.assert_allclose(mirrored, 200.0, rtol=1e-5)  # the mirrored edge is the image itself
-
-
-def test_blur_softens_about_half_the_images_and_keeps_their_mean():
-    # A checkerboard is all edges: blurring flattens it towards its mean grey.
-    board = (np.indices((32, 32)).sum(axis=0) % 2 * 255.0).astype("float32")
-    batch = np.repeat(board[None, :, :, None], 3, axis=-1).repeat(64, axis=0)
-    blur = data.augmentation_layers(rotation=0, zoom=0, contrast=0, flip=False, blur=2.0, seed=0)
-    assert [type(layer).__name__ for layer in blur.layers] == ["RandomGaussianBlur"]
-    out = np.asarray(blur(batch, training=True))
-    blurred = out.std(axis=(1, 2, 3)) < 0.9 * board.std()
-    assert 16 <= blurred.sum() <= 48  # half, give or take chance
-    np.testing.assert_array_equal(out[~blurred], batch[~blurred])  # the others pass untouched
-    np.testing.assert_allclose(out[blurred].mean(axis=(1, 2, 3)), board.mean(), rtol=0.05)
-    np.testing.assert_array_equal(np.asarray(blur(batch, training=False)), batch)
+    mirrored = np.asarray(data.augmentation_layers(**rotate)(bright, training=True))
+    np.testing.assert_allclose(mirrored, 200.0, rtol=1e-5)  # no black corners: the mirrored edge is the image
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     runs_root = tmp_path / "runs"
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
                          max_images_per_split=8, head_epochs=1, finetune_epochs=FINETUNE_EPOCHS,
-                         early_stopping_patience=FINETUNE_EPOCHS, n_boot=20)
+                         early_stopping_patience=FINETUNE_EPOCHS)
     run_dir = launch_training(config, name="killed", runs_root=runs_root)
 
     def in_third_finetune_epoch():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import data, paths, train
+from core import data, evaluate, paths, train
 from core.cli import main
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
@@ -113,9 +113,10 @@ def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, 
                                                                     monkeypatch, capsys):
     hospital_a, hospital_b = two_sources
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(evaluate, "N_BOOT", 50)
     assert main(["train", "--data-dir", os.pathsep.join([str(hospital_a), str(hospital_b)]),
                  "--holdout-source", "SY575", "--weights", weights, "--input-size", "64", "--batch-size", "4",
-                 "--head-epochs", "1", "--finetune-epochs", "1", "--n-boot", "50", "--name", "loso"]) == 0
+                 "--head-epochs", "1", "--finetune-epochs", "1", "--name", "loso"]) == 0
     out = capsys.readouterr().out
     [run_dir] = (tmp_path / "artifacts" / "runs").iterdir()
     predictions = (run_dir / "predictions.csv").read_text()

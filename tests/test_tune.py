@@ -25,8 +25,7 @@ from core.cli import build_parser, config_from_args, main
 from core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1,
-        "cached_views": 1, "n_boot": 20}
+TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1}
 TINY_OPTIONS = [part for key, value in TINY.items() for part in ("--" + key.replace("_", "-"), str(value))]
 
 
