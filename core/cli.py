@@ -17,24 +17,28 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, so the CLI can set every hyperparameter."""
-    from core.train import TrainConfig
+    """One --option per TrainConfig field, so the CLI can set every
+    hyperparameter; its help is the field's (core.config), with its choices
+    or range and the project's default."""
+    from core.config import TrainConfig
 
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
+        allowed = ", ".join(map(str, f.metadata["choices"])) if "choices" in f.metadata else f.metadata.get("range")
+        default = getattr(defaults, f.name)
+        help = f"{f.metadata['help']} ({f'{allowed}; ' if allowed else ''}default {default or repr(default)})"
+        help = help.replace("%", "%%")  # argparse formats help with %
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default {default})")
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                help=f"(default {default if default is not None else 'see README'})")
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help)
 
 
 def given_settings(args) -> dict:
     """The TrainConfig settings given as options."""
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
             if getattr(args, f.name) is not None}
@@ -42,7 +46,7 @@ def given_settings(args) -> dict:
 
 def config_from_args(args):
     """The default config (promoted from a search, if one was) with the options given."""
-    from core.train import load_default_config
+    from core.config import load_default_config
 
     return dataclasses.replace(load_default_config(), **given_settings(args)).validate()
 
@@ -71,7 +75,8 @@ def _report(line: str) -> None:
 
 def cmd_train(args) -> int:
     from core import runs
-    from core.train import TrainConfig, train
+    from core.config import TrainConfig
+    from core.train import train
 
     if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
         config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}), starting=True)
@@ -83,7 +88,8 @@ def cmd_train(args) -> int:
 
 def cmd_cv(args) -> int:
     from core import evaluate, runs
-    from core.train import TrainConfig, cross_validate
+    from core.config import TrainConfig
+    from core.train import cross_validate
 
     if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
         if given_settings(args):
@@ -148,10 +154,10 @@ def _space_changes(args) -> dict | None:
 
 
 def cmd_tune(args) -> int:
-    from core import paths, train, tune
+    from core import config, paths, tune
 
     if args.reset_default:
-        print("defaults reset to the project's recipe" if train.reset_default() else "no promoted defaults to reset")
+        print("defaults reset to the project's recipe" if config.reset_default() else "no promoted defaults to reset")
         return 0
     if not args.study:
         raise ValueError("give --study NAME")

@@ -54,11 +54,16 @@ def split_cpu(devices: int) -> None:
 
 
 def problems(name: str) -> list[str]:
-    """What is wrong with this strategy on this machine (TrainConfig.problems
-    lists them with the others, so a bad config is refused before any work)."""
+    """What is wrong with this strategy, or with this machine for it."""
+    found = [] if name in STRATEGIES else [f"strategy {name!r} is not one of {', '.join(STRATEGIES)}"]
+    return found + machine_problems(name)
+
+
+def machine_problems(name: str) -> list[str]:
+    """What this machine lacks for the strategy: a sound COVIDCT_CPU_DEVICES,
+    and TF_CONFIG for "multiworker" (TrainConfig.problems lists them with the
+    others, so a bad config is refused before any work)."""
     found = []
-    if name not in STRATEGIES:
-        found.append(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
     try:
         devices = cpu_devices()
         if devices < 0 or devices == 1:

@@ -161,7 +161,26 @@ def _best_threshold(scores, thresholds) -> float:
     return float(thresholds[closest])
 
 
-def choose_threshold(y_val, p_val, method: str = "youden") -> float:
+def _youden_scores(y_val, p_val):
+    """Sensitivity + specificity - 1 at each threshold of the ROC curve."""
+    fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
+    keep = np.isfinite(thresholds)  # the first point (inf) predicts nothing positive
+    return (tpr - fpr)[keep], thresholds[keep]
+
+
+def _f1_scores(y_val, p_val):
+    """F1 at each threshold of the precision-recall curve."""
+    precision, recall, thresholds = precision_recall_curve(y_val, p_val)
+    # The last (precision=1, recall=0) point has no threshold.
+    return _divide(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1]), thresholds
+
+
+# How an operating threshold can be chosen on validation; the first is the default.
+THRESHOLD_RULES = {"youden": _youden_scores, "f1": _f1_scores}
+THRESHOLD_RULE = next(iter(THRESHOLD_RULES))
+
+
+def choose_threshold(y_val, p_val, method: str = THRESHOLD_RULE) -> float:
     """Operating threshold chosen on validation data.
 
     "youden": max sensitivity + specificity - 1 over the ROC curve;
@@ -169,20 +188,12 @@ def choose_threshold(y_val, p_val, method: str = "youden") -> float:
     closest to 0.5. With a single class in y_val there is nothing to choose
     from and 0.5 is returned.
     """
+    if method not in THRESHOLD_RULES:
+        raise ValueError(f"Unknown threshold method {method!r}: use {' or '.join(map(repr, THRESHOLD_RULES))}")
     y_val, p_val = _as_arrays(y_val, p_val)
     if not _has_both_classes(y_val):
         return 0.5
-    if method == "youden":
-        fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
-        keep = np.isfinite(thresholds)  # the first point (inf) predicts nothing positive
-        threshold = _best_threshold((tpr - fpr)[keep], thresholds[keep])
-    elif method == "f1":
-        precision, recall, thresholds = precision_recall_curve(y_val, p_val)
-        # The last (precision=1, recall=0) point has no threshold.
-        f1 = _divide(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1])
-        threshold = _best_threshold(f1, thresholds)
-    else:
-        raise ValueError(f"Unknown threshold method {method!r}: use 'youden' or 'f1'")
+    threshold = _best_threshold(*THRESHOLD_RULES[method](y_val, p_val))
     # Probabilities can saturate at exactly 0 or 1; keep the threshold strictly inside.
     return float(np.clip(threshold, 1e-6, 1 - 1e-6))
 
@@ -214,7 +225,7 @@ def confusion_frame(y_true, prob, threshold, labels=("NonCOVID", "COVID")) -> pd
 
 
 def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, seed: int = 0,
-                         threshold_method: str = "youden") -> dict:
+                         threshold_method: str = THRESHOLD_RULE) -> dict:
     """Metrics of one model's predictions, JSON-serialisable.
 
     `predictions` has columns path, y_true (0/1), prob (positive-class

@@ -114,8 +114,9 @@ def _save_npz(path: Path, **arrays) -> None:
 def run_images(run_dir) -> dict:
     """{split: list of image paths} of the train and val splits the run used."""
     from core import train  # TensorFlow: only for building a reference
+    from core.config import TrainConfig
 
-    index = train.run_index(train.TrainConfig.from_dict(runs.read_json(Path(run_dir) / "config.json", {})))
+    index = train.run_index(TrainConfig.from_dict(runs.read_json(Path(run_dir) / "config.json", {})))
     return {split: index[index.split == split].path.tolist() for split in ("train", "val")}
 
 

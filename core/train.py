@@ -13,7 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -21,169 +21,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import checkpoint, data, distribute, evaluate, external, paths, runs
-from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
-                        set_trainable, split_at)
+from core import checkpoint, data, distribute, evaluate, external, runs
+from core.config import TrainConfig, recipe_changes
+from core.model import build_model, frozen_boundary, load_model, predict_proba, set_trainable, split_at
 
 # Augmented views per training image in the frozen-stage activation cache.
 CACHED_VIEWS = 4
-# Settings measured and not kept (docs/experiments.md), with the value every run
-# now trains with: an old run's config.json naming them still loads.
-RETIRED = {"precision": "float32", "optimizer": "adam", "train_batchnorm": False, "cache_frozen": True,
-           "cached_views": 4, "label_smoothing": 0.0, "mixup": 0.0, "class_weights": True,
-           "fill_mode": "reflect", "blur": 0.0, "ema": 0.0, "rotate_zoom_tta": False, "n_boot": 1000,
-           "cpu_devices": 0}
-
-
-@dataclass
-class TrainConfig:
-    """Every hyperparameter of a run; saved as the run's config.json."""
-    # One dataset folder, or several sources joined with os.pathsep (":"): data.index_dataset.
-    data_dir: str = field(default_factory=lambda: str(paths.data_dir()))
-    # Leave-one-source-out: train on the other sources of data_dir, then
-    # evaluate on this one (its folder's name) as an external set.
-    holdout_source: str = ""
-    positive_class: str = "COVID"
-    use_official_splits: bool = True
-    seed: int = 0
-    max_images_per_split: int = 0  # 0 = all; a small number for smoke runs
-    # k-fold cross-validation over train + val (data.cross_validation_split): with
-    # cv_folds >= 2 the run validates on fold cv_fold (0-based); 0 = the split as indexed.
-    cv_folds: int = 0
-    cv_fold: int = 0
-    backbone: str = "resnet50"
-    weights: str | None = field(default_factory=paths.weights_path)
-    input_size: int = 224
-    lung_crop: bool = False  # crop each scan to its lung fields (core.lung) before resizing
-    batch_size: int = 32
-    dropout: float = 0.3
-    head_epochs: int = 5
-    head_lr: float = 1e-3
-    finetune_epochs: int = 20
-    finetune_lr: float = 5e-5
-    train_from: str = "conv3"  # validation ROC-AUC: conv2 0.870, conv3 0.896, conv4 0.894, conv5 0.827 (README)
-    rotation: float = 10.0
-    zoom: float = 0.1
-    contrast: float = 0.1
-    flip: bool = True
-    early_stopping_patience: int = 5
-    lr_patience: int = 2
-    flip_tta: bool = True  # average predictions with the mirrored scan
-    threshold_method: str = "youden"
-    strategy: str = "default"  # or "mirrored" (local GPUs) / "multiworker" (TF_CONFIG); core.distribute
-
-    @classmethod
-    def from_dict(cls, values: dict, starting: bool = False) -> "TrainConfig":
-        """The config of saved `values`. Retired settings are left out; one
-        set to another value than every run now trains with is refused when
-        `starting` a run (new or resumed), as that run would not train as asked."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - set(RETIRED))
-        if unknown:
-            raise ValueError(f"unknown config setting(s): {', '.join(unknown)}")
-        changed = [f"{name}={values[name]!r}" for name in RETIRED if name in values and values[name] != RETIRED[name]]
-        if starting and changed:
-            raise ValueError(f"retired setting(s) {', '.join(changed)}: see docs/experiments.md for what they "
-                             "did and the commit that still has them")
-        return cls(**{name: value for name, value in values.items() if name in known})
-
-    def problems(self) -> list[str]:
-        """Every impossible value, so a bad config is refused before any work."""
-        found = []
-        if self.backbone not in BACKBONES:
-            found.append(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.train_from not in TRAIN_FROM:
-            found.append(f"train_from {self.train_from!r} is not one of {', '.join(TRAIN_FROM)}")
-        if not 32 <= self.input_size <= 1024:
-            found.append(f"input_size {self.input_size} must be between 32 and 1024 pixels")
-        if not 1 <= self.batch_size <= 1024:
-            found.append(f"batch_size {self.batch_size} must be between 1 and 1024")
-        for name in ("head_lr", "finetune_lr"):
-            if not 0 < getattr(self, name) < 1:
-                found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
-        if self.cv_folds and not 2 <= self.cv_folds <= 20:
-            found.append(f"cv_folds {self.cv_folds} must be 0 (no cross-validation) or between 2 and 20")
-        elif self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
-            found.append(f"cv_fold {self.cv_fold} must be between 0 and cv_folds - 1 ({self.cv_folds - 1})")
-        for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience",
-                     "lr_patience"):
-            if getattr(self, name) < 0:
-                found.append(f"{name} {getattr(self, name)} must not be negative")
-        if self.head_epochs + self.finetune_epochs == 0:
-            found.append("head_epochs + finetune_epochs must be at least 1")
-        if not 0 <= self.dropout < 1:
-            found.append(f"dropout {self.dropout} must be in [0, 1)")
-        if not 0 <= self.rotation <= 180:
-            found.append(f"rotation {self.rotation} must be between 0 and 180 degrees")
-        for name in ("zoom", "contrast"):
-            if not 0 <= getattr(self, name) < 1:
-                found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
-        if self.threshold_method not in ("youden", "f1"):
-            found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
-        found += distribute.problems(self.strategy)
-        found += self._data_problems()
-        return found
-
-    def _data_problems(self) -> list[str]:
-        try:
-            folders = data.source_dirs(self.data_dir)
-        except ValueError as error:
-            return [f"data_dir: {error}"]
-        found = [f"data_dir {folder}: no such folder" for folder in folders if not folder.is_dir()]
-        names = [data.source_name(folder) for folder in folders]
-        if self.holdout_source and self.holdout_source not in names:
-            found.append(f"holdout_source {self.holdout_source!r} is not one of the sources in data_dir "
-                         f"({', '.join(names)})")
-        elif self.holdout_source and len(names) < 2:
-            found.append("holdout_source needs at least two sources in data_dir (separated by "
-                         f"{os.pathsep!r})")
-        return found
-
-    def training_sources(self) -> list[Path]:
-        """The dataset folders a run trains on: data_dir's, less the held-out
-        source (data.resolve_image finds their files from a relpath)."""
-        return [folder for folder in data.source_dirs(self.data_dir) if data.source_name(folder) != self.holdout_source]
-
-    def held_out_source(self) -> Path | None:
-        """The folder of the held-out source (leave-one-source-out), else None."""
-        return next((folder for folder in data.source_dirs(self.data_dir)
-                     if self.holdout_source and data.source_name(folder) == self.holdout_source), None)
-
-    def validate(self) -> "TrainConfig":
-        found = self.problems()
-        if found:
-            raise ValueError("invalid config: " + "; ".join(found))
-        return self
-
-
-# Defaults promoted from a hyperparameter search (core.tune.promote_best).
-
-def load_default_config() -> TrainConfig:
-    """TrainConfig with the promoted defaults when a search's best was
-    promoted, else the project's recipe (TrainConfig())."""
-    path = paths.default_config_path()
-    try:
-        saved = runs.read_json(path)
-        return TrainConfig.from_dict(saved["config"], starting=True) if saved else TrainConfig()
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: {error}; correct it, or go back to the project's defaults with "
-                         "`python -m core tune --reset-default`") from None
-
-
-def promoted_from() -> dict | None:
-    """Where the promoted defaults come from (study, trial, run, val_roc_auc), None without any."""
-    try:
-        return (runs.read_json(paths.default_config_path()) or {}).get("promoted_from")
-    except ValueError:
-        return None
-
-
-def reset_default() -> bool:
-    """Back to the project's recipe; False when nothing was promoted."""
-    path = paths.default_config_path()
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
 
 
 class RunCancelled(KeyboardInterrupt):
@@ -401,20 +244,6 @@ def leave_one_source_out(config: TrainConfig, name: str | None = None, report=pr
         run_dirs.append(train(held_out, name=f"{name or 'loso'}-without-{source}", report=report,
                               runs_root=runs_root))
     return run_dirs
-
-
-# Where a run's data and weights sit, and which fold it validates on, do not make another recipe.
-_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed", "holdout_source")
-
-
-def recipe_changes(config: dict) -> str:
-    """The settings of a run that differ from the project's recipe
-    (TrainConfig's defaults, and the values of the retired settings), e.g.
-    "train_from=conv2, input_size=160"."""
-    defaults = {**RETIRED, **asdict(TrainConfig())}
-    changed = [f"{key}={value}" for key, value in config.items()
-               if key not in _NOT_RECIPE and key in defaults and value != defaults[key]]
-    return ", ".join(changed) or "project defaults"
 
 
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:

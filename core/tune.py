@@ -35,22 +35,18 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from core import paths, runs
+from core.config import TrainConfig, load_default_config
 from core.model import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES
-from core.train import TrainConfig, load_default_config, train
+from core.train import train
 
-# The default search space. A list: the choices; a dict: a range, sampled on a log scale when "log".
+# The default search space: each setting's own (its field's "search" in
+# core.config), and augment_strength. A list: the choices; a dict: a range,
+# sampled on a log scale when "log".
 SPACE = {
-    "head_lr": {"low": 1e-4, "high": 1e-2, "log": True},
-    "finetune_lr": {"low": 5e-6, "high": 2e-4, "log": True},
-    "batch_size": [16, 32, 64],
-    "train_from": ["conv3", "conv4", "conv5"],
-    "input_size": [160, 224, 288],
+    **{f.name: f.metadata["search"] for f in dataclasses.fields(TrainConfig) if "search" in f.metadata},
     "augment_strength": {"low": 0.0, "high": 1.0, "log": False},
-    "dropout": {"low": 0.0, "high": 0.6, "log": False},
-    # The CT ResNet-152 costs 3x ResNet-50's compute per image: searched when asked for (--backbones).
-    "backbone": list(IMAGENET_BACKBONES),
 }
-INTEGERS = ("batch_size", "input_size")
+INTEGERS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("int", int))
 # augment_strength scales three settings together: 0 turns them off, 0.5 is the
 # default recipe (10 degrees, 0.1, 0.1), 1 doubles it. Flips stay as set.
 AUGMENT_AT_FULL_STRENGTH = {"rotation": 20.0, "zoom": 0.2, "contrast": 0.2}

@@ -1,4 +1,4 @@
-"""Train: every hyperparameter of core.train.TrainConfig, a preview of the
+"""Train: every hyperparameter of core.TrainConfig, a preview of the
 augmentation, a run started in the background and followed live, and a
 hyperparameter search (core.tune) whose best trial can become the defaults.
 
@@ -15,11 +15,10 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, distribute, presets, runs, train, tune
-from core.model import BACKBONES, TRAIN_FROM
+from core import data, presets, runs, train, tune
+from core.config import TrainConfig, load_default_config, promoted_from, reset_default
+from core.model import TRAIN_FROM
 
-CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "strategy": list(distribute.STRATEGIES),
-           "threshold_method": ["youden", "f1"]}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "holdout_source", "positive_class", "use_official_splits", "max_images_per_split",
@@ -31,93 +30,24 @@ LAYOUT = [
     {"Optimisation": ["batch_size", "head_epochs", "head_lr", "finetune_epochs", "finetune_lr",
                       "early_stopping_patience", "lr_patience"]},
 ]
-# What each setting is called on the form (its code name is in the README and `python -m core train --help`).
-LABELS = {
-    "data_dir": "Dataset folder(s)",
-    "holdout_source": "Source left out (evaluated on)",
-    "lung_crop": "Crop to the lung fields",
-    "positive_class": "Class predicted as positive",
-    "use_official_splits": "Use the dataset's own train/val/test lists",
-    "max_images_per_split": "Images per split (0 = all)",
-    "seed": "Random seed",
-    "cv_folds": "Cross-validation folds (0 = off)",
-    "cv_fold": "Validation fold",
-    "threshold_method": "Threshold rule",
-    "flip_tta": "Also predict on the mirrored scan",
-    "strategy": "Devices",
-    "backbone": "Network",
-    "weights": "Starting weights file",
-    "input_size": "Image size (px)",
-    "dropout": "Dropout before the classifier",
-    "train_from": "Fine-tune from stage",
-    "rotation": "Random rotation (± degrees)",
-    "zoom": "Random zoom (± fraction)",
-    "contrast": "Random contrast (± fraction)",
-    "flip": "Random left-right flip",
-    "batch_size": "Scans per training step",
-    "head_epochs": "Epochs training the classifier only",
-    "head_lr": "Learning rate, classifier only",
-    "finetune_epochs": "Epochs fine-tuning (at most)",
-    "finetune_lr": "Learning rate, fine-tuning",
-    "early_stopping_patience": "Stop after this many epochs without progress",
-    "lr_patience": "Halve the learning rate after this many epochs without progress",
-}
-HELP = {
-    "seed": "Same seed, same settings, same data: the same run again.",
-    "dropout": "Share of features dropped at random while training the classifier, against over-fitting.",
-    "batch_size": "More scans per step: faster epochs, more memory.",
-    "head_lr": "Step size while the new classifier trains on the frozen network.",
-    "finetune_lr": "Step size while the unfrozen stages fine-tune: small, so ImageNet features are kept.",
-    "data_dir": "Folder with one sub-folder per class (and splits/, meta/); several sources (hospitals, "
-                f"collections) joined with '{os.pathsep}'.",
-    "holdout_source": "Leave-one-source-out: train on the other sources and evaluate on this one (its "
-                      "folder's name) as an external set; empty: train on all.",
-    "lung_crop": "Crop each scan to its lung fields before resizing (training, evaluation, prediction and "
-                 "Grad-CAM alike), so figure borders, captions and arrows stop being features.",
-    "positive_class": "The class folder predicted as positive.",
-    "use_official_splits": "Use the split lists in splits/; off: split by patient, stratified by class.",
-    "max_images_per_split": "0 = all images; a small number for a quick smoke run.",
-    "cv_folds": "Cross-validation: regroup train + val into this many folds of whole patients (0 = off); "
-                "`python -m core cv` trains every fold and scores them together.",
-    "cv_fold": "The fold (from 0) this run validates on.",
-    "backbone": "resnet50/101/152: ImageNet-pretrained. ct-resnet152: pretrained on CT volumes (its weights "
-                "come with the requirements; docs/ct_backbone.md), -transposed: fed rows as columns.",
-    "weights": "ImageNet weights file for the ImageNet ResNets (the CT ResNet loads its own); "
-               "empty = random initialisation.",
-    "input_size": "Images are resized to this square size (pixels).",
-    "train_from": "Fine-tuning trains the ResNet stages from this one up ('head': the head only).",
-    "head_epochs": "Phase 1: the new head on a frozen backbone.",
-    "finetune_epochs": "Phase 2: unfrozen stages at the lower learning rate.",
-    "early_stopping_patience": "Fine-tuning stops after this many epochs without a better validation AUC.",
-    "lr_patience": "Halve the learning rate after this many epochs without a better validation AUC.",
-    "rotation": "Random rotation, ± degrees (0 = off).",
-    "zoom": "Random zoom, ± fraction (0 = off).",
-    "contrast": "Random contrast, ± fraction (0 = off).",
-    "flip": "Random horizontal flip.",
-    "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
-    "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
-    "strategy": "default: one device; mirrored: every local GPU (or the CPU split by 'Cpu devices'); "
-                "multiworker: several machines, from TF_CONFIG. Batch size and learning rates are per "
-                "replica (README, 'Distributed training').",
-}
-STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "rotation": 1.0, "zoom": 0.05, "contrast": 0.05}
 
 
 def setting_widget(field: dataclasses.Field, default):
-    """One widget per field, chosen by its type; keys 'cfg_<name>' persist
-    for the session so the form survives a visit to another page."""
-    label, key = LABELS.get(field.name, field.name.replace("_", " ").capitalize()), f"cfg_{field.name}"
-    common = dict(key=key, help=HELP.get(field.name), persist_state="session")
-    if field.name in CHOICES:
-        options = CHOICES[field.name]
+    """One widget per field, chosen by its type, labelled and explained by
+    its metadata (core.config); keys 'cfg_<name>' persist for the session so
+    the form survives a visit to another page."""
+    meta = field.metadata
+    label, key = meta["label"], f"cfg_{field.name}"
+    common = dict(key=key, help=meta["help"], persist_state="session")
+    if "choices" in meta:
+        options = list(meta["choices"])
         return st.selectbox(label, options, index=options.index(default), **common)
     if isinstance(default, bool):
         return st.checkbox(label, value=default, **common)
     if isinstance(default, int):
         return int(st.number_input(label, value=default, step=1, **common))
     if isinstance(default, float):
-        return st.number_input(label, value=default, step=STEPS.get(field.name, 0.01),
-                               format="%g", **common)
+        return st.number_input(label, value=default, step=meta.get("step", 0.01), format="%g", **common)
     value = st.text_input(label, value=default or "", **common).strip()
     return value or (None if "None" in str(field.type) else value)
 
@@ -136,7 +66,7 @@ def current_run() -> tuple[dict | None, bool]:
 
 
 ui.page_setup("Train")
-st.caption("Every setting of a run (core.train.TrainConfig); the defaults are the project's recipe. "
+st.caption("Every setting of a run (core.TrainConfig); the defaults are the project's recipe. "
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 
@@ -154,25 +84,25 @@ def apply_preset(name: str) -> None:
 
 # --- Settings -------------------------------------------------------------------
 try:
-    defaults = train.load_default_config()  # the project's recipe, or a search's promoted best
+    defaults = load_default_config()  # the project's recipe, or a search's promoted best
 except ValueError as error:
     st.error(f"Promoted defaults ignored: {error}")
-    defaults = train.TrainConfig()
+    defaults = TrainConfig()
 preset_columns = st.columns([1, 1, 1, 3], vertical_alignment="center")
 for column, preset in zip(preset_columns, presets.PRESETS):
     column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
                   on_click=apply_preset, args=(preset,))
 preset_columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
                            "hidden from comparisons and not for predictions).")
-if promoted := train.promoted_from():
+if promoted := promoted_from():
     left, right = st.columns([3, 1], vertical_alignment="center")
     left.info(f"Defaults promoted from study **{promoted['study']}**, trial {promoted['trial']} "
               f"(validation ROC-AUC {ui.fmt(promoted['val_roc_auc'])}, run {promoted['run']}).")
     if right.button("Back to the project's defaults"):
-        train.reset_default()
+        reset_default()
         forget_form()
         st.rerun()
-fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
 placed = {name for column in LAYOUT for names in column.values() for name in names}
 other = [name for name in fields if name not in placed]
 layout = [dict(LAYOUT[0], **({"Other": other} if other else {})), *LAYOUT[1:]]
@@ -185,7 +115,7 @@ for column, sections in zip(st.columns(len(layout)), layout):
             for name in names:
                 if name in fields:  # a field renamed in core is simply skipped
                     values[name] = setting_widget(fields[name], getattr(defaults, name))
-config = train.TrainConfig(**values)
+config = TrainConfig(**values)
 
 problems = config.problems()
 try:  # problems() does not check the augmentation strengths; Keras does, building the layers
@@ -208,7 +138,7 @@ else:
 
 # --- Augmentation preview -------------------------------------------------------
 @st.fragment
-def augmentation_preview(config: train.TrainConfig):
+def augmentation_preview(config: TrainConfig):
     """A few training images through core.data.augmentation_layers with the
     settings above; its own fragment so a new draw does not rerun the form."""
     try:

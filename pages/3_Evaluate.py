@@ -15,7 +15,7 @@ negative, positive = ui.class_names(run)
 chosen = ui.chosen_threshold(run)
 test = ui.predictions(run).query("split == 'test'")
 y, prob = test["y_true"], test["prob"]
-method = metrics["threshold"].get("method", "youden")
+method = metrics["threshold"].get("method", evaluate.THRESHOLD_RULE)
 st.caption(f"Test split: {len(test)} images ({int(y.sum())} {positive}). Threshold "
            f"{chosen:.3f} (on the calibrated probability scale) chosen on the validation split ({method}); "
            "the test split never influenced it, so the test metrics are an unbiased estimate.")

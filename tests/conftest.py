@@ -32,7 +32,8 @@ def trained_run(tmp_path_factory, data_dir, weights):
     images per split, one epoch per phase. Shared by the tests that need a
     completed run (evaluation, prediction, explanation, the app)."""
     from core import evaluate
-    from core.train import TrainConfig, train
+    from core.config import TrainConfig
+    from core.train import train
 
     runs_root = tmp_path_factory.mktemp("artifacts") / "runs"  # the layout of paths.runs_dir()
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=64, batch_size=4,

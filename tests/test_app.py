@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 import ui
 from core import calibration, data, deploy, evaluate, ood, presets, runs, train
+from core.config import TrainConfig, recipe_changes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -163,7 +164,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
     assert_no_exception(at)
     (table,) = [frame.value for frame in at.dataframe if "mean_roc_auc" in frame.value]
     assert table.loc[0, "folds"] == "2 of 2"
-    assert table.loc[0, "recipe"] == train.recipe_changes(config)
+    assert table.loc[0, "recipe"] == recipe_changes(config)
     assert table.loc[0, "mean_roc_auc"] == pytest.approx(summary["mean_roc_auc"])
     assert table.loc[0, "pooled_roc_auc"] == pytest.approx(summary["pooled_roc_auc"])
 
@@ -337,7 +338,7 @@ def button(at: AppTest, label: str):
 
 def test_train_form_has_every_setting_and_reports_problems(empty_artifacts, data_dir):
     at = open_page(ui.TRAIN)
-    for field in fields(train.TrainConfig):
+    for field in fields(TrainConfig):
         assert f"cfg_{field.name}" in at.session_state, field.name
     assert not at.error and not button(at, "Start training").disabled
     captions = [c for image in at.image for c in image.captions]
@@ -371,7 +372,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
     assert_no_exception(at)
 
     assert len(started) == 1 and started[0].input_size == 64
-    assert started[0] == train.TrainConfig(input_size=64)  # every other setting at its default
+    assert started[0] == TrainConfig(input_size=64)  # every other setting at its default
     run = runs.list_runs()[0]
     assert run["id"].endswith("-from-the-app")
     assert f"Started run {run['id']}" in texts(at.success)
@@ -395,13 +396,13 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
     for setting, value in quick.items():
         assert at.session_state[f"cfg_{setting}"] == value, setting
     assert at.number_input(key="cfg_max_images_per_split").value == 40
-    assert at.session_state["cfg_seed"] == train.TrainConfig().seed  # the rest stays at the defaults
+    assert at.session_state["cfg_seed"] == TrainConfig().seed  # the rest stays at the defaults
     quick_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
     assert quick_estimate != default_estimate and "about **2 min**" in quick_estimate
     # Every setting has a human label and a one-line help.
     form = {w.key: w for w in [*at.number_input, *at.checkbox, *at.selectbox, *at.text_input]
             if str(w.key).startswith("cfg_")}
-    for field in fields(train.TrainConfig):
+    for field in fields(TrainConfig):
         label = form[f"cfg_{field.name}"].label
         assert label not in (field.name, field.name.replace("_", " ").capitalize()), field.name
         assert form[f"cfg_{field.name}"].help, field.name

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from core import checkpoint
-from core.train import ActivationBatches, TrainConfig, fit_phase
+from core.config import TrainConfig
+from core.train import ActivationBatches, fit_phase
 
 EPOCHS = 8
 

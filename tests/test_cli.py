@@ -25,7 +25,7 @@ def test_help_lists_every_command():
 def test_train_help_offers_every_hyperparameter():
     from dataclasses import fields
 
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     result = run_cli("train", "--help")
     for field in fields(TrainConfig):

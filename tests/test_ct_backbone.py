@@ -251,7 +251,8 @@ def test_second_use_loads_the_cache_and_bad_installs_say_what_to_do(ct_weights_c
 
 
 def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cache, data_dir, tmp_path):
-    from core.train import TrainConfig, train
+    from core.config import TrainConfig
+    from core.train import train
 
     # The default weights setting (the ImageNet ResNet-50 file) is left as it is: the CT backbone ignores it.
     config = TrainConfig(data_dir=str(data_dir), backbone="ct-resnet152-transposed", input_size=64, batch_size=4,
@@ -273,7 +274,7 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
 
 def test_ct_backbones_are_searched_when_asked_for(data_dir, weights):
     from core import tune
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     base = TrainConfig(data_dir=str(data_dir), weights=weights)  # the ImageNet ResNet-50 file
     assert tune.make_space(None, base)["backbone"] == ["resnet50"]

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from core import distribute, paths, runs
-from core.train import TrainConfig, train
+from core.config import TrainConfig
+from core.train import train
 
 PER_REPLICA_BATCH = 4
 REPLICAS = 2

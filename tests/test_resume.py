@@ -8,7 +8,8 @@ import time
 import pandas as pd
 
 from core import runs
-from core.train import TrainConfig, launch_training, resume
+from core.config import TrainConfig
+from core.train import launch_training, resume
 
 FINETUNE_EPOCHS = 12
 

@@ -10,7 +10,7 @@ import pytest
 
 from core import evaluate, run_check, runs
 from core.cli import main
-from core.train import TrainConfig
+from core.config import TrainConfig
 
 
 def completed_run(runs_root, name, data_dir):

@@ -94,6 +94,7 @@ def test_compare_runs_has_settings_and_test_metrics(tmp_path):
 def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, data_dir, monkeypatch):
     """The launcher takes the lock itself, so the seconds the child spends
     importing TensorFlow leave no window for a second start."""
+    import core.config
     import core.train
 
     started = []
@@ -102,7 +103,7 @@ def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, da
         pid = os.getpid()  # alive, like a child still starting up
 
     monkeypatch.setattr(runs.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
-    config = core.train.TrainConfig(data_dir=str(data_dir))
+    config = core.config.TrainConfig(data_dir=str(data_dir))
     first = core.train.launch_training(config, runs_root=tmp_path)
     assert runs.active_training(tmp_path)["run"] == first.name
     with pytest.raises(runs.TrainingBusy, match=first.name):

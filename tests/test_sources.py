@@ -11,6 +11,7 @@ import pytest
 
 from core import data, evaluate, paths, train
 from core.cli import main
+from core.config import TrainConfig
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -83,12 +84,12 @@ def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
 def test_holdout_source_is_checked_against_the_sources(two_sources, weights):
     hospital_a, hospital_b = two_sources
     both = os.pathsep.join([str(hospital_a), str(hospital_b)])
-    assert not train.TrainConfig(data_dir=both, holdout_source="SY575", weights=weights).problems()
-    [problem] = train.TrainConfig(data_dir=both, holdout_source="hospital-c", weights=weights).problems()
+    assert not TrainConfig(data_dir=both, holdout_source="SY575", weights=weights).problems()
+    [problem] = TrainConfig(data_dir=both, holdout_source="hospital-c", weights=weights).problems()
     assert "'hospital-c' is not one of the sources in data_dir (hospital-a, SY575)" in problem
-    [problem] = train.TrainConfig(data_dir=str(hospital_a), holdout_source="hospital-a", weights=weights).problems()
+    [problem] = TrainConfig(data_dir=str(hospital_a), holdout_source="hospital-a", weights=weights).problems()
     assert "needs at least two sources" in problem
-    config = train.TrainConfig(data_dir=both, holdout_source="SY575")
+    config = TrainConfig(data_dir=both, holdout_source="SY575")
     assert config.training_sources() == [hospital_a] and config.held_out_source() == hospital_b
 
 
@@ -101,12 +102,12 @@ def test_leave_one_source_out_trains_one_run_per_source(two_sources, monkeypatch
 
     monkeypatch.setattr(train, "train", fake_train)
     hospital_a, hospital_b = two_sources
-    config = train.TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
+    config = TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
     assert train.leave_one_source_out(config, name="x", report=lambda line: None) == [
         Path("x-without-hospital-a"), Path("x-without-SY575")]
     assert trained == [("hospital-a", "x-without-hospital-a"), ("SY575", "x-without-SY575")]
     with pytest.raises(ValueError, match="at least two dataset folders"):
-        train.leave_one_source_out(train.TrainConfig(data_dir=str(hospital_a)))
+        train.leave_one_source_out(TrainConfig(data_dir=str(hospital_a)))
 
 
 def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, weights, tmp_path,

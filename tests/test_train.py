@@ -7,7 +7,8 @@ import pytest
 
 from core import evaluate, runs
 from core.model import load_model
-from core.train import TrainConfig, select_images, train
+from core.config import TrainConfig
+from core.train import select_images, train
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
@@ -143,7 +144,7 @@ def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp
 def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_path):
     from dataclasses import asdict
 
-    from core.train import RETIRED
+    from core.config import RETIRED
 
     old = {**asdict(TrainConfig(data_dir=str(tmp_path))), **RETIRED}  # a run saved before the retirement
     assert TrainConfig.from_dict(old, starting=True) == TrainConfig(data_dir=str(tmp_path))

@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import paths, runs, train, tune
+from core import paths, runs, tune
 from core.cli import build_parser, config_from_args, main
-from core.train import TrainConfig
+from core.config import TrainConfig, load_default_config, reset_default
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1}
@@ -54,7 +54,7 @@ def small(small_study, monkeypatch):
     """The shared artifacts as $COVIDCT_ARTIFACTS; promoted defaults are undone after each test."""
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(small_study[0]))
     yield small_study
-    train.reset_default()
+    reset_default()
 
 
 def start_worker(study: str, trials: int, log: Path, *options) -> subprocess.Popen:
@@ -245,7 +245,7 @@ def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     best = study.best_trial
     assert f"best: trial {best.number} complete" in out and "promoted" in out
     expected = TrainConfig.from_dict({**study.user_attrs["base"], **tune.settings(best.params)})
-    assert train.load_default_config() == expected
+    assert load_default_config() == expected
     # `python -m core train` starts from it; options still win.
     assert config_from_args(build_parser().parse_args(["train"])) == expected
     assert config_from_args(build_parser().parse_args(["train", "--seed", "3"])) == replace(expected, seed=3)
@@ -255,7 +255,7 @@ def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     assert saved["promoted_from"]["trial"] == best.number
 
     assert main(["tune", "--reset-default"]) == 0
-    assert train.load_default_config() == TrainConfig()
+    assert load_default_config() == TrainConfig()
 
 
 def test_a_broken_default_config_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -358,7 +358,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
 
     button(at, "Promote best to default").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert train.load_default_config().input_size == 32
+    assert load_default_config().input_size == 32
     assert at.number_input(key="cfg_input_size").value == 32  # the form shows the new defaults
     assert "Defaults promoted from study **small**" in texts(at.info)
 
