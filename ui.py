@@ -25,7 +25,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import calibration, data, deploy, evaluate, external, paths, runs, train
+from core import audit, calibration, cross_validation, data, deploy, evaluate, external, images, paths, runs
 from core.explain import colour_bar, overlay
 from core.predict import Prediction, Predictor
 
@@ -138,7 +138,7 @@ def index_or_stop() -> pd.DataFrame:
 @st.cache_data(show_spinner="Reading image sizes…")
 def _sizes(root: str, stamp: float) -> pd.DataFrame:
     index = _index(root, stamp)
-    return pd.concat([index, data.image_sizes(index["path"])], axis=1)
+    return pd.concat([index, images.image_sizes(index["path"])], axis=1)
 
 
 def image_sizes(root=None) -> pd.DataFrame:
@@ -149,7 +149,7 @@ def image_sizes(root=None) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Hashing every image (exact and perceptual hashes)…")
 def _audit(root: str, stamp: float) -> pd.DataFrame:
-    return data.audit_duplicates(_index(root, stamp))
+    return audit.audit_duplicates(_index(root, stamp))
 
 
 def duplicate_audit(root=None) -> pd.DataFrame:
@@ -159,15 +159,15 @@ def duplicate_audit(root=None) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner=False)  # decoded scans can be megabytes each
 def read_image(source: str | bytes, name: str, stamp: float = 0.0) -> np.ndarray:
-    """core.data.load_image of a path or of uploaded bytes (stamp: the file's
+    """core.images.load_image of a path or of uploaded bytes (stamp: the file's
     mtime, so an edited file is read again). Raises ImageReadError."""
-    return data.load_image(source, name=name)
+    return images.load_image(source, name=name)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def thumbnail(path: str, size: int = 220) -> np.ndarray:
     """A scan shrunk to fit size x size, keeping its aspect ratio."""
-    image = Image.fromarray(data.load_image(path))
+    image = Image.fromarray(images.load_image(path))
     image.thumbnail((size, size))
     return np.asarray(image)
 
@@ -322,7 +322,7 @@ def image_path(run: dict, relpath: str) -> Path:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pixel_counts(files: tuple) -> np.ndarray:
-    sizes = data.image_sizes(files)
+    sizes = images.image_sizes(files)
     return (sizes.width * sizes.height).to_numpy()
 
 
@@ -370,11 +370,11 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
 def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
-    return train.cross_validation_table([runs.load_run(path) for path in run_paths])
+    return cross_validation.cross_validation_table([runs.load_run(path) for path in run_paths])
 
 
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
-    """train.cross_validation_table over the completed fold runs, cached until
+    """cross_validation.cross_validation_table over the completed fold runs, cached until
     one of their predictions changes or a fold is added."""
     folds = [run for group in runs.cross_validation_groups(all_runs) for run in group]
     return _cross_validation(tuple(str(run["path"]) for run in folds),
@@ -471,7 +471,7 @@ def upload_name(name: str) -> str:
 
 def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
     """Probability and decision for one uploaded file. A file that is not a
-    readable image raises core.data.ImageReadError (a ValueError) whose message
+    readable image raises core.images.ImageReadError (a ValueError) whose message
     starts with its name."""
     return _predict(str(run["path"]), model_stamp(run), content, name)
 

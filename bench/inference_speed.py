@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import data, paths, runs  # noqa: E402
 from core.model import predict_proba, tta_view_count  # noqa: E402
 from core.predict import Predictor, latest_completed_run  # noqa: E402
+from core.images import load_image, load_images  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     predictor = Predictor.from_run(run_dir)
     index = data.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
-    batch = data.load_images(files, predictor.input_size).astype("float32")
+    batch = load_images(files, predictor.input_size).astype("float32")
     print(f"run {run_dir.name}: input {predictor.input_size} px, {len(batch)} test images")
 
     predict_proba(predictor.model, batch[:32])  # warm up
@@ -47,7 +48,7 @@ def main() -> None:
     print(f"batch inference      {len(batch) / batched:7.1f} images/s")
     print(f"per-image predict()  {len(batch) / looped:7.1f} images/s   (batch is {looped / batched:.1f}x faster)")
 
-    scans = [data.load_image(path) for path in files[:10]]
+    scans = [load_image(path) for path in files[:10]]
     predictor.gradcam_overlay(scans[0])  # warm: builds the Grad-CAM model once
     timings = []
     for scan in scans:

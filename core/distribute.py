@@ -74,7 +74,7 @@ def machine_problems(name: str) -> list[str]:
         try:
             if not cluster_spec():
                 found.append("strategy 'multiworker' needs TF_CONFIG describing the cluster "
-                             "(README, 'Distributed training')")
+                             "(docs/distributed.md)")
         except ValueError as error:
             found.append(str(error))
     return found

@@ -290,7 +290,7 @@ def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
 
 
 def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int | None = None, seed: int = 0) -> dict:
-    """Score a recipe from its k cross-validation runs (core.train.cross_validate):
+    """Score a recipe from its k cross-validation runs (core.cross_validation.cross_validate):
     each run's validation ROC-AUC, their mean and standard deviation, and the
     ROC-AUC of all out-of-fold predictions pooled, with a bootstrap 95% CI.
     The mean over folds is the recipe's score (as scikit-learn's

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data, lung, run_check, runs
+from core import lung, run_check, runs
 from core.calibration import Calibration, for_run
 from core.explain import Explainer, overlay
 from core.model import features_model, load_model, predict_proba
 from core.ood import Guard, image_problems
+from core.images import load_image, model_input
 
 
 def latest_completed_run(runs_root=None) -> Path:
@@ -96,7 +97,7 @@ class Predictor:
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return data.model_input(image, self.input_size, self.lung_crop).astype("float32")
+        return model_input(image, self.input_size, self.lung_crop).astype("float32")
 
     def view(self, image: np.ndarray) -> np.ndarray:
         """The part of a decoded scan the model sees, at its own resolution:
@@ -132,11 +133,11 @@ class Predictor:
     def predict_file(self, source, name: str | None = None) -> Prediction:
         """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""
         name = name or Path(str(source)).name
-        return self.predict_images([data.load_image(source, name=name)], [name])[0]
+        return self.predict_images([load_image(source, name=name)], [name])[0]
 
     @property
     def explainer(self) -> Explainer:
-        with self._lock:  # tf-keras-vis clones the model: build it once, lazily
+        with self._lock:  # its Grad-CAM models share the model's layers: build them once, lazily
             if self._explainer is None:
                 self._explainer = Explainer(self.model)
         return self._explainer

@@ -1,6 +1,6 @@
 """Ready-made training settings, and what a run of given settings will cost.
 
-The estimate scales the runs measured in the README (2 CPU cores): the
+The estimate scales the runs measured in docs/benchmarks.md (2 CPU cores): the
 default recipe trains in 17.9 min with 18 epochs (early stopping ended it
 before its 25) and peaks at 6.8 GB, 2.6 GB of which is the cache of frozen
 activations. Time grows with the training images, the epochs, the pixels and
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from core.train import CACHED_VIEWS
+from core.frozen_cache import CACHED_VIEWS
 
 REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
 REFERENCE_TRAIN_IMAGES = 425
@@ -20,7 +20,7 @@ OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, ev
 BASE_GB = 1.5            # TensorFlow, the model and the decoded images
 ACTIVATIONS_GB = 2.7     # fine-tuning at batch 32, 224 px (6.8 GB measured - 2.6 GB cache - base)
 BACKBONE_COMPUTE = {"resnet50": 1.0, "resnet101": 1.9, "resnet152": 2.8}  # GFLOPs 4.1 / 7.8 / 11.5
-# Relative time per epoch by where fine-tuning starts (README: conv2 20.7 min, conv3 17.9, conv5 10.7).
+# Relative time per epoch by where fine-tuning starts (docs/benchmarks.md: conv2 20.7 min, conv3 17.9, conv5 10.7).
 TRAIN_FROM_TIME = {"conv1": 1.5, "conv2": 1.15, "conv3": 1.0, "conv4": 1.0, "conv5": 0.6, "head": 0.3}
 # The frozen boundary's activation (fraction of the side, channels) cached per view, by train_from.
 CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 8, 512),

@@ -7,10 +7,8 @@ head do not wreck the pretrained features), then unfreeze the stages from
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import asdict
@@ -21,18 +19,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import checkpoint, data, distribute, evaluate, external, runs
-from core.config import TrainConfig, recipe_changes
-from core.model import build_model, frozen_boundary, load_model, predict_proba, set_trainable, split_at
-
-# Augmented views per training image in the frozen-stage activation cache.
-CACHED_VIEWS = 4
-
-
-class RunCancelled(KeyboardInterrupt):
-    """Raised when the user asks a run to stop (cancel file or SIGTERM); a
-    KeyboardInterrupt so that nothing on the way treats it as a failure."""
-
+from core import checkpoint, data, distribute, evaluate, external, jobs, runs
+from core.config import TrainConfig
+from core.frozen_cache import cached_datasets
+from core.model import build_model, frozen_boundary, load_model, predict_proba, set_trainable
+from core.images import load_images
+from core.pipeline import augmentation_layers, balanced_class_weights, make_dataset
 
 class RunProgress(keras.callbacks.Callback):
     """Keeps status.json up to date, reports epochs, and stops on request.
@@ -53,7 +45,7 @@ class RunProgress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if (self.run_dir / "cancel").exists():
             self.model.stop_training = True
-            raise RunCancelled("cancelled by the user")
+            raise jobs.RunCancelled("cancelled by the user")
         if time.monotonic() - self.last_write > 2.0:  # don't hammer the disk
             self._write(batch=batch + 1)
         checkpoint.kill_point(f"{self.phase} epoch {self.epoch + 1}")
@@ -109,11 +101,6 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=2)
-    return {c: float(len(labels) / (2 * max(counts[c], 1))) for c in (0, 1)}
-
-
 def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report,
               extra_callbacks=(), rows_before=0):
     """One phase of model.fit with the run's callbacks (and the caller's, such
@@ -164,7 +151,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         return _train_as_worker(config, strategy, report, callbacks)
     runs_root = Path(run_dir).parent if run_dir else runs_root
     if exclusive:
-        runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
+        jobs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
     try:
         if run_dir is None:
             run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
@@ -174,7 +161,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         return _train_with_status(run_dir, config, report, callbacks, strategy)
     finally:
         if exclusive:
-            runs.release_training_lock(runs_root)
+            jobs.release_training_lock(runs_root)
 
 
 def _train_as_worker(config: TrainConfig, strategy, report, callbacks=()) -> None:
@@ -191,11 +178,10 @@ def _train_as_worker(config: TrainConfig, strategy, report, callbacks=()) -> Non
 
 
 def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> Path:
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_cancelled)
     started = time.monotonic()
     try:
-        _train_in(run_dir, config, report, callbacks, strategy)
+        with jobs.sigterm_raises(jobs.RunCancelled):
+            _train_in(run_dir, config, report, callbacks, strategy)
     except KeyboardInterrupt as reason:
         runs.set_status(run_dir, "cancelled", reason=str(reason) or "cancelled",
                         train_seconds=round(time.monotonic() - started, 1))
@@ -205,127 +191,9 @@ def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(),
         runs.set_status(run_dir, getattr(error, "run_state", "failed"), reason=f"{type(error).__name__}: {error}",
                         train_seconds=round(time.monotonic() - started, 1))
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
     runs.set_status(run_dir, "completed", phase="done", train_seconds=round(time.monotonic() - started, 1))
     report(f"completed in {time.monotonic() - started:.0f} s: {run_dir}")
     return run_dir
-
-
-def cross_validate(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
-    """One run per fold of config.cv_folds (at least 2), each validating on
-    its own fold of train + val; returns their folders, to be scored with
-    evaluate.cross_validation_summary. A failed fold stops the rest (the
-    finished folds stay as runs)."""
-    if config.cv_folds < 2:
-        raise ValueError(f"cross-validation needs cv_folds of at least 2, got {config.cv_folds}")
-    run_dirs = []
-    for fold in range(config.cv_folds):
-        report(f"fold {fold + 1} of {config.cv_folds}")
-        run_dirs.append(train(dataclasses.replace(config, cv_fold=fold), name=f"{name or 'cv'}-fold{fold + 1}",
-                              report=report, runs_root=runs_root))
-    return run_dirs
-
-
-def leave_one_source_out(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
-    """One run per source of config.data_dir (at least two), each trained on
-    the other sources and evaluated on the one left out (stored as that
-    run's external set); returns their folders. Tells how the recipe travels
-    to a source it never saw."""
-    sources = data.source_dirs(config.data_dir)
-    if len(sources) < 2:
-        raise ValueError(f"leave-one-source-out needs at least two dataset folders in data_dir (separated by "
-                         f"{os.pathsep!r}), got {config.data_dir}")
-    run_dirs = []
-    for folder in sources:
-        source = data.source_name(folder)
-        report(f"leaving out {source}")
-        held_out = dataclasses.replace(config, holdout_source=source).validate()
-        run_dirs.append(train(held_out, name=f"{name or 'loso'}-without-{source}", report=report,
-                              runs_root=runs_root))
-    return run_dirs
-
-
-def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
-    """One row per cross-validated recipe found among the runs
-    (runs.cross_validation_groups), scored by evaluate.cross_validation_summary
-    over the folds trained so far: the mean fold ROC-AUC is the recipe's score.
-    Folds differ in difficulty far more than recipes do, so a recipe is also
-    compared with the project defaults fold by fold, on the same folds
-    (same data, seed and number of folds): the mean paired difference and its
-    standard error."""
-    scored = []  # (recipe, config, runs, summary or the error that stopped it)
-    for group in runs.cross_validation_groups(all_runs):
-        config = group[0]["config"]
-        try:
-            summary = evaluate.cross_validation_summary([runs.read_predictions(run["path"]) for run in group],
-                                                        seed=config.get("seed", 0))
-        except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
-            summary = error
-        scored.append((recipe_changes(config), config, group, summary))
-
-    def same_folds(config):
-        return config.get("data_dir"), config["cv_folds"], config.get("seed", 0)
-
-    def fold_scores(group, summary):
-        return dict(zip([run["config"]["cv_fold"] for run in group], summary["fold_roc_auc"]))
-
-    defaults = {same_folds(config): fold_scores(group, summary) for recipe, config, group, summary in scored
-                if recipe == "project defaults" and isinstance(summary, dict)}
-    rows = []
-    for recipe, config, group, summary in scored:
-        row = {"recipe": recipe, "seed": config.get("seed", 0), "folds": f"{len(group)} of {config['cv_folds']}"}
-        fold_runs = " ".join(run["id"] for run in group)
-        if not isinstance(summary, dict):
-            rows.append({**row, "problem": f"{type(summary).__name__}: {summary}", "runs": fold_runs})
-            continue
-        baseline = None if recipe == "project defaults" else defaults.get(same_folds(config))
-        difference, standard_error = _paired_difference(fold_scores(group, summary), baseline)
-        low, high = summary["pooled_ci"]
-        rows.append({
-            **row,
-            "mean_roc_auc": summary["mean_roc_auc"],
-            "std_roc_auc": summary["std_roc_auc"],
-            "vs_defaults": difference,
-            "vs_defaults_se": standard_error,
-            "fold_roc_auc": ", ".join("n/a" if auc is None else f"{auc:.3f}" for auc in summary["fold_roc_auc"]),
-            "pooled_roc_auc": summary["pooled_roc_auc"],
-            "pooled_ci_low": low,
-            "pooled_ci_high": high,
-            "images": summary["n_images"],
-            "runs": fold_runs,
-        })
-    table = pd.DataFrame(rows)
-    return table[[c for c in table if c != "runs"] + ["runs"]] if len(table) else table
-
-
-def _paired_difference(scores: dict, baseline: dict | None) -> tuple[float | None, float | None]:
-    """Mean and standard error of scores[fold] - baseline[fold] over the folds both scored."""
-    common = [f for f in scores if baseline and baseline.get(f) is not None and scores[f] is not None]
-    differences = np.array([scores[f] - baseline[f] for f in common])
-    if len(differences) < 2:
-        return None, None
-    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
-
-
-def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:
-    """Start a run in a background process that outlives the caller (the
-    app's page or tab); returns its folder at once. Refused while another
-    training is alive."""
-    config.validate()
-    runs.acquire_training_lock("starting", runs_root)
-    try:
-        run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
-    except BaseException:
-        runs.release_training_lock(runs_root)
-        raise
-    pid = runs.start_with_lock(["train", "--run-dir", str(run_dir)], run_dir / "train.log", run_dir.name, runs_root)
-    runs.set_status(run_dir, "running", pid=pid)
-    return run_dir
-
-
-def _raise_cancelled(signum, frame):
-    raise RunCancelled("stopped by SIGTERM")
 
 
 def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> None:
@@ -344,7 +212,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     for split in data.SPLITS:
         rows = index[index.split == split]
         runs.set_status(run_dir, "running", phase=f"loading {split} images")
-        images[split] = data.load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        images[split] = load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
         labels[split] = rows.y.to_numpy()
         checkpoint.kill_point("loading")
     report(f"decoded and resized to {config.input_size} px")
@@ -384,8 +252,8 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
 
 
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
-    """The config's training augmentation (core.data.augmentation_layers)."""
-    return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
+    """The config's training augmentation (core.pipeline.augmentation_layers)."""
+    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
 
 
 def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:
@@ -405,9 +273,9 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
     else:
         fitted = model
-        train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                     augment=augment, seed=config.seed)
-        val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
+        train_ds = make_dataset(images["train"], labels["train"], config.batch_size, training=True,
+                                augment=augment, seed=config.seed)
+        val_ds = make_dataset(images["val"], labels["val"], config.batch_size)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
     class_weight = None if boundary else balanced_class_weights(labels["train"])
@@ -440,96 +308,8 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     return model
 
 
-def cached_datasets(model, boundary, images, labels, augment, config, run_dir, report):
-    """Run the frozen stages once per augmented view and train the rest on
-    those activations: the frozen stages hold most of ResNet-50's compute, and
-    they give the same output every epoch for the same input (BatchNorm in
-    inference mode, no dropout). Returns the trainable top model and the
-    train/validation batches of activations."""
-    frozen, top = split_at(model, boundary)
-    started = time.monotonic()
-    runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
-    train_x = activations(frozen, images["train"], config.batch_size, augment, views=CACHED_VIEWS)
-    train_y = np.tile(labels["train"], CACHED_VIEWS)
-    checkpoint.kill_point("caching")
-    val_x = activations(frozen, images["val"], config.batch_size)
-    report(f"cached {boundary} activations for {CACHED_VIEWS} augmented views "
-           f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
-
-    train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
-                                      seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
-    val_batches = ActivationBatches(val_x, labels["val"], config.batch_size)
-    return top, train_batches, val_batches
-
-
-def activations(frozen: keras.Model, images: np.ndarray, batch_size: int, augment=None, views: int = 1) -> np.ndarray:
-    """Frozen-stage outputs of `views` passes over the images (augmented when
-    `augment` is given), as float16 to halve the memory, written into one
-    array allocated up front."""
-    out = None
-    for view in range(views):
-        for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(images[start:start + batch_size], "float32")
-            if augment is not None:
-                batch = augment(batch, training=True)
-            result = np.asarray(frozen(batch, training=False), dtype="float16")
-            if out is None:
-                out = np.empty((views * len(images), *result.shape[1:]), dtype="float16")
-            offset = view * len(images) + start
-            out[offset:offset + len(result)] = result
-    return out
-
-
-class ActivationBatches(keras.utils.PyDataset):
-    """Batches of cached activations with one-hot labels (and class weights).
-
-    For training, each epoch draws as many samples as there are training
-    images, at random from all views, so each epoch mixes augmentations.
-    Indexing the array avoids the copies a tf.data shuffle buffer would make."""
-
-    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None):
-        super().__init__()
-        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
-        self.epoch_size = epoch_size or len(x)
-        self.rng = np.random.default_rng(seed) if epoch_size else None
-        self.class_weight = class_weight
-        self.on_epoch_end()
-
-    def __len__(self):
-        return int(np.ceil(self.epoch_size / self.batch_size))
-
-    def __getitem__(self, i):
-        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        labels = self.y[rows]
-        batch = (self.x[rows].astype("float32"), np.eye(2, dtype="float32")[labels])
-        if self.class_weight:
-            batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
-        return batch
-
-    def on_epoch_end(self):
-        if self.rng is None:
-            self.order = np.arange(len(self.x))
-        else:
-            self.order = self.rng.permutation(len(self.x))[:self.epoch_size]
-
-
 def save_model(model: keras.Model, path: Path) -> None:
     """Save then rename, so a crash never leaves a truncated model.keras."""
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     tmp.replace(path)
-
-
-def resume(run_dir: Path, report=print) -> Path:
-    """Continue an interrupted, failed or cancelled run where it stopped."""
-    run_dir = Path(run_dir)
-    state = runs.read_status(run_dir).get("state")
-    if state in ("running", "completed"):
-        raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
-    (run_dir / "cancel").unlink(missing_ok=True)
-    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}), starting=True)
-    report(f"resuming {run_dir.name}: {checkpoint.describe(run_dir)} committed")
-    if config.strategy == "multiworker":
-        # The other workers' backups lived in scratch folders that are gone.
-        raise ValueError(f"run {run_dir.name} trained on several machines: start it again instead of resuming")
-    return train(config, run_dir=run_dir, report=report)

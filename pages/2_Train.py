@@ -1,10 +1,10 @@
-"""Train: every hyperparameter of core.TrainConfig, a preview of the
+"""Train: every hyperparameter of core.config.TrainConfig, a preview of the
 augmentation, a run started in the background and followed live, and a
 hyperparameter search (core.tune) whose best trial can become the defaults.
 
-The training runs in its own process (core.train.launch_training), so it goes
+The training runs in its own process (core.jobs.launch_training), so it goes
 on when this tab is closed or reloaded; this page only reads the run folder.
-A search worker (core.tune.launch_search) likewise; the page reads its study.
+A search worker (core.jobs.launch_search) likewise; the page reads its study.
 """
 import dataclasses
 import os
@@ -15,9 +15,10 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, presets, runs, train, tune
+from core import jobs, presets, runs, search_space, train, tune
 from core.config import TrainConfig, load_default_config, promoted_from, reset_default
 from core.model import TRAIN_FROM
+from core.images import model_input
 
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
@@ -57,7 +58,7 @@ def current_run() -> tuple[dict | None, bool]:
     launched a moment ago counts as alive before its process takes the
     training lock (it is 'running' with a live pid from the start)."""
     listed = runs.list_runs()
-    holder = runs.active_training() or {}
+    holder = jobs.active_training() or {}
     running = [r for r in listed if r["id"] == holder.get("run")] or \
               [r for r in listed if r["status"].get("state") == "running"]
     if running:
@@ -66,7 +67,7 @@ def current_run() -> tuple[dict | None, bool]:
 
 
 ui.page_setup("Train")
-st.caption("Every setting of a run (core.TrainConfig); the defaults are the project's recipe. "
+st.caption("Every setting of a run (core.config.TrainConfig); the defaults are the project's recipe. "
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 
@@ -133,13 +134,13 @@ else:
     st.info(f"Estimate for these settings on this machine: up to about **{cost['minutes']:.0f} min** "
             f"(early stopping can end it sooner) and **{cost['gigabytes']:.1f} GB** of memory "
             f"({cost['cache_gigabytes']:.1f} GB of it the cache of frozen-layer outputs). Rough: scaled from "
-            "the runs measured in the README; other work on the machine slows it.", icon=":material/timer:")
+            "the runs measured in docs/benchmarks.md; other work on the machine slows it.", icon=":material/timer:")
 
 
 # --- Augmentation preview -------------------------------------------------------
 @st.fragment
 def augmentation_preview(config: TrainConfig):
-    """A few training images through core.data.augmentation_layers with the
+    """A few training images through core.pipeline.augmentation_layers with the
     settings above; its own fragment so a new draw does not rerun the form."""
     try:
         index = ui.load_index(config.training_sources())
@@ -150,7 +151,7 @@ def augmentation_preview(config: TrainConfig):
     sample = index[index["split"] == "train"].groupby("label").head(2).sort_values("label")
     size = min(config.input_size, 256) if config.input_size >= 32 else 224
     # What the model sees: cropped to the lung fields when the run crops, then resized.
-    images = np.stack([data.model_input(ui.read_image(p, n, ui.mtime(p)), size, config.lung_crop)
+    images = np.stack([model_input(ui.read_image(p, n, ui.mtime(p)), size, config.lung_crop)
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:
@@ -186,10 +187,10 @@ if right.button("Start training", type="primary", disabled=bool(problems) or tra
         # moment ago takes only once its process is up: check its status too.
         busy, alive = current_run()
         if alive:
-            raise runs.TrainingBusy(f"training run {busy['id']} is already running; "
+            raise jobs.TrainingBusy(f"training run {busy['id']} is already running; "
                                     "wait for it to finish or cancel it")
-        run_dir = train.launch_training(config, name=name.strip() or None)
-    except (runs.TrainingBusy, ValueError, OSError) as error:
+        run_dir = jobs.launch_training(config, name=name.strip() or None)
+    except (jobs.TrainingBusy, ValueError, OSError) as error:
         st.error(f"Not started: {error}")
     else:
         st.success(f"Started run {run_dir.name} in the background. It keeps going if you "
@@ -225,7 +226,7 @@ def progress():
             st.progress(min(batch / steps, 1.0),
                         text=f"epoch {status.get('epoch')}/{status.get('epochs')} · batch {batch}/{steps}")
         if st.button("Cancel this run", disabled=(run["path"] / "cancel").exists()):
-            runs.request_cancel(run["path"])
+            jobs.request_cancel(run["path"])
             st.info("Cancel requested: the run stops after its current batch.")
     elif state == "completed":
         st.success(f"Completed in {status.get('train_seconds', '?')} s.")
@@ -275,7 +276,7 @@ except ValueError as error:
     st.error(str(error))
     study_name = ""
 
-SEARCHED_CHOICES = {"backbone": ("Backbones", tune.loadable_backbones(config.weights)),
+SEARCHED_CHOICES = {"backbone": ("Backbones", search_space.loadable_backbones(config.weights)),
                     "batch_size": ("Batch sizes", [8, 16, 32, 64]),
                     "input_size": ("Input sizes", [128, 160, 192, 224, 256, 288, 320]),
                     "train_from": ("Fine-tune from", list(TRAIN_FROM))}
@@ -289,17 +290,17 @@ else:
     st.markdown("**Search space** (an empty list or an unticked box: the form's value is used)")
     columns = st.columns(len(SEARCHED_CHOICES) + 1)
     for column, (name, (label, options)) in zip(columns, SEARCHED_CHOICES.items()):
-        default = [o for o in tune.SPACE[name] if o in options]
+        default = [o for o in search_space.SPACE[name] if o in options]
         chosen = column.multiselect(label, options, default=default, key=f"space_{name}", persist_state="session")
         if chosen:
             space[name] = sorted(chosen, key=options.index)
     for label, names in SEARCHED_RANGES.items():
-        ranges = ", ".join(f"{n} {tune.SPACE[n]['low']:g}–{tune.SPACE[n]['high']:g}" for n in names)
+        ranges = ", ".join(f"{n} {search_space.SPACE[n]['low']:g}–{search_space.SPACE[n]['high']:g}" for n in names)
         if columns[-1].checkbox(label, value=True, key=f"space_{names[0]}", help=ranges,
                                 persist_state="session"):
-            space.update({n: tune.SPACE[n] for n in names})
+            space.update({n: search_space.SPACE[n] for n in names})
 
-worker = tune.search_worker(study_name) if study_name else None
+worker = jobs.search_worker(study_name) if study_name else None
 left, right = st.columns([1, 3], vertical_alignment="center")
 # The form matters to a new study only; an existing one keeps its own settings.
 if left.button("Start search", type="primary",
@@ -307,14 +308,14 @@ if left.button("Start search", type="primary",
     try:
         busy, alive = current_run()
         if alive:
-            raise runs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
-        base = {k: v for k, v in dataclasses.asdict(config).items() if k not in tune.searched_fields(space)}
-        pid = tune.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
-    except (runs.TrainingBusy, ValueError, OSError) as error:
+            raise jobs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
+        base = {k: v for k, v in dataclasses.asdict(config).items() if k not in search_space.searched_fields(space)}
+        pid = jobs.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
+    except (jobs.TrainingBusy, ValueError, OSError) as error:
         right.error(f"Not started: {error}")
     else:
         right.success(f"Search {study_name} started in the background (process {pid}).")
-        worker = tune.search_worker(study_name)
+        worker = jobs.search_worker(study_name)
 
 
 def styled_trials(table, best):
@@ -334,14 +335,14 @@ def search_results(name: str, worker_at_start: bool):
     except ValueError:
         st.info("No study by this name yet: choose the space and start one.")
         return
-    table, best, worker = tune.trials_table(study), tune.best_trial(study), tune.search_worker(name)
+    table, best, worker = tune.trials_table(study), tune.best_trial(study), jobs.search_worker(name)
     if worker_at_start and not worker:
         st.rerun()  # the search ended: redraw the page once, without refreshing
     finished = int(table["state"].isin(["complete", "pruned"]).sum()) if len(table) else 0
     state = f"running in process {worker['pid']}" if worker else "no search running"
     st.markdown(f"**{name}**: {finished} finished trial(s) of {len(table)}, {state}.")
     if worker and st.button("Stop search"):
-        tune.stop_search(name)
+        jobs.stop_search(name)
         st.info("Stop requested: the trial in progress is cancelled and recorded as failed.")
     scored = table.dropna(subset=["val_roc_auc"])
     if len(scored):

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from core import calibration, deploy, evaluate, external, runs
+from core import calibration, deploy, evaluate, external, jobs, runs
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -224,7 +224,7 @@ with st.expander("Evaluate this run on another dataset", icon=":material/travel_
                                        f"classes ({negative}, {positive}).")
         if st.form_submit_button("Start", icon=":material/play_arrow:"):
             try:
-                started = external.launch(run["path"], folder.strip(), set_name.strip() or None, class_map)
+                started = jobs.launch_external(run["path"], folder.strip(), set_name.strip() or None, class_map)
             except ValueError as error:
                 st.error(str(error))
             else:

@@ -6,7 +6,7 @@ metrics shown; a confusion-matrix cell opens Misclassified on that cell; a bad
 upload on Predict is named in an error while the good ones in the same batch
 get a probability; Train reports config problems, starts a run, refuses a
 second one and cancels. The training process itself is faked where a test
-would otherwise train (core.train.launch_training is tested in test_train.py).
+would otherwise train (core.jobs.launch_training is tested in test_train.py).
 """
 import shutil
 from dataclasses import asdict, fields
@@ -20,8 +20,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import calibration, data, deploy, evaluate, ood, presets, runs, train
+from core import calibration, deploy, evaluate, jobs, ood, presets, runs
 from core.config import TrainConfig, recipe_changes
+from core.images import image_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -133,7 +134,7 @@ def expected_metrics(test: pd.DataFrame, threshold: float) -> dict:
 def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, trained_run):
     test = runs.read_predictions(trained_run).query("split == 'test'")
     root = Path(runs.read_json(trained_run / "config.json")["data_dir"])
-    sizes = data.image_sizes([root / path for path in test.path])
+    sizes = image_sizes([root / path for path in test.path])
     bias = evaluate.resolution_bias(test, sizes.width * sizes.height)
     at = open_page(ui.EVALUATE)
     (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
@@ -363,7 +364,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
         started.append(config)
         return runs.new_run(asdict(config), name=name, runs_root=runs_root)
 
-    monkeypatch.setattr(train, "launch_training", fake_launch)
+    monkeypatch.setattr(jobs, "launch_training", fake_launch)
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the page sets it for the child: undone after the test
     at = open_page(ui.TRAIN)
     at.number_input(key="cfg_input_size").set_value(64)
@@ -410,12 +411,12 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
 
 def test_start_while_another_process_trains_shows_training_busy(empty_artifacts, data_dir):
     # The lock of a live training process (this one); the real launch_training refuses.
-    runs.acquire_training_lock("someone-elses-run")
+    jobs.acquire_training_lock("someone-elses-run")
     try:
         at = open_page(ui.TRAIN)
         button(at, "Start training").click().run()
     finally:
-        runs.release_training_lock()
+        jobs.release_training_lock()
     assert_no_exception(at)
     assert "Not started: training run someone-elses-run is already running" in texts(at.error)
     assert runs.list_runs() == []

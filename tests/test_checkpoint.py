@@ -10,7 +10,8 @@ import pytest
 
 from core import checkpoint
 from core.config import TrainConfig
-from core.train import ActivationBatches, fit_phase
+from core.frozen_cache import ActivationBatches
+from core.train import fit_phase
 
 EPOCHS = 8
 

@@ -7,9 +7,9 @@ import time
 
 import pandas as pd
 
-from core import runs
+from core import jobs, runs
 from core.config import TrainConfig
-from core.train import launch_training, resume
+from core.jobs import launch_training, resume
 
 FINETUNE_EPOCHS = 12
 
@@ -36,7 +36,7 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     assert wait_for(in_third_finetune_epoch), runs.read_json(run_dir / "status.json")
     os.kill(runs.read_json(run_dir / "status.json")["pid"], signal.SIGKILL)
     assert wait_for(lambda: runs.read_status(run_dir)["state"] == "interrupted", timeout=10)
-    assert runs.active_training(runs_root) is None  # the dead process's lock is stale
+    assert jobs.active_training(runs_root) is None  # the dead process's lock is stale
 
     rows_before = len(runs.read_history(run_dir))
     assert rows_before >= 3  # head epoch + at least two fine-tuning epochs

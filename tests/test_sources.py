@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import data, evaluate, paths, train
+from core import cross_validation, data, evaluate, paths
 from core.cli import main
 from core.config import TrainConfig
+from core.audit import audit_duplicates
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -75,7 +76,7 @@ def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
     shared = next((hospital_a / "COVID").glob("*.png"))
     shutil.copy(shared, hospital_b / "COVID" / "person001" / "copied.png")
     index = data.index_dataset([hospital_a, hospital_b])
-    pairs = data.audit_duplicates(index, max_distance=0)
+    pairs = audit_duplicates(index, max_distance=0)
     exact = pairs[(pairs["kind"] == "exact") & pairs["cross_source"]]
     assert {tuple(sorted(p)) for p in exact[["relpath_a", "relpath_b"]].to_numpy()} == {
         ("SY575/COVID/person001/copied.png", f"hospital-a/COVID/{shared.name}")}
@@ -100,14 +101,14 @@ def test_leave_one_source_out_trains_one_run_per_source(two_sources, monkeypatch
         trained.append((config.holdout_source, name))
         return Path(name)
 
-    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(cross_validation, "train", fake_train)
     hospital_a, hospital_b = two_sources
     config = TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
-    assert train.leave_one_source_out(config, name="x", report=lambda line: None) == [
+    assert cross_validation.leave_one_source_out(config, name="x", report=lambda line: None) == [
         Path("x-without-hospital-a"), Path("x-without-SY575")]
     assert trained == [("hospital-a", "x-without-hospital-a"), ("SY575", "x-without-SY575")]
     with pytest.raises(ValueError, match="at least two dataset folders"):
-        train.leave_one_source_out(TrainConfig(data_dir=str(hospital_a)))
+        cross_validation.leave_one_source_out(TrainConfig(data_dir=str(hospital_a)))
 
 
 def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, weights, tmp_path,

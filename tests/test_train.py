@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, runs
+from core import evaluate, jobs, runs
 from core.model import load_model
 from core.config import TrainConfig
 from core.train import select_images, train
+from core.images import load_images
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
@@ -35,12 +36,11 @@ def test_smoke_run_writes_every_artifact(trained_run):
 
 
 def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
-    from core import data
     from core.model import predict_proba
 
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
-    images = data.load_images([str(data_dir / p) for p in predictions.path], 64)
+    images = load_images([str(data_dir / p) for p in predictions.path], 64)
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-4)
 
 
@@ -94,7 +94,8 @@ def test_cancel_request_marks_the_run_cancelled(tmp_path, data_dir, weights, mon
 
 
 def test_activation_batches_draw_from_all_views_with_class_weights():
-    from core.train import ActivationBatches, balanced_class_weights
+    from core.frozen_cache import ActivationBatches
+    from core.pipeline import balanced_class_weights
 
     views, n = 3, 10
     x = np.arange(views * n, dtype="float16").reshape(-1, 1)  # sample id as its "activation"
@@ -138,7 +139,7 @@ def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp
     assert status["state"] == "failed" and "No space left on device" in status["reason"]
     assert json.loads((run_dir / "config.json").read_text())["input_size"] == 32
     assert len(pd.read_csv(run_dir / "history.csv")) == 1  # the finished epoch is still there
-    assert runs.active_training(tmp_path) is None  # the lock is released
+    assert jobs.active_training(tmp_path) is None  # the lock is released
 
 
 def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_path):
@@ -159,7 +160,7 @@ def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_pa
 def test_a_run_saved_with_a_retired_setting_does_not_resume(tmp_path):
     from dataclasses import asdict
 
-    from core.train import resume
+    from core.jobs import resume
 
     run_dir = runs.new_run({**asdict(TrainConfig(data_dir=str(tmp_path))), "blur": 1.5}, runs_root=tmp_path)
     runs.set_status(run_dir, "failed", reason="killed")
@@ -172,7 +173,8 @@ def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path):
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from core.train import ActivationBatches, fit_phase
+    from core.frozen_cache import ActivationBatches
+    from core.train import fit_phase
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 8)).astype("float32")
@@ -199,7 +201,7 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
 
     from sklearn.metrics import roc_auc_score
 
-    from core.train import cross_validation_table
+    from core.cross_validation import cross_validation_table
 
     rng = np.random.default_rng(0)
 
