@@ -29,18 +29,23 @@ from core import audit, calibration, cross_validation, data, deploy, evaluate, e
 from core.explain import colour_bar, overlay
 from core.predict import Prediction, Predictor
 
-# Page files, for st.page_link and st.switch_page. Streamlit finds the pages in
-# pages/ by itself; the sidebar menu is drawn by page_setup (see MENU).
-HOME = "streamlit_app.py"
+# Page files, for st.page_link and st.switch_page; streamlit_app.py routes to
+# them (st.navigation), in the order of PAGES, which also draws the sidebar menu.
+HOME = "pages/0_Home.py"
 DATA = "pages/1_Data.py"
 TRAIN = "pages/2_Train.py"
 EVALUATE = "pages/3_Evaluate.py"
 MISCLASSIFIED = "pages/4_Misclassified.py"
 PREDICT = "pages/5_Predict.py"
-MENU = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
-        (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
-        (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
-        (PREDICT, "Predict", ":material/upload_file:")]
+PAGES = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
+         (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
+         (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
+         (PREDICT, "Predict", ":material/upload_file:")]
+
+
+def icon(page: str) -> str:
+    """The page's icon in the menu, for links to it."""
+    return next(icon for path, _, icon in PAGES if path == page)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
 CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
@@ -70,16 +75,11 @@ DISCLAIMER = ("Research use only. This tool is not a medical device and must not
 
 
 def page_setup(title: str) -> None:
-    """The first call of every page: page config, title, and the sidebar menu.
-    The menu replaces Streamlit's own (client.showSidebarNavigation = false in
-    .streamlit/config.toml), which would call Home "streamlit app"."""
+    """The first call of every page: page config, title, and the disclaimer
+    under the sidebar menu (which st.navigation draws, streamlit_app.py)."""
     st.set_page_config(page_title=f"{title} · COVID-19 CT Explorer", layout="wide",
                        page_icon=":material/pulmonology:")
-    with st.sidebar:
-        for page, label, icon in MENU:
-            st.page_link(page, label=label, icon=icon)
-        st.divider()
-        st.caption(DISCLAIMER)
+    st.sidebar.caption(DISCLAIMER)
     st.title(title)
 
 
@@ -198,7 +198,7 @@ def run_label(run: dict) -> str:
 def no_runs_yet(what: str = "a completed training run") -> None:
     st.info(f"This page needs {what}, and there is none yet in {paths.runs_dir()}. "
             "Train one first.")
-    st.page_link(TRAIN, label="Go to Train", icon=MENU[2][2])
+    st.page_link(TRAIN, label="Go to Train", icon=icon(TRAIN))
 
 
 def pick_run(needs_test_results: bool = True) -> dict:
@@ -243,7 +243,7 @@ def deploy_controls(run: dict, key: str) -> None:
                 st.error(f"Not deployed: {error}")
                 return
         st.success(f"Run {run['id']} now answers on Predict and in `python -m core predict`.")
-        st.page_link(PREDICT, label="Go to Predict", icon=MENU[5][2])
+        st.page_link(PREDICT, label="Go to Predict", icon=icon(PREDICT))
 
 
 def class_names(run: dict) -> tuple[str, str]:

@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from core.audit import audit_duplicates
 
 EXIT_BAD_INPUT = 2
 
@@ -153,6 +152,7 @@ def cmd_explain(args) -> int:
 
 def cmd_audit(args) -> int:
     from core import data
+    from core.audit import audit_duplicates
 
     index = data.index_dataset(args.data, positive_class=args.positive_class)
     print(data.split_counts(index).to_string())

@@ -230,7 +230,7 @@ def progress():
             st.info("Cancel requested: the run stops after its current batch.")
     elif state == "completed":
         st.success(f"Completed in {status.get('train_seconds', '?')} s.")
-        st.page_link(ui.EVALUATE, label="Evaluate it", icon=":material/monitoring:")
+        st.page_link(ui.EVALUATE, label="Evaluate it", icon=ui.icon(ui.EVALUATE))
     elif state == "pruned":
         st.info(f"Trial run pruned by the hyperparameter search: {status.get('reason', '')}")
     elif state == "interrupted":
