@@ -176,18 +176,6 @@ def thumbnail(path: str, size: int = 220) -> np.ndarray:
 # Runs
 # ---------------------------------------------------------------------------
 
-def has_model(run: dict) -> bool:
-    """A completed run with its model, not damaged (core.run_check)."""
-    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
-            and not run.get("problems"))
-
-
-def has_results(run: dict) -> bool:
-    """A completed run with test predictions and metrics (what Evaluate needs)."""
-    return (has_model(run) and (run["path"] / "predictions.csv").exists()
-            and "test" in (run["metrics"] or {}))
-
-
 def run_label(run: dict) -> str:
     test = ((run["metrics"] or {}).get("test") or {}).get("at_threshold") or {}
     auc = f" · test ROC-AUC {fmt(test['roc_auc'])}" if test.get("roc_auc") is not None else ""
@@ -206,7 +194,7 @@ def pick_run(needs_test_results: bool = True) -> dict:
     session, so Evaluate, Misclassified and Predict show the same run. With no
     usable run the page says so, links to Train and stops."""
     usable = [run for run in runs.list_runs()
-              if (has_results(run) if needs_test_results else has_model(run))]
+              if (runs.has_results(run) if needs_test_results else runs.has_model(run))]
     if not usable:
         no_runs_yet()
         st.stop()
@@ -308,18 +296,6 @@ def history(run: dict) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def image_path(run: dict, relpath: str) -> Path:
-    """Where a prediction's image is: under the run's data_dir (the source its
-    relpath names, with several), or the current dataset folder when that
-    one has moved."""
-    data_dir = run["config"].get("data_dir") or str(paths.data_dir())
-    try:
-        found = data.resolve_image(data_dir, relpath, run["config"].get("holdout_source") or "")
-    except ValueError:
-        return paths.data_dir() / relpath
-    return found if found.parent.exists() else paths.data_dir() / relpath
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pixel_counts(files: tuple) -> np.ndarray:
     sizes = images.image_sizes(files)
@@ -328,19 +304,7 @@ def _pixel_counts(files: tuple) -> np.ndarray:
 
 def pixel_counts(run: dict, relpaths) -> np.ndarray:
     """width x height of each image file (NaN where unreadable), from headers, cached."""
-    return _pixel_counts(tuple(str(image_path(run, relpath)) for relpath in relpaths))
-
-
-def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
-    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
-    most confident first (confidence = probability of the predicted class)."""
-    predicted = rows["prob"] >= threshold
-    actual = rows["y_true"] == 1
-    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
-              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
-    chosen = rows[wanted].copy()
-    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
-    return chosen.sort_values("confidence", ascending=False, ignore_index=True)
+    return _pixel_counts(tuple(str(runs.image_path(run, relpath)) for relpath in relpaths))
 
 
 def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
@@ -431,7 +395,7 @@ def review_predictions(run: dict, key: str) -> pd.DataFrame:
         return rows
     rows = predictions(run)
     rows = rows[rows["split"] == key].copy()
-    rows["file"] = [str(image_path(run, relpath)) for relpath in rows["path"]]
+    rows["file"] = [str(runs.image_path(run, relpath)) for relpath in rows["path"]]
     return rows
 
 

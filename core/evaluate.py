@@ -334,3 +334,15 @@ def metrics_at(y_true, prob, threshold: float, n_boot: int | None = None, seed: 
     """binary_metrics at `threshold` with their bootstrap CIs ("ci"), resampled by `groups` when given."""
     return {**binary_metrics(y_true, prob, threshold),
             "ci": bootstrap_ci(y_true, prob, threshold, n_boot=n_boot, seed=seed, groups=groups)}
+
+
+def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
+    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
+    most confident first (confidence = probability of the predicted class)."""
+    predicted = rows["prob"] >= threshold
+    actual = rows["y_true"] == 1
+    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
+              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
+    chosen = rows[wanted].copy()
+    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
+    return chosen.sort_values("confidence", ascending=False, ignore_index=True)

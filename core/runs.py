@@ -219,3 +219,29 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
         row["problem"] = "; ".join(run.get("problems") or []) or None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def has_model(run: dict) -> bool:
+    """A completed run with its model, not damaged (core.run_check)."""
+    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+            and not run.get("problems"))
+
+
+def has_results(run: dict) -> bool:
+    """A completed run with test predictions and metrics (what Evaluate needs)."""
+    return (has_model(run) and (run["path"] / "predictions.csv").exists()
+            and "test" in (run["metrics"] or {}))
+
+
+def image_path(run: dict, relpath: str) -> Path:
+    """Where a prediction's image is: under the run's data_dir (the source its
+    relpath names, with several), or the current dataset folder when that
+    one has moved."""
+    from core import data  # image reading libraries: only for a run's images
+
+    data_dir = run["config"].get("data_dir") or str(paths.data_dir())
+    try:
+        found = data.resolve_image(data_dir, relpath, run["config"].get("holdout_source") or "")
+    except ValueError:
+        return paths.data_dir() / relpath
+    return found if found.parent.exists() else paths.data_dir() / relpath

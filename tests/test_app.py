@@ -509,6 +509,6 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     at = cases.set_value("external:SY575-COVID19-CT").run()
     assert_no_exception(at)
     rows = external.read_predictions(run_dir, "SY575-COVID19-CT")
-    expected = ui.cell_rows(rows, stored["threshold"], at.session_state["cell"])
+    expected = evaluate.cell_rows(rows, stored["threshold"], at.session_state["cell"])
     (caption,) = [c.value for c in at.caption if " at threshold " in c.value]
     assert caption.startswith(f"{len(expected)} ") and "in external: SY575-COVID19-CT" in caption
