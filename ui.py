@@ -25,22 +25,27 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import calibration, data, deploy, evaluate, external, paths, runs, train
+from core import audit, calibration, cross_validation, data, deploy, evaluate, external, images, paths, runs
 from core.explain import colour_bar, overlay
 from core.predict import Prediction, Predictor
 
-# Page files, for st.page_link and st.switch_page. Streamlit finds the pages in
-# pages/ by itself; the sidebar menu is drawn by page_setup (see MENU).
-HOME = "streamlit_app.py"
+# Page files, for st.page_link and st.switch_page; streamlit_app.py routes to
+# them (st.navigation), in the order of PAGES, which also draws the sidebar menu.
+HOME = "pages/0_Home.py"
 DATA = "pages/1_Data.py"
 TRAIN = "pages/2_Train.py"
 EVALUATE = "pages/3_Evaluate.py"
 MISCLASSIFIED = "pages/4_Misclassified.py"
 PREDICT = "pages/5_Predict.py"
-MENU = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
-        (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
-        (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
-        (PREDICT, "Predict", ":material/upload_file:")]
+PAGES = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
+         (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
+         (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
+         (PREDICT, "Predict", ":material/upload_file:")]
+
+
+def icon(page: str) -> str:
+    """The page's icon in the menu, for links to it."""
+    return next(icon for path, _, icon in PAGES if path == page)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
 CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
@@ -70,16 +75,11 @@ DISCLAIMER = ("Research use only. This tool is not a medical device and must not
 
 
 def page_setup(title: str) -> None:
-    """The first call of every page: page config, title, and the sidebar menu.
-    The menu replaces Streamlit's own (client.showSidebarNavigation = false in
-    .streamlit/config.toml), which would call Home "streamlit app"."""
+    """The first call of every page: page config, title, and the disclaimer
+    under the sidebar menu (which st.navigation draws, streamlit_app.py)."""
     st.set_page_config(page_title=f"{title} · COVID-19 CT Explorer", layout="wide",
                        page_icon=":material/pulmonology:")
-    with st.sidebar:
-        for page, label, icon in MENU:
-            st.page_link(page, label=label, icon=icon)
-        st.divider()
-        st.caption(DISCLAIMER)
+    st.sidebar.caption(DISCLAIMER)
     st.title(title)
 
 
@@ -138,7 +138,7 @@ def index_or_stop() -> pd.DataFrame:
 @st.cache_data(show_spinner="Reading image sizes…")
 def _sizes(root: str, stamp: float) -> pd.DataFrame:
     index = _index(root, stamp)
-    return pd.concat([index, data.image_sizes(index["path"])], axis=1)
+    return pd.concat([index, images.image_sizes(index["path"])], axis=1)
 
 
 def image_sizes(root=None) -> pd.DataFrame:
@@ -149,7 +149,7 @@ def image_sizes(root=None) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Hashing every image (exact and perceptual hashes)…")
 def _audit(root: str, stamp: float) -> pd.DataFrame:
-    return data.audit_duplicates(_index(root, stamp))
+    return audit.audit_duplicates(_index(root, stamp))
 
 
 def duplicate_audit(root=None) -> pd.DataFrame:
@@ -159,15 +159,15 @@ def duplicate_audit(root=None) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner=False)  # decoded scans can be megabytes each
 def read_image(source: str | bytes, name: str, stamp: float = 0.0) -> np.ndarray:
-    """core.data.load_image of a path or of uploaded bytes (stamp: the file's
+    """core.images.load_image of a path or of uploaded bytes (stamp: the file's
     mtime, so an edited file is read again). Raises ImageReadError."""
-    return data.load_image(source, name=name)
+    return images.load_image(source, name=name)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def thumbnail(path: str, size: int = 220) -> np.ndarray:
     """A scan shrunk to fit size x size, keeping its aspect ratio."""
-    image = Image.fromarray(data.load_image(path))
+    image = Image.fromarray(images.load_image(path))
     image.thumbnail((size, size))
     return np.asarray(image)
 
@@ -175,18 +175,6 @@ def thumbnail(path: str, size: int = 220) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------
-
-def has_model(run: dict) -> bool:
-    """A completed run with its model, not damaged (core.run_check)."""
-    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
-            and not run.get("problems"))
-
-
-def has_results(run: dict) -> bool:
-    """A completed run with test predictions and metrics (what Evaluate needs)."""
-    return (has_model(run) and (run["path"] / "predictions.csv").exists()
-            and "test" in (run["metrics"] or {}))
-
 
 def run_label(run: dict) -> str:
     test = ((run["metrics"] or {}).get("test") or {}).get("at_threshold") or {}
@@ -198,7 +186,7 @@ def run_label(run: dict) -> str:
 def no_runs_yet(what: str = "a completed training run") -> None:
     st.info(f"This page needs {what}, and there is none yet in {paths.runs_dir()}. "
             "Train one first.")
-    st.page_link(TRAIN, label="Go to Train", icon=MENU[2][2])
+    st.page_link(TRAIN, label="Go to Train", icon=icon(TRAIN))
 
 
 def pick_run(needs_test_results: bool = True) -> dict:
@@ -206,7 +194,7 @@ def pick_run(needs_test_results: bool = True) -> dict:
     session, so Evaluate, Misclassified and Predict show the same run. With no
     usable run the page says so, links to Train and stops."""
     usable = [run for run in runs.list_runs()
-              if (has_results(run) if needs_test_results else has_model(run))]
+              if (runs.has_results(run) if needs_test_results else runs.has_model(run))]
     if not usable:
         no_runs_yet()
         st.stop()
@@ -243,7 +231,7 @@ def deploy_controls(run: dict, key: str) -> None:
                 st.error(f"Not deployed: {error}")
                 return
         st.success(f"Run {run['id']} now answers on Predict and in `python -m core predict`.")
-        st.page_link(PREDICT, label="Go to Predict", icon=MENU[5][2])
+        st.page_link(PREDICT, label="Go to Predict", icon=icon(PREDICT))
 
 
 def class_names(run: dict) -> tuple[str, str]:
@@ -308,39 +296,15 @@ def history(run: dict) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def image_path(run: dict, relpath: str) -> Path:
-    """Where a prediction's image is: under the run's data_dir (the source its
-    relpath names, with several), or the current dataset folder when that
-    one has moved."""
-    data_dir = run["config"].get("data_dir") or str(paths.data_dir())
-    try:
-        found = data.resolve_image(data_dir, relpath, run["config"].get("holdout_source") or "")
-    except ValueError:
-        return paths.data_dir() / relpath
-    return found if found.parent.exists() else paths.data_dir() / relpath
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pixel_counts(files: tuple) -> np.ndarray:
-    sizes = data.image_sizes(files)
+    sizes = images.image_sizes(files)
     return (sizes.width * sizes.height).to_numpy()
 
 
 def pixel_counts(run: dict, relpaths) -> np.ndarray:
     """width x height of each image file (NaN where unreadable), from headers, cached."""
-    return _pixel_counts(tuple(str(image_path(run, relpath)) for relpath in relpaths))
-
-
-def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
-    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
-    most confident first (confidence = probability of the predicted class)."""
-    predicted = rows["prob"] >= threshold
-    actual = rows["y_true"] == 1
-    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
-              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
-    chosen = rows[wanted].copy()
-    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
-    return chosen.sort_values("confidence", ascending=False, ignore_index=True)
+    return _pixel_counts(tuple(str(runs.image_path(run, relpath)) for relpath in relpaths))
 
 
 def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
@@ -370,11 +334,11 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
 def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
-    return train.cross_validation_table([runs.load_run(path) for path in run_paths])
+    return cross_validation.cross_validation_table([runs.load_run(path) for path in run_paths])
 
 
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
-    """train.cross_validation_table over the completed fold runs, cached until
+    """cross_validation.cross_validation_table over the completed fold runs, cached until
     one of their predictions changes or a fold is added."""
     folds = [run for group in runs.cross_validation_groups(all_runs) for run in group]
     return _cross_validation(tuple(str(run["path"]) for run in folds),
@@ -431,7 +395,7 @@ def review_predictions(run: dict, key: str) -> pd.DataFrame:
         return rows
     rows = predictions(run)
     rows = rows[rows["split"] == key].copy()
-    rows["file"] = [str(image_path(run, relpath)) for relpath in rows["path"]]
+    rows["file"] = [str(runs.image_path(run, relpath)) for relpath in rows["path"]]
     return rows
 
 
@@ -471,7 +435,7 @@ def upload_name(name: str) -> str:
 
 def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
     """Probability and decision for one uploaded file. A file that is not a
-    readable image raises core.data.ImageReadError (a ValueError) whose message
+    readable image raises core.images.ImageReadError (a ValueError) whose message
     starts with its name."""
     return _predict(str(run["path"]), model_stamp(run), content, name)
 

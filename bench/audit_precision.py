@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core import data, near_duplicates, paths  # noqa: E402
+from core import audit, data, near_duplicates, paths  # noqa: E402
 
 EXTERNAL = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -91,18 +91,18 @@ def main() -> None:
         index, truth = build_set(Path(folder), args.originals, args.copies, args.seed)
         index = index.sort_values("relpath", ignore_index=True)
         names = index["relpath"].to_numpy()
-        _, codes = data._hash_images(index)
+        _, codes = audit._hash_images(index)
         a, b, _ = near_duplicates.hamming_pairs(codes, args.max_distance)
         candidates = {tuple(sorted((names[i], names[j]))) for i, j in zip(a, b)}
-        reported = data.audit_duplicates(index, max_distance=args.max_distance)
+        reported = audit.audit_duplicates(index, max_distance=args.max_distance)
         confirmed = {tuple(sorted(pair)) for pair in reported[["relpath_a", "relpath_b"]].to_numpy()}
         cache = {}
-        fine = {tuple(sorted((names[i], names[j]))): data._fine_hash(index, i, cache) - data._fine_hash(index, j, cache)
-                for i, j in zip(a, b)}
+        fine = {tuple(sorted((names[i], names[j]))):
+                audit._fine_hash(index, i, cache) - audit._fine_hash(index, j, cache) for i, j in zip(a, b)}
     print(f"{len(index)} slices ({args.originals} from COVID-CT, 48 from SY575, {args.copies} copies), "
           f"{len(truth)} true duplicate pairs")
     print(f"64-bit pHash <= {args.max_distance} (candidates): {score(candidates, truth)}")
-    print(f"confirmed, 256-bit lung pHash <= {data.FINE_MAX_DISTANCE}: {score(confirmed, truth)}")
+    print(f"confirmed, 256-bit lung pHash <= {audit.FINE_MAX_DISTANCE}: {score(confirmed, truth)}")
     true_fine = sorted(int(d) for pair, d in fine.items() if pair in truth)
     false_fine = sorted(int(d) for pair, d in fine.items() if pair not in truth)
     print(f"fine distance of true candidates: max {max(true_fine, default='-')} ({true_fine})")

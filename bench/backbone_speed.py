@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import ct_weights, data, paths  # noqa: E402
 from core.model import build_model, predict_proba  # noqa: E402
+from core.images import load_images  # noqa: E402
 
 
 def load() -> str:
@@ -54,7 +55,7 @@ def main() -> None:
 
     index = data.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
-    batch = data.load_images(files, args.size).astype("float32")
+    batch = load_images(files, args.size).astype("float32")
     for backbone in args.backbones:
         model = build_model(backbone, args.size, paths.weights_path())
         parameters = sum(int(w.numpy().size) for w in model.weights) / 1e6

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-NAIVE = ["--no-cache-frozen", "--train-from", "conv1", "--no-flip-tta", "--no-rotate-zoom-tta"]
+# Training from conv1 freezes nothing, so no stage is cached: plain model.fit on images.
+NAIVE = ["--train-from", "conv1", "--no-flip-tta"]
 SHOWN = ("roc_auc", "f1", "accuracy", "recall", "specificity", "pr_auc")
 
 

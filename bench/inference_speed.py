@@ -1,6 +1,6 @@
 """Inference speed of a trained run on real COVID-CT scans.
 
-    python bench/inference_speed.py [--run RUN_ID] [--images 64] [--rotate-zoom-tta]
+    python bench/inference_speed.py [--run RUN_ID] [--images 64]
 
 Prints: batch inference (core.model.predict_proba) vs a per-image
 `model.predict` loop, images/s and their ratio; and, with a warm model, the
@@ -19,23 +19,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import data, paths, runs  # noqa: E402
 from core.model import predict_proba, tta_view_count  # noqa: E402
 from core.predict import Predictor, latest_completed_run  # noqa: E402
+from core.images import load_image, load_images  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run id (default: newest completed)")
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--rotate-zoom-tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="override the run's own setting for the upload timing")
     args = parser.parse_args()
 
     run_dir = runs.run_path(args.run) if args.run else latest_completed_run()
     predictor = Predictor.from_run(run_dir)
-    if args.rotate_zoom_tta is not None:
-        predictor.rotate_zoom_tta = args.rotate_zoom_tta
     index = data.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
-    batch = data.load_images(files, predictor.input_size).astype("float32")
+    batch = load_images(files, predictor.input_size).astype("float32")
     print(f"run {run_dir.name}: input {predictor.input_size} px, {len(batch)} test images")
 
     predict_proba(predictor.model, batch[:32])  # warm up
@@ -51,7 +48,7 @@ def main() -> None:
     print(f"batch inference      {len(batch) / batched:7.1f} images/s")
     print(f"per-image predict()  {len(batch) / looped:7.1f} images/s   (batch is {looped / batched:.1f}x faster)")
 
-    scans = [data.load_image(path) for path in files[:10]]
+    scans = [load_image(path) for path in files[:10]]
     predictor.gradcam_overlay(scans[0])  # warm: builds the Grad-CAM model once
     timings = []
     for scan in scans:
@@ -59,7 +56,7 @@ def main() -> None:
         predictor.predict_images([scan], ["scan"])
         predictor.gradcam_overlay(scan)
         timings.append(time.perf_counter() - started)
-    views = tta_view_count(predictor.flip_tta, predictor.rotate_zoom_tta)
+    views = tta_view_count(predictor.flip_tta)
     print(f"one upload -> probability ({views} TTA views) + Grad-CAM overlay: "
           f"median {statistics.median(timings):.2f} s "
           f"(min {min(timings):.2f}, max {max(timings):.2f})")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import data, paths  # noqa: E402
 from core.model import build_model  # noqa: E402
+from core.images import load_images  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     extractor = keras.Model(model.input, model.get_layer("head_pool").output)
     for split in data.SPLITS:
         rows = index[index.split == split]
-        images = data.load_images(rows.path.tolist(), args.input_size)
+        images = load_images(rows.path.tolist(), args.input_size)
         features[split] = np.concatenate([np.asarray(extractor(images[i:i + 32])) for i in range(0, len(images), 32)])
         labels[split] = rows.y.to_numpy()
 

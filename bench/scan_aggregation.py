@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import calibration, data, external, scan_level  # noqa: E402
+from core import calibration, external, images, scan_level  # noqa: E402
 
 
 def external_frame(run_dir: Path, data_dir: str) -> pd.DataFrame:
@@ -28,7 +28,7 @@ def external_frame(run_dir: Path, data_dir: str) -> pd.DataFrame:
 
     predictor = Predictor.from_run(run_dir)
     index = external.index_external(data_dir, predictor.negative_class, predictor.positive_class)
-    images = [data.load_image(path) for path in index["path"]]
+    images = [images.load_image(path) for path in index["path"]]
     probabilities = [p.probability for p in predictor.predict_images(images, list(index["relpath"]))]
     return pd.DataFrame({"path": index["relpath"], "y_true": index["y"], "prob": probabilities,
                          "split": "external", "patient_id": index["patient_id"]})

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from dicom_factory import ct_dataset, dicom_bytes  # noqa: E402
 
-from core import data, paths  # noqa: E402
+from core import images, paths  # noqa: E402
 
 SIDE = 512
 
@@ -44,7 +44,7 @@ def series(count: int, seed: int) -> list[tuple[str, bytes]]:
         if k < count // 10 or k >= count - count // 10:
             hounsfield = np.full((SIDE, SIDE), 40, np.int16)  # soft tissue, no lung
         else:
-            grey = Image.fromarray(data.load_image(sources[k % len(sources)])).convert("L").resize((SIDE, SIDE))
+            grey = Image.fromarray(images.load_image(sources[k % len(sources)])).convert("L").resize((SIDE, SIDE))
             hounsfield = np.asarray(grey, float) / 255 * 1500 - 1350 + rng.normal(0, 5, (SIDE, SIDE))
         ds = ct_dataset(np.asarray(hounsfield).astype(np.int16))
         ds.SeriesInstanceUID, ds.InstanceNumber = uid, k + 1

@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import evaluate  # noqa: E402
-from core.cli import build_parser, config_from_args  # noqa: E402
+from core.cli import build_parser  # noqa: E402
+from core.cli_training import config_from_args  # noqa: E402
 from core.train import train  # noqa: E402
 
 

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core import calibration, data, deploy, paths, runs  # noqa: E402
+from core import calibration, deploy, paths, runs  # noqa: E402
 from core.predict import Predictor  # noqa: E402
+from core.images import IMAGE_EXTENSIONS, load_image  # noqa: E402
 
 EXTERNAL = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -50,7 +51,7 @@ def not_ct_inputs() -> dict:
     disc = (np.hypot(*np.mgrid[-160:160, -160:160]) < 120).astype(np.uint8) * 200
     inputs["white disc on black"] = np.repeat(disc[..., None], 3, axis=2)
     for name in ("CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm"):
-        inputs[f"DICOM {name}"] = data.load_image(pydicom.data.get_testdata_file(name))
+        inputs[f"DICOM {name}"] = load_image(pydicom.data.get_testdata_file(name))
     return inputs
 
 
@@ -102,11 +103,11 @@ def main() -> None:
           f"({summary['percentile']:g}th percentile of {summary['n_val']} validation distances)")
     root = Path(runs.read_json(run_dir / "config.json")["data_dir"])
     test_files = [root / p for p in test.path]
-    report_set("COVID-CT test", refusals(predictor, [data.load_image(p) for p in test_files],
+    report_set("COVID-CT test", refusals(predictor, [load_image(p) for p in test_files],
                                          [str(p) for p in test_files]))
-    external = sorted(p for p in EXTERNAL.rglob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS)
+    external = sorted(p for p in EXTERNAL.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if external:
-        results = refusals(predictor, [data.load_image(p) for p in external], [str(p) for p in external])
+        results = refusals(predictor, [load_image(p) for p in external], [str(p) for p in external])
         report_set("SY575 (external)", results)
         for r in results:
             if r.refused:

@@ -141,7 +141,7 @@ def _threshold_band(y, prob, threshold: float, method: str, seed: int) -> list[f
     return [float(min(low, threshold)), float(max(high, threshold))]
 
 
-def fit(predictions: pd.DataFrame, threshold: float, threshold_method: str = "youden",
+def fit(predictions: pd.DataFrame, threshold: float, threshold_method: str = evaluate.THRESHOLD_RULE,
         seed: int = 0) -> Calibration:
     """Calibration fitted on the val rows of `predictions` (path, y_true, prob, split);
     the test rows only give the ECE before and after, for the record."""
@@ -207,7 +207,8 @@ def for_run(run_dir) -> Calibration:
     metrics = runs.read_json(run_dir / "metrics.json") or {}
     config = runs.read_json(run_dir / "config.json", {})
     calibration = fit(runs.read_predictions(run_dir), runs.decision_threshold(metrics),
-                      (metrics.get("threshold") or {}).get("method", "youden"), seed=int(config.get("seed", 0)))
+                      (metrics.get("threshold") or {}).get("method", evaluate.THRESHOLD_RULE),
+                      seed=int(config.get("seed", 0)))
     try:
         runs.write_json(path, calibration.to_dict())
     except OSError:

@@ -145,7 +145,7 @@ def _write(run_dir, phase: str, name: str, model: keras.Model, state: dict, arra
 
 
 def _batches_state(batches) -> tuple[dict | None, dict]:
-    """The shuffle state of ActivationBatches (core.train): its generator and
+    """The shuffle state of ActivationBatches (core.frozen_cache): its generator and
     this epoch's order. None for batches without one (tf.data, validation)."""
     if getattr(batches, "rng", None) is None:
         return None, {}

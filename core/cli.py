@@ -7,44 +7,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, so the CLI can set every hyperparameter."""
-    from core.train import TrainConfig
-
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default {default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                help=f"(default {default if default is not None else 'see README'})")
-
-
-def given_settings(args) -> dict:
-    """The TrainConfig settings given as options."""
-    from core.train import TrainConfig
-
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if getattr(args, f.name) is not None}
-
-
-def config_from_args(args):
-    """The default config (promoted from a search, if one was) with the options given."""
-    from core.train import load_default_config
-
-    return dataclasses.replace(load_default_config(), **given_settings(args)).validate()
 
 
 def _run_dir(run_id: str | None) -> Path:
@@ -67,111 +34,6 @@ def _run_dir(run_id: str | None) -> Path:
 
 def _report(line: str) -> None:
     print(line, flush=True)  # live in a log file too (the app tails train.log)
-
-
-def cmd_train(args) -> int:
-    from core import runs
-    from core.train import TrainConfig, train
-
-    if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
-        config = TrainConfig.from_dict(runs.read_json(Path(args.run_dir) / "config.json", {}))
-        train(config, run_dir=Path(args.run_dir), report=_report)
-    else:
-        train(config_from_args(args), name=args.name, report=_report)
-    return 0
-
-
-def cmd_cv(args) -> int:
-    from core import evaluate, runs
-    from core.train import TrainConfig, cross_validate
-
-    if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
-        if given_settings(args):
-            raise ValueError("--score trains nothing: it takes no training options")
-        run_dirs = [_run_dir(run_id) for run_id in args.score]
-        config = TrainConfig.from_dict(runs.read_json(run_dirs[0] / "config.json", {}))
-    else:
-        if args.cv_folds is None:
-            args.cv_folds = 5
-        config = config_from_args(args)
-        run_dirs = cross_validate(config, name=args.name, report=_report)
-    summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs],
-                                                n_boot=config.n_boot, seed=config.seed)
-
-    def fmt(value):
-        return "n/a" if value is None else f"{value:.3f}"
-
-    print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}), "
-          f"{len(run_dirs)} fold runs:")
-    for run_dir, auc in zip(run_dirs, summary["fold_roc_auc"]):
-        print(f"  {run_dir.name}: validation ROC-AUC {fmt(auc)}")
-    low, high = summary["pooled_ci"]
-    print(f"mean {fmt(summary['mean_roc_auc'])} ± {fmt(summary['std_roc_auc'])}; pooled out-of-fold ROC-AUC "
-          f"{fmt(summary['pooled_roc_auc'])} [{fmt(low)}, {fmt(high)}] over {summary['n_images']} images")
-    return 0
-
-
-def cmd_loso(args) -> int:
-    from core import external
-    from core.train import leave_one_source_out
-
-    config = config_from_args(args)
-    run_dirs = leave_one_source_out(config, name=args.name, report=_report)
-    print(f"\nleave-one-source-out over {len(run_dirs)} sources:")
-    for run_dir in run_dirs:
-        for found in external.list_external(run_dir):
-            if found["metrics"]:
-                print(f"  {run_dir.name}: {external.summary_line(found['metrics'])}")
-    return 0
-
-
-def cmd_resume(args) -> int:
-    from core.train import resume
-
-    resume(_run_dir(args.run), report=_report)
-    return 0
-
-
-def _space_changes(args) -> dict | None:
-    """--space (a JSON file, or JSON itself) and --backbones, as changes to the default space."""
-    changes = None
-    if args.space:
-        text = args.space if args.space.lstrip().startswith("{") else Path(args.space).read_text()
-        try:
-            changes = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--space is not valid JSON: {error}") from None
-        if not isinstance(changes, dict):
-            raise ValueError('--space must be a JSON object such as {"backbone": ["resnet50"]}')
-    if args.backbones:
-        changes = {**(changes or {}), "backbone": args.backbones}
-    return changes
-
-
-def cmd_tune(args) -> int:
-    from core import paths, train, tune
-
-    if args.reset_default:
-        print("defaults reset to the project's recipe" if train.reset_default() else "no promoted defaults to reset")
-        return 0
-    if not args.study:
-        raise ValueError("give --study NAME")
-    if args.trials is not None:
-        study = tune.run_search(args.study, args.trials, base=given_settings(args), space=_space_changes(args),
-                                timeout=args.timeout, storage=args.storage, report=_report)
-    elif args.show or args.promote:
-        study = tune.load_study(args.study, args.storage)
-    else:
-        raise ValueError("give --trials N (finished trials wanted in the study), --show or --promote")
-
-    table = tune.trials_table(study)
-    print(table.to_string(index=False, float_format="%.4g", na_rep="") if len(table) else "no trials yet")
-    best = tune.best_trial(study)
-    print(f"best: {tune.describe(best)}" if best else "best: none yet (no completed trial)")
-    if args.promote:
-        tune.promote_best(args.study, args.storage)
-        print(f"promoted trial {best.number}'s config to the defaults: {paths.default_config_path()}")
-    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -212,7 +74,7 @@ def image_files(inputs: list[str]) -> list[str]:
     patterns (quoted, so the shell left them alone) as their matches."""
     import glob
 
-    from core.data import IMAGE_EXTENSIONS
+    from core.images import IMAGE_EXTENSIONS
 
     files = []
     for given in inputs:
@@ -233,7 +95,7 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from core import runs
-    from core.data import ImageReadError, load_image
+    from core.images import ImageReadError, load_image
     from core.predict import Predictor
 
     if args.batch_size < 1:
@@ -273,7 +135,7 @@ def _refusal_note(result) -> str:
 def cmd_explain(args) -> int:
     from PIL import Image
 
-    from core.data import load_image
+    from core.images import load_image
     from core.predict import Predictor
 
     predictor = Predictor.from_run(_run_dir(args.run))
@@ -291,13 +153,14 @@ def cmd_explain(args) -> int:
 
 def cmd_audit(args) -> int:
     from core import data
+    from core.audit import audit_duplicates
 
     index = data.index_dataset(args.data, positive_class=args.positive_class)
     print(data.split_counts(index).to_string())
     several = index["source"].nunique() > 1
     if several:
         print("\nper source:\n" + data.source_counts(index).to_string())
-    pairs = data.audit_duplicates(index, max_distance=args.max_distance)
+    pairs = audit_duplicates(index, max_distance=args.max_distance)
     print(f"\n{len(pairs)} duplicate pair(s) across splits, classes or sources "
           f"({int(pairs.cross_class.sum()) if len(pairs) else 0} across classes"
           + (f", {int(pairs.cross_source.sum()) if len(pairs) else 0} across sources" if several else "") + "):")
@@ -310,7 +173,7 @@ def cmd_audit(args) -> int:
 
 def cmd_runs(args) -> int:
     from core import runs
-    from core.train import cross_validation_table
+    from core.cross_validation import cross_validation_table
 
     all_runs = runs.list_runs()
     table = runs.compare_runs(all_runs)
@@ -328,7 +191,7 @@ def cmd_runs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import paths, scan_cli
+    from core import cli_training, paths, scan_cli
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -336,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a run (head warm-up, then fine-tuning), then evaluate it")
     train.add_argument("--name", help="suffix for the run id")
     train.add_argument("--run-dir", help="train into this existing run folder with its config.json")
-    _add_config_options(train)
-    train.set_defaults(func=cmd_train)
+    cli_training.add_config_options(train)
+    train.set_defaults(func=cli_training.cmd_train)
 
     cv = commands.add_parser(
         "cv", help="score a recipe by k-fold cross-validation over train + val (one run per fold)",
@@ -347,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "options of train. The test split is not used to score.")
     cv.add_argument("--name", help="suffix for the run ids (default cv)")
     cv.add_argument("--score", nargs="+", metavar="RUN", help="train nothing: score these finished fold runs")
-    _add_config_options(cv)
-    cv.set_defaults(func=cmd_cv)
+    cli_training.add_config_options(cv)
+    cv.set_defaults(func=cli_training.cmd_cv)
 
     loso = commands.add_parser(
         "loso", help="leave-one-source-out: per source, train on the others and evaluate on it",
@@ -357,12 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "run's external set: how the recipe travels to a source it never saw. Takes the options "
                     "of train.")
     loso.add_argument("--name", help="prefix for the run ids (default loso)")
-    _add_config_options(loso)
-    loso.set_defaults(func=cmd_loso)
+    cli_training.add_config_options(loso)
+    loso.set_defaults(func=cli_training.cmd_loso)
 
     resume = commands.add_parser("resume", help="continue an interrupted, failed or cancelled run")
     resume.add_argument("run", help="run id")
-    resume.set_defaults(func=cmd_resume)
+    resume.set_defaults(func=cli_training.cmd_resume)
 
     tune = commands.add_parser(
         "tune", help="hyperparameter search (Optuna), scored on validation ROC-AUC",
@@ -385,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--show", action="store_true", help="print the trials and the best, run nothing")
     tune.add_argument("--promote", action="store_true", help="make the best trial's config the default")
     tune.add_argument("--reset-default", action="store_true", help="go back to the project's default config")
-    _add_config_options(tune)
-    tune.set_defaults(func=cmd_tune)
+    cli_training.add_config_options(tune)
+    tune.set_defaults(func=cli_training.cmd_tune)
 
     evaluate = commands.add_parser(
         "evaluate", help="test metrics with 95%% bootstrap CIs for a run, or its external validation (--data)",
@@ -395,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "validation-chosen threshold, per slice and per patient, and store the result in the run "
                     "under external/NAME.")
     evaluate.add_argument("--run", default="latest", help="run id or folder (default: newest completed)")
-    evaluate.add_argument("--n-boot", type=int, default=1000)
+    evaluate.add_argument("--n-boot", type=int, help="bootstrap resamples (default 1000)")
     evaluate.add_argument("--data", help="external validation: a labelled dataset folder the run never saw")
     evaluate.add_argument("--name", help="name of the external result (default: the folder's name)")
     evaluate.add_argument("--class-map",

@@ -5,8 +5,8 @@ A thin layer over `tf.distribute`, following the TensorFlow guides
 
 - "default": TensorFlow's default strategy, one device.
 - "mirrored": `MirroredStrategy`, one replica per local GPU (or per logical
-  CPU device when `cpu_devices` splits the CPU, which is how the tests and a
-  GPU-less machine exercise this path).
+  CPU device when the environment variable COVIDCT_CPU_DEVICES splits the
+  CPU, which is how the tests and a GPU-less machine exercise this path).
 - "multiworker": `MultiWorkerMirroredStrategy`, one process per machine, the
   cluster described by the `TF_CONFIG` environment variable.
 
@@ -26,6 +26,17 @@ from keras.src import tree
 from keras.src.backend.tensorflow import trainer as trainer_module
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+# Logical CPU devices to split the CPU into (a machine setting, not a recipe's).
+CPU_DEVICES_VARIABLE = "COVIDCT_CPU_DEVICES"
+
+
+def cpu_devices() -> int:
+    """COVIDCT_CPU_DEVICES as a number (0, no split, when unset); ValueError when it is not one."""
+    value = os.environ.get(CPU_DEVICES_VARIABLE, "").strip() or "0"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{CPU_DEVICES_VARIABLE}={value!r} is not a whole number") from None
 
 
 def split_cpu(devices: int) -> None:
@@ -42,37 +53,47 @@ def split_cpu(devices: int) -> None:
                                f"has started in this process: {error}") from error
 
 
-def problems(name: str, cpu_devices: int = 0) -> list[str]:
-    """What is wrong with these settings on this machine (TrainConfig.problems
-    lists them with the others, so a bad config is refused before any work)."""
+def problems(name: str) -> list[str]:
+    """What is wrong with this strategy, or with this machine for it."""
+    found = [] if name in STRATEGIES else [f"strategy {name!r} is not one of {', '.join(STRATEGIES)}"]
+    return found + machine_problems(name)
+
+
+def machine_problems(name: str) -> list[str]:
+    """What this machine lacks for the strategy: a sound COVIDCT_CPU_DEVICES,
+    and TF_CONFIG for "multiworker" (TrainConfig.problems lists them with the
+    others, so a bad config is refused before any work)."""
     found = []
-    if name not in STRATEGIES:
-        found.append(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
-    if cpu_devices < 0 or cpu_devices == 1:
-        found.append(f"cpu_devices {cpu_devices} must be 0 (no split) or at least 2")
+    try:
+        devices = cpu_devices()
+        if devices < 0 or devices == 1:
+            found.append(f"{CPU_DEVICES_VARIABLE}={devices} must be 0 (no split) or at least 2")
+    except ValueError as error:
+        found.append(str(error))
     if name == "multiworker":
         try:
             if not cluster_spec():
                 found.append("strategy 'multiworker' needs TF_CONFIG describing the cluster "
-                             "(README, 'Distributed training')")
+                             "(docs/distributed.md)")
         except ValueError as error:
             found.append(str(error))
     return found
 
 
-def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
+def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy a run trains under; call before any other TensorFlow work
     in the process (multi-worker and CPU splitting both require it)."""
-    found = problems(name, cpu_devices)
+    found = problems(name)
     if found:
         raise ValueError("; ".join(found))
-    if cpu_devices > 1:
-        split_cpu(cpu_devices)
+    split = cpu_devices()
+    if split > 1:
+        split_cpu(split)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-        if not devices and cpu_devices > 1:
+        if not devices and split > 1:
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices or None)
     _patch_keras_for_multiworker()

@@ -21,6 +21,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+# Bootstrap resamples behind every confidence interval; read at each call, so
+# that tests can make it small.
+N_BOOT = 1000
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
 
@@ -118,15 +121,15 @@ def _weighted_metrics(y_true, prob, threshold, weights) -> dict:
     }
 
 
-def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000,
+def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int | None = None,
                  seed: int = 0, level: float = 0.95, groups=None) -> dict:
     """Percentile bootstrap confidence intervals over cases: {metric: [low, high]}.
 
     With `groups` (a patient id per case) whole patients are resampled: the
     slices of one patient are not independent, and resampling them one by
-    one would give intervals that are too narrow.
-    Resamples with a single class are skipped for the AUCs; [None, None] when
-    no resample could be used.
+    one would give intervals that are too narrow. `n_boot` resamples (N_BOOT
+    when None); those with a single class are skipped for the AUCs; [None,
+    None] when no resample could be used.
     """
     y_true, prob = _as_arrays(y_true, prob)
     rng = np.random.default_rng(seed)
@@ -135,7 +138,7 @@ def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int = 1000,
     codes, uniques = pd.factorize(np.asarray(groups))
     # How often each group appears in a resample drawn with replacement;
     # each case counts as often as its group.
-    drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=n_boot)
+    drawn = rng.multinomial(len(uniques), np.full(len(uniques), 1 / len(uniques)), size=n_boot or N_BOOT)
     weights = drawn[:, codes]
     resampled = _weighted_metrics(y_true, prob, threshold, weights)
 
@@ -158,7 +161,26 @@ def _best_threshold(scores, thresholds) -> float:
     return float(thresholds[closest])
 
 
-def choose_threshold(y_val, p_val, method: str = "youden") -> float:
+def _youden_scores(y_val, p_val):
+    """Sensitivity + specificity - 1 at each threshold of the ROC curve."""
+    fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
+    keep = np.isfinite(thresholds)  # the first point (inf) predicts nothing positive
+    return (tpr - fpr)[keep], thresholds[keep]
+
+
+def _f1_scores(y_val, p_val):
+    """F1 at each threshold of the precision-recall curve."""
+    precision, recall, thresholds = precision_recall_curve(y_val, p_val)
+    # The last (precision=1, recall=0) point has no threshold.
+    return _divide(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1]), thresholds
+
+
+# How an operating threshold can be chosen on validation; the first is the default.
+THRESHOLD_RULES = {"youden": _youden_scores, "f1": _f1_scores}
+THRESHOLD_RULE = next(iter(THRESHOLD_RULES))
+
+
+def choose_threshold(y_val, p_val, method: str = THRESHOLD_RULE) -> float:
     """Operating threshold chosen on validation data.
 
     "youden": max sensitivity + specificity - 1 over the ROC curve;
@@ -166,20 +188,12 @@ def choose_threshold(y_val, p_val, method: str = "youden") -> float:
     closest to 0.5. With a single class in y_val there is nothing to choose
     from and 0.5 is returned.
     """
+    if method not in THRESHOLD_RULES:
+        raise ValueError(f"Unknown threshold method {method!r}: use {' or '.join(map(repr, THRESHOLD_RULES))}")
     y_val, p_val = _as_arrays(y_val, p_val)
     if not _has_both_classes(y_val):
         return 0.5
-    if method == "youden":
-        fpr, tpr, thresholds = roc_curve(y_val, p_val, drop_intermediate=False)
-        keep = np.isfinite(thresholds)  # the first point (inf) predicts nothing positive
-        threshold = _best_threshold((tpr - fpr)[keep], thresholds[keep])
-    elif method == "f1":
-        precision, recall, thresholds = precision_recall_curve(y_val, p_val)
-        # The last (precision=1, recall=0) point has no threshold.
-        f1 = _divide(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1])
-        threshold = _best_threshold(f1, thresholds)
-    else:
-        raise ValueError(f"Unknown threshold method {method!r}: use 'youden' or 'f1'")
+    threshold = _best_threshold(*THRESHOLD_RULES[method](y_val, p_val))
     # Probabilities can saturate at exactly 0 or 1; keep the threshold strictly inside.
     return float(np.clip(threshold, 1e-6, 1 - 1e-6))
 
@@ -210,8 +224,8 @@ def confusion_frame(y_true, prob, threshold, labels=("NonCOVID", "COVID")) -> pd
     )
 
 
-def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                         threshold_method: str = "youden") -> dict:
+def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, seed: int = 0,
+                         threshold_method: str = THRESHOLD_RULE) -> dict:
     """Metrics of one model's predictions, JSON-serialisable.
 
     `predictions` has columns path, y_true (0/1), prob (positive-class
@@ -275,8 +289,8 @@ def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Score a recipe from its k cross-validation runs (core.train.cross_validate):
+def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int | None = None, seed: int = 0) -> dict:
+    """Score a recipe from its k cross-validation runs (core.cross_validation.cross_validate):
     each run's validation ROC-AUC, their mean and standard deviation, and the
     ROC-AUC of all out-of-fold predictions pooled, with a bootstrap 95% CI.
     The mean over folds is the recipe's score (as scikit-learn's
@@ -316,7 +330,19 @@ def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
                          "slices": grouped.size()}).reset_index()
 
 
-def metrics_at(y_true, prob, threshold: float, n_boot: int = 1000, seed: int = 0, groups=None) -> dict:
+def metrics_at(y_true, prob, threshold: float, n_boot: int | None = None, seed: int = 0, groups=None) -> dict:
     """binary_metrics at `threshold` with their bootstrap CIs ("ci"), resampled by `groups` when given."""
     return {**binary_metrics(y_true, prob, threshold),
             "ci": bootstrap_ci(y_true, prob, threshold, n_boot=n_boot, seed=seed, groups=groups)}
+
+
+def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
+    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
+    most confident first (confidence = probability of the predicted class)."""
+    predicted = rows["prob"] >= threshold
+    actual = rows["y_true"] == 1
+    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
+              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
+    chosen = rows[wanted].copy()
+    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
+    return chosen.sort_values("confidence", ascending=False, ignore_index=True)

@@ -16,6 +16,8 @@ from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from core.model import LAST_CONV_LAYER
+
 METHODS = ("gradcam", "gradcam++")
 
 
@@ -23,10 +25,10 @@ class CompiledModel(keras.layers.Layer):
     """A Keras model run as one compiled TensorFlow function, through which
     no gradient flows.
 
-    tf-keras-vis calls the explained model eagerly, layer by layer: for
-    ResNet-50 on one 224 px scan that is about 0.5 s, mostly per-layer
-    overhead. Wrapped in this layer, the backbone up to the explained layer
-    runs as one graph (about 0.05 s). Grad-CAM needs the gradient of the class
+    tf-keras-vis calls the explained model eagerly, layer by layer, and the
+    per-layer overhead dominates. Wrapped in this layer, the backbone up to
+    the explained layer runs as one graph (docs/benchmarks.md has the
+    timings). Grad-CAM needs the gradient of the class
     score with respect to this layer's output only, so the backward pass stops
     here instead of going down to the image (which would triple the time)."""
 
@@ -72,7 +74,7 @@ class Explainer:
     """Explains one Keras model, repeatedly: the tf-keras-vis objects are
     built once, on the model of `_explained_model`."""
 
-    def __init__(self, model, layer: str = "conv5_block3_out"):
+    def __init__(self, model, layer: str = LAST_CONV_LAYER):
         model.get_layer(layer)  # fail early, with Keras' message, on a wrong name
         self.layer = layer
         explained = _explained_model(model, layer)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core import data, evaluate, runs
+from core.images import IMAGE_EXTENSIONS, load_image
 
 EXTERNAL = "external"
 BATCH_SIZE = 32  # images decoded and scored at a time: bounded memory on a large set
@@ -79,7 +80,7 @@ def index_external(data_dir, negative: str, positive: str, class_map: dict | Non
         raise ValueError(f"{root}: dataset folder not found")
     index, _ = data.list_class_images(root)
     if index.empty:
-        raise ValueError(f"{root}: no images in class folders ({', '.join(data.IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{root}: no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
     y_of = match_classes(sorted(index["label"].unique()), negative, positive, class_map)
     problems = data.unreadable_images(index)
     index = index[~index["relpath"].isin(problems)].reset_index(drop=True)
@@ -97,7 +98,7 @@ def results_dir(run_dir, name: str) -> Path:
 
 
 def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | None = None,
-                report=print, n_boot: int = 1000) -> Path:
+                report=print, n_boot: int | None = None) -> Path:
     """Score the run's model on every image of `data_dir`, in batches, and store
     predictions and metrics under external/<name> (default: the folder's
     name); returns that folder. Progress goes to its status.json and to
@@ -140,7 +141,7 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
     started = time.monotonic()
     for start in range(0, len(index), BATCH_SIZE):
         rows = index.iloc[start:start + BATCH_SIZE]
-        images = [data.load_image(path, name=relpath) for path, relpath in zip(rows["path"], rows["relpath"])]
+        images = [load_image(path, name=relpath) for path, relpath in zip(rows["path"], rows["relpath"])]
         scored = predictor.predict_images(images, rows["relpath"].tolist())
         # Raw model probabilities, decided at the run's raw threshold: the
         # scale of the run's own predictions.csv and test metrics.
@@ -151,7 +152,8 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
     return probabilities
 
 
-def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
+def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | None = None,
+                     seed: int = 0) -> dict:
     """Slice-level metrics at `threshold` with CIs resampled by patient, and,
     where some patient has several slices, the same per patient (mean
     probability). JSON-serialisable:
@@ -269,26 +271,3 @@ def _read(path: Path) -> dict | None:
 
 def read_predictions(run_dir, name: str) -> pd.DataFrame:
     return pd.read_csv(results_dir(run_dir, name) / "predictions.csv")
-
-
-def launch(run_dir, data_dir, name: str | None = None, class_map_text: str = "") -> str:
-    """Start `python -m core evaluate --run RUN --data DIR` in a background
-    process that outlives the app's page; returns the set's name at once.
-    Refused while the same set is being evaluated."""
-    run_dir = Path(run_dir)
-    name = runs.check_run_id(name or data.source_name(Path(data_dir).expanduser()))
-    parse_class_map(class_map_text)  # refuse a malformed map here, not in the background
-    if not Path(data_dir).expanduser().is_dir():
-        raise ValueError(f"{data_dir}: dataset folder not found")
-    for found in list_external(run_dir):
-        if found["name"] == name and found["state"] == "running":
-            raise ValueError(f"{name} is already being evaluated for run {run_dir.name}")
-    out = results_dir(run_dir, name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
-    args = ["evaluate", "--run", str(run_dir), "--data", str(data_dir), "--name", name]
-    if class_map_text.strip():
-        args += ["--class-map", class_map_text]
-    pid = runs.start_background(args, out / "evaluate.log")
-    runs.set_status(out, "running", pid=pid, done=0, total=None, data_dir=str(data_dir), started=runs.now())
-    return name

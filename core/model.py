@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import keras
 import numpy as np
 
@@ -55,7 +54,7 @@ class CTWindow(keras.layers.Layer):
     [0, 1], one channel repeated to three. Our slices are 8-bit images already
     windowed, so the grey levels are mapped back to HU through the window they
     were most likely shown in, `source_window` (width, level): the lung window
-    W1500/L-600 that core.data applies to DICOM (0 = -1350 HU, 255 = 150 HU),
+    W1500/L-600 that core.images applies to DICOM (0 = -1350 HU, 255 = 150 HU),
     the usual lung window of CT figures. Against taking 0..255 as [0, 1]
     directly (a W1200/L-400 source), the stored BatchNorm statistics agree
     slightly better with it on COVID-CT slices (docs/ct_backbone.md). The
@@ -80,8 +79,7 @@ class CTWindow(keras.layers.Layer):
 
 
 def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str | None = None,
-                dropout: float = 0.3, train_from: str = "conv5",
-                train_batchnorm: bool = False) -> keras.Model:
+                dropout: float = 0.3, train_from: str = "conv5") -> keras.Model:
     """A backbone topped by pooling -> dropout -> Dense(2).
 
     An ImageNet ResNet from keras.applications takes its weights from a file
@@ -110,7 +108,7 @@ def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str 
     # float32 probabilities whatever the dtype policy (Keras' mixed-precision advice).
     outputs = keras.layers.Dense(2, activation="softmax", dtype="float32", name="head_dense")(x)
     model = keras.Model(inputs, outputs, name=f"{backbone}_covidct")
-    set_trainable(model, train_from, train_batchnorm)
+    set_trainable(model, train_from)
     return model
 
 
@@ -122,13 +120,13 @@ def layer_stage(name: str) -> str | None:
     return prefix if prefix in STAGES else None
 
 
-def set_trainable(model: keras.Model, train_from: str, train_batchnorm: bool = False) -> None:
+def set_trainable(model: keras.Model, train_from: str) -> None:
     """Train the head and the stages from `train_from` up; freeze the rest.
 
     A frozen BatchNormalization layer runs in inference mode in Keras 3, so its
-    ImageNet statistics stay intact. With `train_batchnorm` False, BatchNorm
-    stays frozen in the trained stages too (the Keras fine-tuning guide's advice
-    for small datasets: batch statistics of a few CT slices are noisy)."""
+    ImageNet statistics stay intact. BatchNorm stays frozen in the trained
+    stages too (the Keras fine-tuning guide's advice for small datasets: batch
+    statistics of a few CT slices are noisy)."""
     if train_from not in TRAIN_FROM:
         raise ValueError(f"unknown train_from {train_from!r}; choose one of {', '.join(TRAIN_FROM)}")
     first_trained = STAGES.index(train_from) if train_from != "head" else len(STAGES)
@@ -137,10 +135,8 @@ def set_trainable(model: keras.Model, train_from: str, train_batchnorm: bool = F
         if stage is None:
             layer.trainable = layer.name in HEAD_LAYERS or not layer.weights
             continue
-        trained = STAGES.index(stage) >= first_trained
-        if isinstance(layer, keras.layers.BatchNormalization) and not train_batchnorm:
-            trained = False
-        layer.trainable = trained
+        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = STAGES.index(stage) >= first_trained and not is_batchnorm
 
 
 def frozen_boundary(model: keras.Model, train_from: str) -> str | None:
@@ -167,21 +163,12 @@ def load_model(path) -> keras.Model:
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
-# Test-time views besides the scan and its mirror: within the training
-# augmentation's range (rotation +/- 10 degrees, zoom +/- 10%).
-TTA_ANGLES = (7.0, -7.0)
-TTA_CROP = 0.9
-BORDERS = {"reflect": cv2.BORDER_REFLECT, "constant": cv2.BORDER_CONSTANT, "nearest": cv2.BORDER_REPLICATE}
-
-
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, flip_tta: bool = False,
-                  rotate_zoom_tta: bool = False, fill_mode: str = "reflect", with_features: bool = False):
+                  with_features: bool = False):
     """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
 
-    Test-time augmentation averages over views the model was trained on:
-    `flip_tta` the left-right mirrored scan, `rotate_zoom_tta` the scan
-    rotated by +/- 7 degrees (uncovered corners filled as in training,
-    `fill_mode`) and its central 90% enlarged. The views of a few images go
+    Test-time augmentation (`flip_tta`) averages with the left-right mirrored
+    scan, a view the model was trained on. The views of a few images go
     through the model as one batch of at most `batch_size` (one call for a
     single upload). Uses predict_on_batch, Keras' compiled forward pass:
     model.predict builds a tf.data pipeline per call, and an eager model(x)
@@ -194,10 +181,10 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
     if not len(images):
         empty = np.zeros((0,), "float32")
         return (empty, np.zeros((0, model.outputs[1].shape[-1]), "float32")) if with_features else empty
-    chunk = max(1, batch_size // tta_view_count(flip_tta, rotate_zoom_tta))
+    chunk = max(1, batch_size // tta_view_count(flip_tta))
     probs, features = [], []
     for start in range(0, len(images), chunk):
-        views = tta_views(images[start:start + chunk], flip_tta, rotate_zoom_tta, fill_mode)
+        views = tta_views(images[start:start + chunk], flip_tta)
         outputs = model.predict_on_batch(np.concatenate(views))
         if with_features:
             outputs, pooled = outputs
@@ -214,24 +201,11 @@ def features_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.output, model.get_layer("head_pool").output])
 
 
-def tta_view_count(flip: bool, rotate_zoom: bool) -> int:
-    """How many views tta_views returns: the scan, its mirror, each angle, the zoom."""
-    return 1 + flip + (len(TTA_ANGLES) + 1) * rotate_zoom
+def tta_view_count(flip: bool) -> int:
+    """How many views tta_views returns: the scan, and its mirror with `flip`."""
+    return 1 + flip
 
 
-def tta_views(batch: np.ndarray, flip: bool, rotate_zoom: bool, fill_mode: str = "reflect") -> list[np.ndarray]:
-    """The batch itself, then each test-time view of it (same shape)."""
-    views = [batch]
-    if flip:
-        views.append(np.ascontiguousarray(batch[:, :, ::-1]))
-    if rotate_zoom:
-        size = batch.shape[1]
-        for angle in TTA_ANGLES:
-            turn = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
-            views.append(np.stack([cv2.warpAffine(image, turn, (size, size), flags=cv2.INTER_LINEAR,
-                                                  borderMode=BORDERS[fill_mode]) for image in batch]))
-        kept = int(round(size * TTA_CROP))
-        edge = (size - kept) // 2
-        views.append(np.stack([cv2.resize(image[edge:edge + kept, edge:edge + kept], (size, size),
-                                          interpolation=cv2.INTER_LINEAR) for image in batch]))
-    return views
+def tta_views(batch: np.ndarray, flip: bool) -> list[np.ndarray]:
+    """The batch itself, then its mirror with `flip` (same shape)."""
+    return [batch, np.ascontiguousarray(batch[:, :, ::-1])] if flip else [batch]

@@ -15,8 +15,8 @@ import cv2
 import nibabel as nib
 import numpy as np
 
-from core import data
-from core.data import ImageReadError
+from core import images
+from core.images import ImageReadError
 
 
 
@@ -38,7 +38,7 @@ def axial_slices(content: bytes, name: str, max_slices: int, max_voxels: int):
             index = shape[slice_axis] - 1 - k if flip else k
             hounsfield = _nifti_slice(image, slice_axis, index, in_plane, orientation)
             air_seen = air_seen or float(hounsfield.min()) < -500
-            slices.append(_square_pixels(data.lung_window(hounsfield),
+            slices.append(_square_pixels(images.lung_window(hounsfield),
                                          *_display_zooms(zooms, in_plane, orientation)))
     except Exception as error:  # e.g. a voxel type that is not a number (RGB volumes)
         raise ImageReadError(f"{name}: NIfTI voxels unreadable ({error})") from error
@@ -94,9 +94,9 @@ def _nifti_kind(head: bytes):
 
 def _check_size(shape: tuple[int, int, int], slice_axis: int, name: str, max_slices: int, max_voxels: int) -> None:
     slices, side = shape[slice_axis], min(n for axis, n in enumerate(shape) if axis != slice_axis)
-    if side < data.MIN_IMAGE_SIDE:
+    if side < images.MIN_IMAGE_SIDE:
         raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))}: its axial slices are under "
-                             f"{data.MIN_IMAGE_SIDE} px a side, too small for a CT slice")
+                             f"{images.MIN_IMAGE_SIDE} px a side, too small for a CT slice")
     if slices > max_slices:
         raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))} has {slices} axial slices, "
                              f"more than the {max_slices} a scan may have")

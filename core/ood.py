@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from core import data, runs
+from core import runs
+from core.images import load_image
 
 FEATURES_FILE = "ood.npz"
 SUMMARY_FILE = "ood.json"
@@ -114,8 +115,9 @@ def _save_npz(path: Path, **arrays) -> None:
 def run_images(run_dir) -> dict:
     """{split: list of image paths} of the train and val splits the run used."""
     from core import train  # TensorFlow: only for building a reference
+    from core.config import TrainConfig
 
-    index = train.run_index(train.TrainConfig.from_dict(runs.read_json(Path(run_dir) / "config.json", {})))
+    index = train.run_index(TrainConfig.from_dict(runs.read_json(Path(run_dir) / "config.json", {})))
     return {split: index[index.split == split].path.tolist() for split in ("train", "val")}
 
 
@@ -127,7 +129,7 @@ def build_reference(predictor, report=lambda line: None) -> dict:
     for split, files in run_images(run_dir).items():
         report(f"out-of-distribution reference: {len(files)} {split} scans")
         # Through predictor.prepare, as every scan it predicts: the reference sees what the model sees.
-        images = [predictor.prepare(data.load_image(path)) for path in files]
+        images = [predictor.prepare(load_image(path)) for path in files]
         features[split] = (predictor.features(np.stack(images)) if images
                            else np.zeros((0, predictor.model.get_layer("head_pool").output.shape[-1])))
     # Stored as float16 (half the file); the threshold is measured against what is stored.

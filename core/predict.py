@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data, lung, run_check, runs
+from core import lung, run_check, runs
 from core.calibration import Calibration, for_run
 from core.explain import Explainer, overlay
 from core.model import features_model, load_model, predict_proba
 from core.ood import Guard, image_problems
+from core.images import load_image, model_input
 
 
 def latest_completed_run(runs_root=None) -> Path:
@@ -72,8 +73,6 @@ class Predictor:
     positive_class: str
     negative_class: str
     flip_tta: bool = False
-    rotate_zoom_tta: bool = False  # runs trained before this option had none
-    fill_mode: str = "reflect"
     lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
@@ -94,12 +93,11 @@ class Predictor:
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=runs.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
-                   rotate_zoom_tta=bool(config.get("rotate_zoom_tta", False)),
-                   fill_mode=config.get("fill_mode", "reflect"), lung_crop=bool(config.get("lung_crop", False)),
+                   lung_crop=bool(config.get("lung_crop", False)),
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return data.model_input(image, self.input_size, self.lung_crop).astype("float32")
+        return model_input(image, self.input_size, self.lung_crop).astype("float32")
 
     def view(self, image: np.ndarray) -> np.ndarray:
         """The part of a decoded scan the model sees, at its own resolution:
@@ -112,7 +110,7 @@ class Predictor:
             if self._features_model is None:
                 self._features_model = features_model(self.model)
         return predict_proba(self._features_model, batch, self.batch_size, flip_tta=self.flip_tta,
-                             rotate_zoom_tta=self.rotate_zoom_tta, fill_mode=self.fill_mode, with_features=True)
+                             with_features=True)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Pooled backbone features of prepared (resized) scans, N x D."""
@@ -135,11 +133,11 @@ class Predictor:
     def predict_file(self, source, name: str | None = None) -> Prediction:
         """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""
         name = name or Path(str(source)).name
-        return self.predict_images([data.load_image(source, name=name)], [name])[0]
+        return self.predict_images([load_image(source, name=name)], [name])[0]
 
     @property
     def explainer(self) -> Explainer:
-        with self._lock:  # tf-keras-vis clones the model: build it once, lazily
+        with self._lock:  # its Grad-CAM models share the model's layers: build them once, lazily
             if self._explainer is None:
                 self._explainer = Explainer(self.model)
         return self._explainer

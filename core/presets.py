@@ -1,6 +1,6 @@
 """Ready-made training settings, and what a run of given settings will cost.
 
-The estimate scales the runs measured in the README (2 CPU cores): the
+The estimate scales the runs measured in docs/benchmarks.md (2 CPU cores): the
 default recipe trains in 17.9 min with 18 epochs (early stopping ended it
 before its 25) and peaks at 6.8 GB, 2.6 GB of which is the cache of frozen
 activations. Time grows with the training images, the epochs, the pixels and
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from core.frozen_cache import CACHED_VIEWS
+
 REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
 REFERENCE_TRAIN_IMAGES = 425
 OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
 BASE_GB = 1.5            # TensorFlow, the model and the decoded images
 ACTIVATIONS_GB = 2.7     # fine-tuning at batch 32, 224 px (6.8 GB measured - 2.6 GB cache - base)
 BACKBONE_COMPUTE = {"resnet50": 1.0, "resnet101": 1.9, "resnet152": 2.8}  # GFLOPs 4.1 / 7.8 / 11.5
-# Relative time per epoch by where fine-tuning starts (README: conv2 20.7 min, conv3 17.9, conv5 10.7).
+# Relative time per epoch by where fine-tuning starts (docs/benchmarks.md: conv2 20.7 min, conv3 17.9, conv5 10.7).
 TRAIN_FROM_TIME = {"conv1": 1.5, "conv2": 1.15, "conv3": 1.0, "conv4": 1.0, "conv5": 0.6, "head": 0.3}
 # The frozen boundary's activation (fraction of the side, channels) cached per view, by train_from.
 CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 8, 512),
@@ -26,10 +28,9 @@ CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 
 
 PRESETS = {
     "Quick look (~2 min)": {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1,
-                            "finetune_epochs": 2, "cached_views": 1, "n_boot": 200},
+                            "finetune_epochs": 2},
     "Default (~20 min)": {},
-    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8, "cached_views": 8,
-                           "rotate_zoom_tta": True, "n_boot": 2000},
+    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8},
 }
 
 
@@ -46,12 +47,12 @@ def estimate(config, n_train: int) -> dict:
     pixels = (config.input_size / 224) ** 2
     compute = BACKBONE_COMPUTE.get(config.backbone, 1.0)
     per_epoch = (REFERENCE_MINUTES_PER_EPOCH * n_train / REFERENCE_TRAIN_IMAGES * pixels * compute
-                 * TRAIN_FROM_TIME.get(config.train_from, 1.0) * (1.0 if config.cache_frozen else 1.5))
+                 * TRAIN_FROM_TIME.get(config.train_from, 1.0))
     minutes = OVERHEAD_MINUTES + per_epoch * (config.head_epochs + config.finetune_epochs)
     cache = 0.0
-    if config.cache_frozen and config.train_from in CACHED_ACTIVATION:
+    if config.train_from in CACHED_ACTIVATION:
         side, channels = CACHED_ACTIVATION[config.train_from]
         per_scan = (config.input_size * side) ** 2 * channels * 2  # float16
-        cache = config.cached_views * n_train * per_scan / 1e9
+        cache = CACHED_VIEWS * n_train * per_scan / 1e9
     gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute + cache
     return {"minutes": minutes, "gigabytes": gigabytes, "cache_gigabytes": cache}

@@ -50,8 +50,7 @@ def config_problems(config: dict) -> list[str]:
     """Settings of the wrong type or with impossible values (TrainConfig.problems,
     less those that depend on this machine). Settings this version does not
     know are not a problem: a newer version may have written them."""
-    from core import distribute
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     found = []
@@ -62,11 +61,8 @@ def config_problems(config: dict) -> list[str]:
     if found:
         return found
     known = {name: value for name, value in config.items() if name in fields}
-    if known.get("strategy", "default") not in distribute.STRATEGIES:
-        found.append(f"config.json: strategy {known['strategy']!r} is not one of {', '.join(distribute.STRATEGIES)}")
-    # What depends on this machine (the data folder, a multi-worker cluster's TF_CONFIG) is no damage.
-    here = TrainConfig(**{**known, "strategy": "default"}).problems()
-    return found + [f"config.json: {problem}" for problem in here if not problem.startswith("data_dir ")]
+    # What depends on this machine (the data folder, devices, a multi-worker cluster's TF_CONFIG) is no damage.
+    return [f"config.json: {problem}" for problem in TrainConfig(**known).problems(here=False)]
 
 
 def status_problems(status: dict) -> list[str]:

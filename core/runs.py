@@ -11,10 +11,7 @@ import copy
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -201,7 +198,7 @@ def cross_validation_groups(all_runs: list[dict]) -> list[list[dict]]:
 
 
 COMPARED_SETTINGS = ("backbone", "input_size", "batch_size", "train_from", "head_epochs",
-                     "finetune_epochs", "head_lr", "finetune_lr", "dropout", "label_smoothing", "seed")
+                     "finetune_epochs", "head_lr", "finetune_lr", "dropout", "seed")
 
 
 def compare_runs(runs: list[dict]) -> pd.DataFrame:
@@ -224,94 +221,27 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-
-class TrainingBusy(RuntimeError):
-    """Another training process holds the lock."""
-
-
-def _lock_path(runs_root=None) -> Path:
-    return Path(runs_root or paths.runs_dir()) / ".training.lock"
+def has_model(run: dict) -> bool:
+    """A completed run with its model, not damaged (core.run_check)."""
+    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+            and not run.get("problems"))
 
 
-def active_training(runs_root=None) -> dict | None:
-    """The live training job ({pid, run}) or None. A lock left by a process
-    that died (killed, machine stopped) is stale and does not count."""
+def has_results(run: dict) -> bool:
+    """A completed run with test predictions and metrics (what Evaluate needs)."""
+    return (has_model(run) and (run["path"] / "predictions.csv").exists()
+            and "test" in (run["metrics"] or {}))
+
+
+def image_path(run: dict, relpath: str) -> Path:
+    """Where a prediction's image is: under the run's data_dir (the source its
+    relpath names, with several), or the current dataset folder when that
+    one has moved."""
+    from core import data  # image reading libraries: only for a run's images
+
+    data_dir = run["config"].get("data_dir") or str(paths.data_dir())
     try:
-        lock = read_json(_lock_path(runs_root))
+        found = data.resolve_image(data_dir, relpath, run["config"].get("holdout_source") or "")
     except ValueError:
-        # Empty: its taker was killed between creating and writing it (stale), or is writing it now.
-        try:
-            age = time.time() - _lock_path(runs_root).stat().st_mtime
-        except OSError:
-            return None
-        return None if age > 10 else {"pid": None, "run": "starting"}
-    if lock and pid_alive(lock.get("pid")):
-        return lock
-    return None
-
-
-def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -> None:
-    """Only one training runs at a time: the machine has no cores to spare.
-    O_EXCL makes the check-and-create atomic between two starting processes."""
-    lock = _lock_path(runs_root)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = active_training(runs_root)
-            # Taken for us by launch_training: held by our parent until it
-            # hands it over, then by us under our run id.
-            if holder and (holder.get("pid") == os.getppid()
-                           or (holder.get("pid") == os.getpid() and holder.get("run") == run_id)):
-                return
-            if holder:
-                raise TrainingBusy(f"training run {holder.get('run')} is already running "
-                                   f"(process {holder.get('pid')}); wait for it or cancel it")
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": pid or os.getpid(), "run": run_id}, handle)
-        return
-    raise TrainingBusy("could not take the training lock")
-
-
-def hand_training_lock(run_id: str, pid: int, runs_root=None) -> None:
-    """Pass the lock to the training process that was just started."""
-    write_json(_lock_path(runs_root), {"pid": pid, "run": run_id})
-
-
-def start_background(args: list[str], log_path) -> int:
-    """Start `python -u -m core <args>` in a session of its own, so that it
-    outlives the caller (the app's page), its output appended to `log_path`.
-    Returns its pid."""
-    with open(log_path, "a") as log:
-        child = subprocess.Popen([sys.executable, "-u", "-m", "core", *args], cwd=paths.PROJECT_ROOT,
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-    return child.pid
-
-
-def start_with_lock(args: list[str], log_path, holder: str, runs_root=None) -> int:
-    """start_background, handing the new process the training lock the
-    caller took (the caller takes it first: TensorFlow takes seconds to
-    import, and a second start in that window must be refused too). Returns
-    its pid; on failure the lock is released."""
-    try:
-        pid = start_background(args, log_path)
-    except BaseException:
-        release_training_lock(runs_root)
-        raise
-    hand_training_lock(holder, pid, runs_root)
-    return pid
-
-
-def release_training_lock(runs_root=None) -> None:
-    lock = read_json(_lock_path(runs_root))
-    if lock and lock.get("pid") == os.getpid():
-        _lock_path(runs_root).unlink(missing_ok=True)
-
-
-def request_cancel(run_dir) -> None:
-    """Ask a running training to stop at its next batch (see train.RunProgress)."""
-    (Path(run_dir) / "cancel").touch()
+        return paths.data_dir() / relpath
+    return found if found.parent.exists() else paths.data_dir() / relpath

@@ -3,7 +3,7 @@
 A scan comes as (a) several DICOM files of one series, (b) a .zip of such
 files or of slice images, (c) a NIfTI volume (.nii, .nii.gz) or (d) a folder
 of slice images. Every slice is shown through the lung window that single
-DICOM slices get (core.data.LUNG_WINDOW), from Hounsfield units: DICOM's
+DICOM slices get (core.images.LUNG_WINDOW), from Hounsfield units: DICOM's
 RescaleSlope/Intercept, or a NIfTI volume's values (scl_slope/inter applied
 by nibabel).
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from core import data, nifti
-from core.data import ImageReadError
+from core import images, nifti
+from core.images import ImageReadError
 
 # A thin-slice chest CT (0.625 mm over 40 cm) has about 650 slices; more is a whole-body scan or a mistake.
 MAX_SLICES = 1000
@@ -81,7 +81,7 @@ def read_files(files: list[tuple[str, object]], name: str) -> Scan:
         return read_zip(_content(*files[0]), files[0][0])
     _check_total([len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
                   for _, source in files], name)
-    opened = [data.open_image(source, file_name) for file_name, source in files]
+    opened = [images.open_image(source, file_name) for file_name, source in files]
     return _from_opened(opened, name)
 
 
@@ -159,7 +159,7 @@ def read_zip(content: bytes, name: str) -> Scan:
     members.sort(key=lambda m: natural_key(m.filename))
     opened = []
     for member in members:
-        opened.append(data.open_image(_member(archive, member, name), f"{name}/{member.filename}"))
+        opened.append(images.open_image(_member(archive, member, name), f"{name}/{member.filename}"))
     return _from_opened(opened, name)
 
 
@@ -177,7 +177,7 @@ def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> byt
 # ---------------------------------------------------------------------------
 
 def _from_opened(opened: list[tuple[object, str]], name: str) -> Scan:
-    """A scan from files opened (headers checked) by core.data.open_image:
+    """A scan from files opened (headers checked) by core.images.open_image:
     all DICOM (one series), or all other images."""
     is_dicom = [isinstance(item, pydicom.Dataset) for item, _ in opened]
     if all(is_dicom):
@@ -188,7 +188,7 @@ def _from_opened(opened: list[tuple[object, str]], name: str) -> Scan:
         raise ImageReadError(f"{name}: DICOM files ({_few(dicom)}) mixed with other images ({_few(other)}); "
                              "give one series")
     _check_voxels([(image.size[1], image.size[0]) for image, _ in opened], name)
-    slices = [data.decode_image(image, file_name) for image, file_name in opened]
+    slices = [images.decode_image(image, file_name) for image, file_name in opened]
     return Scan(name, slices, [file_name for _, file_name in opened], "slice images",
                 notes=["slice images carry no position: ordered by file name"] if len(opened) > 1 else [])
 
@@ -222,7 +222,7 @@ def _dicom_series(opened: list[tuple[pydicom.Dataset, str]], name: str) -> Scan:
 
 
 def _dicom_grey(dataset: pydicom.Dataset, file_name: str) -> np.ndarray:
-    return data.decode_image(dataset, file_name)[:, :, 0]  # grey in all three channels: keep one
+    return images.decode_image(dataset, file_name)[:, :, 0]  # grey in all three channels: keep one
 
 
 def _slice_order(datasets: list[pydicom.Dataset], names: list[str]):

@@ -151,10 +151,11 @@ def patient_frame(run_dir) -> pd.DataFrame:
     """The run's predictions.csv with the calibrated probability (prob) and
     each scan's patient (patient_id, from the run's dataset index)."""
     from core import train  # TensorFlow and the dataset: only when patients are needed
+    from core.config import TrainConfig
 
     run_dir = Path(run_dir)
     frame = runs.read_predictions(run_dir)
-    index = train.run_index(train.TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {})))
+    index = train.run_index(TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {})))
     patients = dict(zip(index["relpath"], index["patient_id"]))
     missing = frame.loc[~frame["path"].isin(patients), "path"]
     if len(missing):

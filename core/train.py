@@ -7,14 +7,11 @@ head do not wreck the pretrained features), then unfreeze the stages from
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import shutil
-import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -22,199 +19,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import checkpoint, data, distribute, evaluate, external, paths, runs
-from core.model import (BACKBONES, TRAIN_FROM, build_model, frozen_boundary, load_model, predict_proba,
-                        set_trainable, split_at)
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# Keras dtype policies: bfloat16 runs faster on CPUs with AVX512-BF16 or AMX,
-# float16 on GPUs (Keras adds loss scaling); variables stay float32 in both.
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-@dataclass
-class TrainConfig:
-    """Every hyperparameter of a run; saved as the run's config.json."""
-    # One dataset folder, or several sources joined with os.pathsep (":"): data.index_dataset.
-    data_dir: str = field(default_factory=lambda: str(paths.data_dir()))
-    # Leave-one-source-out: train on the other sources of data_dir, then
-    # evaluate on this one (its folder's name) as an external set.
-    holdout_source: str = ""
-    positive_class: str = "COVID"
-    use_official_splits: bool = True
-    seed: int = 0
-    max_images_per_split: int = 0  # 0 = all; a small number for smoke runs
-    # k-fold cross-validation over train + val (data.cross_validation_split): with
-    # cv_folds >= 2 the run validates on fold cv_fold (0-based); 0 = the split as indexed.
-    cv_folds: int = 0
-    cv_fold: int = 0
-    backbone: str = "resnet50"
-    weights: str | None = field(default_factory=paths.weights_path)
-    input_size: int = 224
-    lung_crop: bool = False  # crop each scan to its lung fields (core.lung) before resizing
-    precision: str = "float32"
-    batch_size: int = 32
-    dropout: float = 0.3
-    optimizer: str = "adam"
-    head_epochs: int = 5
-    head_lr: float = 1e-3
-    finetune_epochs: int = 20
-    finetune_lr: float = 5e-5
-    train_from: str = "conv3"  # validation ROC-AUC: conv2 0.870, conv3 0.896, conv4 0.894, conv5 0.827 (README)
-    train_batchnorm: bool = False
-    cache_frozen: bool = True  # train on cached activations of the frozen stages
-    cached_views: int = 4      # augmented views per training image in that cache
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) on training pairs; 0 = off
-    class_weights: bool = True
-    rotation: float = 10.0
-    zoom: float = 0.1
-    contrast: float = 0.1
-    flip: bool = True
-    fill_mode: str = "reflect"  # what rotation/zoom uncover: "reflect", "constant" (black) or "nearest"
-    blur: float = 0.0  # largest sigma (pixels) of a Gaussian blur on half the training images; 0 = off
-    # Momentum of an exponential moving average of the fine-tuned weights
-    # (Polyak averaging); validation, checkpoints and the saved model use the
-    # average. Smooths the epoch-to-epoch swings that best-epoch selection chases.
-    ema: float = 0.0  # 0 = off
-    early_stopping_patience: int = 5
-    lr_patience: int = 2
-    flip_tta: bool = True  # average predictions with the mirrored scan
-    # ... and with the scan rotated +/- 7 degrees and zoomed in 10%: validation ROC-AUC +0.010
-    # over 3 seeds, but 2.5x the inference compute (app upload 0.98 s -> 1.28 s; README)
-    rotate_zoom_tta: bool = False
-    threshold_method: str = "youden"
-    n_boot: int = 1000
-    strategy: str = "default"  # or "mirrored" (local GPUs) / "multiworker" (TF_CONFIG); core.distribute
-    cpu_devices: int = 0       # split the CPU into N logical devices (mirrored without GPUs)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config setting(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def problems(self) -> list[str]:
-        """Every impossible value, so a bad config is refused before any work."""
-        found = []
-        if self.backbone not in BACKBONES:
-            found.append(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.train_from not in TRAIN_FROM:
-            found.append(f"train_from {self.train_from!r} is not one of {', '.join(TRAIN_FROM)}")
-        if self.precision not in PRECISIONS:
-            found.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            found.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if not 32 <= self.input_size <= 1024:
-            found.append(f"input_size {self.input_size} must be between 32 and 1024 pixels")
-        if not 1 <= self.batch_size <= 1024:
-            found.append(f"batch_size {self.batch_size} must be between 1 and 1024")
-        for name in ("head_lr", "finetune_lr"):
-            if not 0 < getattr(self, name) < 1:
-                found.append(f"{name} {getattr(self, name)} must be in (0, 1)")
-        if self.cv_folds and not 2 <= self.cv_folds <= 20:
-            found.append(f"cv_folds {self.cv_folds} must be 0 (no cross-validation) or between 2 and 20")
-        elif self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
-            found.append(f"cv_fold {self.cv_fold} must be between 0 and cv_folds - 1 ({self.cv_folds - 1})")
-        if self.cached_views < 1:
-            found.append(f"cached_views {self.cached_views} must be at least 1")
-        for name in ("head_epochs", "finetune_epochs", "max_images_per_split", "early_stopping_patience",
-                     "lr_patience"):
-            if getattr(self, name) < 0:
-                found.append(f"{name} {getattr(self, name)} must not be negative")
-        if self.head_epochs + self.finetune_epochs == 0:
-            found.append("head_epochs + finetune_epochs must be at least 1")
-        if not 0 <= self.dropout < 1:
-            found.append(f"dropout {self.dropout} must be in [0, 1)")
-        if not 0 <= self.mixup <= 10:
-            found.append(f"mixup {self.mixup} must be between 0 (off) and 10")
-        if not 0 <= self.ema < 1:
-            found.append(f"ema {self.ema} must be in [0, 1) (0 = off)")
-        if not 0 <= self.label_smoothing < 0.5:
-            found.append(f"label_smoothing {self.label_smoothing} must be in [0, 0.5)")
-        if not 0 <= self.rotation <= 180:
-            found.append(f"rotation {self.rotation} must be between 0 and 180 degrees")
-        if not 0 <= self.blur <= 5:
-            found.append(f"blur {self.blur} must be between 0 (off) and 5 pixels")
-        for name in ("zoom", "contrast"):
-            if not 0 <= getattr(self, name) < 1:
-                found.append(f"{name} {getattr(self, name)} must be in [0, 1)")
-        if self.fill_mode not in data.FILL_MODES:
-            found.append(f"fill_mode {self.fill_mode!r} is not one of {', '.join(data.FILL_MODES)}")
-        if self.threshold_method not in ("youden", "f1"):
-            found.append(f"threshold_method {self.threshold_method!r} is not 'youden' or 'f1'")
-        found += distribute.problems(self.strategy, self.cpu_devices)
-        found += self._data_problems()
-        return found
-
-    def _data_problems(self) -> list[str]:
-        try:
-            folders = data.source_dirs(self.data_dir)
-        except ValueError as error:
-            return [f"data_dir: {error}"]
-        found = [f"data_dir {folder}: no such folder" for folder in folders if not folder.is_dir()]
-        names = [data.source_name(folder) for folder in folders]
-        if self.holdout_source and self.holdout_source not in names:
-            found.append(f"holdout_source {self.holdout_source!r} is not one of the sources in data_dir "
-                         f"({', '.join(names)})")
-        elif self.holdout_source and len(names) < 2:
-            found.append("holdout_source needs at least two sources in data_dir (separated by "
-                         f"{os.pathsep!r})")
-        return found
-
-    def training_sources(self) -> list[Path]:
-        """The dataset folders a run trains on: data_dir's, less the held-out
-        source (data.resolve_image finds their files from a relpath)."""
-        return [folder for folder in data.source_dirs(self.data_dir) if data.source_name(folder) != self.holdout_source]
-
-    def held_out_source(self) -> Path | None:
-        """The folder of the held-out source (leave-one-source-out), else None."""
-        return next((folder for folder in data.source_dirs(self.data_dir)
-                     if self.holdout_source and data.source_name(folder) == self.holdout_source), None)
-
-    def validate(self) -> "TrainConfig":
-        found = self.problems()
-        if found:
-            raise ValueError("invalid config: " + "; ".join(found))
-        return self
-
-
-# Defaults promoted from a hyperparameter search (core.tune.promote_best).
-
-def load_default_config() -> TrainConfig:
-    """TrainConfig with the promoted defaults when a search's best was
-    promoted, else the project's recipe (TrainConfig())."""
-    path = paths.default_config_path()
-    try:
-        saved = runs.read_json(path)
-        return TrainConfig.from_dict(saved["config"]) if saved else TrainConfig()
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: {error}; correct it, or go back to the project's defaults with "
-                         "`python -m core tune --reset-default`") from None
-
-
-def promoted_from() -> dict | None:
-    """Where the promoted defaults come from (study, trial, run, val_roc_auc), None without any."""
-    try:
-        return (runs.read_json(paths.default_config_path()) or {}).get("promoted_from")
-    except ValueError:
-        return None
-
-
-def reset_default() -> bool:
-    """Back to the project's recipe; False when nothing was promoted."""
-    path = paths.default_config_path()
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
-
-
-class RunCancelled(KeyboardInterrupt):
-    """Raised when the user asks a run to stop (cancel file or SIGTERM); a
-    KeyboardInterrupt so that nothing on the way treats it as a failure."""
-
+from core import checkpoint, data, distribute, evaluate, external, jobs, runs
+from core.config import TrainConfig
+from core.frozen_cache import cached_datasets
+from core.model import build_model, frozen_boundary, load_model, predict_proba, set_trainable
+from core.images import load_images
+from core.pipeline import augmentation_layers, balanced_class_weights, make_dataset
 
 class RunProgress(keras.callbacks.Callback):
     """Keeps status.json up to date, reports epochs, and stops on request.
@@ -235,7 +45,7 @@ class RunProgress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if (self.run_dir / "cancel").exists():
             self.model.stop_training = True
-            raise RunCancelled("cancelled by the user")
+            raise jobs.RunCancelled("cancelled by the user")
         if time.monotonic() - self.last_write > 2.0:  # don't hammer the disk
             self._write(batch=batch + 1)
         checkpoint.kill_point(f"{self.phase} epoch {self.epoch + 1}")
@@ -274,21 +84,12 @@ def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     return shuffled.groupby(["split", "y"]).head(per_class).sort_values("relpath").reset_index(drop=True)
 
 
-def make_optimizer(name: str, learning_rate: float, ema: float = 0.0):
-    averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, **averaging)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4, **averaging)
-    return keras.optimizers.Adam(learning_rate, **averaging)
-
-
-def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float, ema: float = 0.0) -> None:
-    """Cross-entropy on one-hot labels (label smoothing needs them) and the
-    positive-class precision, recall and AUC."""
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam, cross-entropy on one-hot labels, and the positive-class
+    precision, recall and AUC."""
     model.compile(
-        optimizer=make_optimizer(config.optimizer, learning_rate, ema),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.Precision(class_id=1, name="precision"),
@@ -300,11 +101,6 @@ def compile_model(model: keras.Model, config: TrainConfig, learning_rate: float,
     )
 
 
-def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=2)
-    return {c: float(len(labels) / (2 * max(counts[c], 1))) for c in (0, 1)}
-
-
 def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report,
               extra_callbacks=(), rows_before=0):
     """One phase of model.fit with the run's callbacks (and the caller's, such
@@ -313,20 +109,13 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
     the history.csv rows of the phases before it."""
     # Rows of epochs logged but not committed before a kill are logged again.
     checkpoint.truncate_history(run_dir, checkpoint.history_rows(run_dir, phase, rows_before))
-    # Weight averaging in fine-tuning only: the few steps of the head warm-up
-    # would leave the average near the random initial head.
-    ema = config.ema if phase == "finetune" else 0.0
-    compile_model(model, config, learning_rate, ema)
+    compile_model(model, learning_rate)
     callbacks = list(extra_callbacks) + [
         RunProgress(run_dir, phase, epochs, steps, report),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
                                           patience=config.lr_patience, min_lr=1e-7),
     ]
-    if ema:
-        # Validation sees the averaged weights; at each epoch's end they stay
-        # in the model for the callbacks below (best weights, checkpoint).
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if phase == "finetune":
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
@@ -353,7 +142,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
     # Before any other TensorFlow work: a multi-worker strategy and a split
     # CPU can only be set up in a fresh runtime.
     try:
-        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+        strategy = distribute.make_strategy(config.strategy)
     except (ValueError, RuntimeError) as error:  # a folder made by launch_training says why
         if run_dir:
             runs.set_status(run_dir, "failed", reason=f"{type(error).__name__}: {error}")
@@ -362,7 +151,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         return _train_as_worker(config, strategy, report, callbacks)
     runs_root = Path(run_dir).parent if run_dir else runs_root
     if exclusive:
-        runs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
+        jobs.acquire_training_lock(Path(run_dir).name if run_dir else "new run", runs_root)
     try:
         if run_dir is None:
             run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
@@ -372,7 +161,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         return _train_with_status(run_dir, config, report, callbacks, strategy)
     finally:
         if exclusive:
-            runs.release_training_lock(runs_root)
+            jobs.release_training_lock(runs_root)
 
 
 def _train_as_worker(config: TrainConfig, strategy, report, callbacks=()) -> None:
@@ -389,11 +178,10 @@ def _train_as_worker(config: TrainConfig, strategy, report, callbacks=()) -> Non
 
 
 def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> Path:
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_cancelled)
     started = time.monotonic()
     try:
-        _train_in(run_dir, config, report, callbacks, strategy)
+        with jobs.sigterm_raises(jobs.RunCancelled):
+            _train_in(run_dir, config, report, callbacks, strategy)
     except KeyboardInterrupt as reason:
         runs.set_status(run_dir, "cancelled", reason=str(reason) or "cancelled",
                         train_seconds=round(time.monotonic() - started, 1))
@@ -403,140 +191,9 @@ def _train_with_status(run_dir: Path, config: TrainConfig, report, callbacks=(),
         runs.set_status(run_dir, getattr(error, "run_state", "failed"), reason=f"{type(error).__name__}: {error}",
                         train_seconds=round(time.monotonic() - started, 1))
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
     runs.set_status(run_dir, "completed", phase="done", train_seconds=round(time.monotonic() - started, 1))
     report(f"completed in {time.monotonic() - started:.0f} s: {run_dir}")
     return run_dir
-
-
-def cross_validate(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
-    """One run per fold of config.cv_folds (at least 2), each validating on
-    its own fold of train + val; returns their folders, to be scored with
-    evaluate.cross_validation_summary. A failed fold stops the rest (the
-    finished folds stay as runs)."""
-    if config.cv_folds < 2:
-        raise ValueError(f"cross-validation needs cv_folds of at least 2, got {config.cv_folds}")
-    run_dirs = []
-    for fold in range(config.cv_folds):
-        report(f"fold {fold + 1} of {config.cv_folds}")
-        run_dirs.append(train(dataclasses.replace(config, cv_fold=fold), name=f"{name or 'cv'}-fold{fold + 1}",
-                              report=report, runs_root=runs_root))
-    return run_dirs
-
-
-def leave_one_source_out(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
-    """One run per source of config.data_dir (at least two), each trained on
-    the other sources and evaluated on the one left out (stored as that
-    run's external set); returns their folders. Tells how the recipe travels
-    to a source it never saw."""
-    sources = data.source_dirs(config.data_dir)
-    if len(sources) < 2:
-        raise ValueError(f"leave-one-source-out needs at least two dataset folders in data_dir (separated by "
-                         f"{os.pathsep!r}), got {config.data_dir}")
-    run_dirs = []
-    for folder in sources:
-        source = data.source_name(folder)
-        report(f"leaving out {source}")
-        held_out = dataclasses.replace(config, holdout_source=source).validate()
-        run_dirs.append(train(held_out, name=f"{name or 'loso'}-without-{source}", report=report,
-                              runs_root=runs_root))
-    return run_dirs
-
-
-# Where a run's data and weights sit, and which fold it validates on, do not make another recipe.
-_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed", "holdout_source")
-
-
-def recipe_changes(config: dict) -> str:
-    """The settings of a run that differ from the project's recipe
-    (TrainConfig's defaults), e.g. "train_from=conv2, ema=0.97"."""
-    defaults = asdict(TrainConfig())
-    changed = [f"{key}={value}" for key, value in config.items()
-               if key not in _NOT_RECIPE and key in defaults and value != defaults[key]]
-    return ", ".join(changed) or "project defaults"
-
-
-def cross_validation_table(all_runs: list[dict], n_boot: int = 1000) -> pd.DataFrame:
-    """One row per cross-validated recipe found among the runs
-    (runs.cross_validation_groups), scored by evaluate.cross_validation_summary
-    over the folds trained so far: the mean fold ROC-AUC is the recipe's score.
-    Folds differ in difficulty far more than recipes do, so a recipe is also
-    compared with the project defaults fold by fold, on the same folds
-    (same data, seed and number of folds): the mean paired difference and its
-    standard error."""
-    scored = []  # (recipe, config, runs, summary or the error that stopped it)
-    for group in runs.cross_validation_groups(all_runs):
-        config = group[0]["config"]
-        try:
-            summary = evaluate.cross_validation_summary([runs.read_predictions(run["path"]) for run in group],
-                                                        n_boot=n_boot, seed=config.get("seed", 0))
-        except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
-            summary = error
-        scored.append((recipe_changes(config), config, group, summary))
-
-    def same_folds(config):
-        return config.get("data_dir"), config["cv_folds"], config.get("seed", 0)
-
-    def fold_scores(group, summary):
-        return dict(zip([run["config"]["cv_fold"] for run in group], summary["fold_roc_auc"]))
-
-    defaults = {same_folds(config): fold_scores(group, summary) for recipe, config, group, summary in scored
-                if recipe == "project defaults" and isinstance(summary, dict)}
-    rows = []
-    for recipe, config, group, summary in scored:
-        row = {"recipe": recipe, "seed": config.get("seed", 0), "folds": f"{len(group)} of {config['cv_folds']}"}
-        fold_runs = " ".join(run["id"] for run in group)
-        if not isinstance(summary, dict):
-            rows.append({**row, "problem": f"{type(summary).__name__}: {summary}", "runs": fold_runs})
-            continue
-        baseline = None if recipe == "project defaults" else defaults.get(same_folds(config))
-        difference, standard_error = _paired_difference(fold_scores(group, summary), baseline)
-        low, high = summary["pooled_ci"]
-        rows.append({
-            **row,
-            "mean_roc_auc": summary["mean_roc_auc"],
-            "std_roc_auc": summary["std_roc_auc"],
-            "vs_defaults": difference,
-            "vs_defaults_se": standard_error,
-            "fold_roc_auc": ", ".join("n/a" if auc is None else f"{auc:.3f}" for auc in summary["fold_roc_auc"]),
-            "pooled_roc_auc": summary["pooled_roc_auc"],
-            "pooled_ci_low": low,
-            "pooled_ci_high": high,
-            "images": summary["n_images"],
-            "runs": fold_runs,
-        })
-    table = pd.DataFrame(rows)
-    return table[[c for c in table if c != "runs"] + ["runs"]] if len(table) else table
-
-
-def _paired_difference(scores: dict, baseline: dict | None) -> tuple[float | None, float | None]:
-    """Mean and standard error of scores[fold] - baseline[fold] over the folds both scored."""
-    common = [f for f in scores if baseline and baseline.get(f) is not None and scores[f] is not None]
-    differences = np.array([scores[f] - baseline[f] for f in common])
-    if len(differences) < 2:
-        return None, None
-    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
-
-
-def launch_training(config: TrainConfig, name: str | None = None, runs_root=None) -> Path:
-    """Start a run in a background process that outlives the caller (the
-    app's page or tab); returns its folder at once. Refused while another
-    training is alive."""
-    config.validate()
-    runs.acquire_training_lock("starting", runs_root)
-    try:
-        run_dir = runs.new_run(asdict(config), name=name, runs_root=runs_root)
-    except BaseException:
-        runs.release_training_lock(runs_root)
-        raise
-    pid = runs.start_with_lock(["train", "--run-dir", str(run_dir)], run_dir / "train.log", run_dir.name, runs_root)
-    runs.set_status(run_dir, "running", pid=pid)
-    return run_dir
-
-
-def _raise_cancelled(signum, frame):
-    raise RunCancelled("stopped by SIGTERM")
 
 
 def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy=None) -> None:
@@ -555,7 +212,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     for split in data.SPLITS:
         rows = index[index.split == split]
         runs.set_status(run_dir, "running", phase=f"loading {split} images")
-        images[split] = data.load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        images[split] = load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
         labels[split] = rows.y.to_numpy()
         checkpoint.kill_point("loading")
     report(f"decoded and resized to {config.input_size} px")
@@ -563,7 +220,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     augment = augmentation(config, seed=config.seed)
     # Models (and so their variables and optimizers) made under the strategy's
     # scope are mirrored across its replicas; fit then splits each batch.
-    with strategy.scope(), dtype_policy(config.precision):
+    with strategy.scope():
         model = fit_model(run_dir, config, images, labels, augment, report, callbacks)
     if replicas > 1:
         # Under a strategy, Keras 3.15's predict_on_batch returns the batch
@@ -571,8 +228,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         model = load_model(run_dir / "model.keras")
 
     runs.set_status(run_dir, "running", phase="evaluating")
-    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta,
-                                  config.rotate_zoom_tta, config.fill_mode)
+    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta)
              for split in ("val", "test")}
 
     predictions = pd.concat([
@@ -582,7 +238,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     ], ignore_index=True)
     runs.write_csv(run_dir / "predictions.csv", predictions)
     checkpoint.kill_point("evaluating")
-    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed,
+    metrics = evaluate.evaluate_predictions(predictions, seed=config.seed,
                                             threshold_method=config.threshold_method)
     negative_class = index.loc[index.y == 0, "label"].iloc[0]
     metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
@@ -592,26 +248,12 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
            f"F1 {test.get('f1')}  at threshold {metrics['threshold']['value']:.3f} (chosen on val)")
     if config.holdout_source and distribute.is_chief(strategy):
         runs.set_status(run_dir, "running", phase=f"evaluating on the held-out source {config.holdout_source}")
-        external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report,
-                             n_boot=config.n_boot)
+        external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report)
 
 
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
-    """The config's training augmentation (core.data.augmentation_layers)."""
-    return data.augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed,
-                                    fill_mode=config.fill_mode, blur=config.blur)
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Build layers under a Keras dtype policy, then restore the previous
-    one: the policy is global, and the app or a test goes on in this process."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    """The config's training augmentation (core.pipeline.augmentation_layers)."""
+    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
 
 
 def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:
@@ -625,17 +267,18 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
         report("resumed after training: evaluating")
         return model
-    boundary = frozen_boundary(model, config.train_from) if config.cache_frozen else None
+    # The frozen stages' activations are cached whenever train_from leaves any frozen.
+    boundary = frozen_boundary(model, config.train_from)
     if boundary:
         fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
     else:
         fitted = model
-        train_ds = data.make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                     augment=augment, seed=config.seed, mixup=config.mixup)
-        val_ds = data.make_dataset(images["val"], labels["val"], config.batch_size)
+        train_ds = make_dataset(images["train"], labels["train"], config.batch_size, training=True,
+                                augment=augment, seed=config.seed)
+        val_ds = make_dataset(images["val"], labels["val"], config.batch_size)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
     # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
-    class_weight = balanced_class_weights(labels["train"]) if config.class_weights and not boundary else None
+    class_weight = None if boundary else balanced_class_weights(labels["train"])
 
     phases = [("head", config.head_epochs, config.head_lr)]
     if config.train_from != "head":
@@ -645,7 +288,7 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         if not epochs:
             continue
         if phase == "finetune":
-            set_trainable(model, config.train_from, config.train_batchnorm)
+            set_trainable(model, config.train_from)
         if checkpoint.is_finished(run_dir, phase):
             checkpoint.restore_phase(run_dir, phase, model, train_ds)
             report(f"resumed after the {phase} phase")
@@ -665,102 +308,8 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     return model
 
 
-def cached_datasets(model, boundary, images, labels, augment, config, run_dir, report):
-    """Run the frozen stages once per augmented view and train the rest on
-    those activations: the frozen stages hold most of ResNet-50's compute, and
-    they give the same output every epoch for the same input (BatchNorm in
-    inference mode, no dropout). Returns the trainable top model and the
-    train/validation batches of activations."""
-    frozen, top = split_at(model, boundary)
-    started = time.monotonic()
-    runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
-    train_x = activations(frozen, images["train"], config.batch_size, augment, views=config.cached_views)
-    train_y = np.tile(labels["train"], config.cached_views)
-    checkpoint.kill_point("caching")
-    val_x = activations(frozen, images["val"], config.batch_size)
-    report(f"cached {boundary} activations for {config.cached_views} augmented views "
-           f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
-
-    class_weight = balanced_class_weights(labels["train"]) if config.class_weights else None
-    train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
-                                      seed=config.seed, class_weight=class_weight, mixup=config.mixup)
-    val_batches = ActivationBatches(val_x, labels["val"], config.batch_size)
-    return top, train_batches, val_batches
-
-
-def activations(frozen: keras.Model, images: np.ndarray, batch_size: int, augment=None, views: int = 1) -> np.ndarray:
-    """Frozen-stage outputs of `views` passes over the images (augmented when
-    `augment` is given), as float16 to halve the memory, written into one
-    array allocated up front."""
-    out = None
-    for view in range(views):
-        for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(images[start:start + batch_size], "float32")
-            if augment is not None:
-                batch = augment(batch, training=True)
-            result = np.asarray(frozen(batch, training=False), dtype="float16")
-            if out is None:
-                out = np.empty((views * len(images), *result.shape[1:]), dtype="float16")
-            offset = view * len(images) + start
-            out[offset:offset + len(result)] = result
-    return out
-
-
-class ActivationBatches(keras.utils.PyDataset):
-    """Batches of cached activations with one-hot labels (and class weights).
-
-    For training, each epoch draws as many samples as there are training
-    images, at random from all views, so each epoch mixes augmentations.
-    Indexing the array avoids the copies a tf.data shuffle buffer would make.
-    With `mixup` > 0, training batches are mixed pairwise (mixup at the input
-    of the trained stages, "manifold mixup")."""
-
-    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None, mixup=0.0):
-        super().__init__()
-        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
-        self.epoch_size = epoch_size or len(x)
-        self.rng = np.random.default_rng(seed) if epoch_size else None
-        self.class_weight = class_weight
-        self.mixup = mixup if epoch_size else 0.0
-        self.on_epoch_end()
-
-    def __len__(self):
-        return int(np.ceil(self.epoch_size / self.batch_size))
-
-    def __getitem__(self, i):
-        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        labels = self.y[rows]
-        batch = (self.x[rows].astype("float32"), np.eye(2, dtype="float32")[labels])
-        if self.class_weight:
-            batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
-        if self.mixup:
-            batch = data.mix_pairs(batch, self.rng, self.mixup)
-        return batch
-
-    def on_epoch_end(self):
-        if self.rng is None:
-            self.order = np.arange(len(self.x))
-        else:
-            self.order = self.rng.permutation(len(self.x))[:self.epoch_size]
-
-
 def save_model(model: keras.Model, path: Path) -> None:
     """Save then rename, so a crash never leaves a truncated model.keras."""
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     tmp.replace(path)
-
-
-def resume(run_dir: Path, report=print) -> Path:
-    """Continue an interrupted, failed or cancelled run where it stopped."""
-    run_dir = Path(run_dir)
-    state = runs.read_status(run_dir).get("state")
-    if state in ("running", "completed"):
-        raise ValueError(f"run {run_dir.name} is {state}: nothing to resume")
-    (run_dir / "cancel").unlink(missing_ok=True)
-    config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json", {}))
-    report(f"resuming {run_dir.name}: {checkpoint.describe(run_dir)} committed")
-    if config.strategy == "multiworker":
-        # The other workers' backups lived in scratch folders that are gone.
-        raise ValueError(f"run {run_dir.name} trained on several machines: start it again instead of resuming")
-    return train(config, run_dir=run_dir, report=report)

@@ -7,21 +7,16 @@ trains a normal run folder, <date>-<study>-t<number>, so the Evaluate page
 compares trials like any other run. A trial whose validation AUC trails the
 median of earlier trials at the same epoch is pruned (stopped early).
 
-The search space is data (SPACE): per parameter a list of choices, or a
-{"low", "high", "log"} range. The settings that are not searched come from
+The search space is data (core.search_space). The settings that are not searched come from
 the study's base config, stored in the study when it is created, so that a
 resumed search or a second worker trains with the same ones.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import os
 import re
-import signal
 import socket
-import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -34,29 +29,14 @@ import pandas as pd
 import sqlalchemy
 from optuna.trial import TrialState
 
-from core import paths, runs
-from core.model import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES
-from core.train import TrainConfig, load_default_config, train
+from core import jobs, paths, runs
+from core.config import TrainConfig, load_default_config
+from core.search_space import make_space, settings, suggest
+from core.train import train
 
-# The default search space. A list: the choices; a dict: a range, sampled on a log scale when "log".
-SPACE = {
-    "head_lr": {"low": 1e-4, "high": 1e-2, "log": True},
-    "finetune_lr": {"low": 5e-6, "high": 2e-4, "log": True},
-    "batch_size": [16, 32, 64],
-    "train_from": ["conv3", "conv4", "conv5"],
-    "input_size": [160, 224, 288],
-    "augment_strength": {"low": 0.0, "high": 1.0, "log": False},
-    "dropout": {"low": 0.0, "high": 0.6, "log": False},
-    # The CT ResNet-152 costs 3x ResNet-50's compute per image: searched when asked for (--backbones).
-    "backbone": list(IMAGENET_BACKBONES),
-}
-INTEGERS = ("batch_size", "input_size")
-# augment_strength scales three settings together: 0 turns them off, 0.5 is the
-# default recipe (10 degrees, 0.1, 0.1), 1 doubles it. Flips stay as set.
-AUGMENT_AT_FULL_STRENGTH = {"rotation": 20.0, "zoom": 0.2, "contrast": 0.2}
 # Where the data is, how this machine trains and which cross-validation fold a
 # run validates on: not part of a promoted default.
-MACHINE_SETTINGS = ("data_dir", "strategy", "cpu_devices", "cv_folds", "cv_fold")
+MACHINE_SETTINGS = ("data_dir", "strategy", "cv_folds", "cv_fold")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Median rule: nothing is pruned before 5 trials have finished, nor before a trial's 3rd epoch.
@@ -65,114 +45,6 @@ MAX_FAILURES_IN_A_ROW = 3
 HEARTBEAT_SECONDS = 60
 HOST = socket.gethostname()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-# ---------------------------------------------------------------------------
-# The search space
-# ---------------------------------------------------------------------------
-
-def fields_of(parameter: str) -> tuple[str, ...]:
-    """The TrainConfig settings a search parameter sets."""
-    return tuple(AUGMENT_AT_FULL_STRENGTH) if parameter == "augment_strength" else (parameter,)
-
-
-def searched_fields(space: dict) -> set[str]:
-    return {name for parameter in space for name in fields_of(parameter)}
-
-
-def settings(params: dict) -> dict:
-    """TrainConfig values for sampled parameters."""
-    values = dict(params)
-    strength = values.pop("augment_strength", None)
-    if strength is not None:
-        values.update({name: round(full * strength, 4) for name, full in AUGMENT_AT_FULL_STRENGTH.items()})
-    return values
-
-
-def loadable_backbones(weights: str | None) -> list[str]:
-    """The backbones these weights load into: all of them for "imagenet"
-    (Keras downloads each one's) or none (random); for a file, those named in
-    its file name (resnet50_imagenet.weights.h5 fits ResNet-50 only), or all
-    when it names none. The CT backbones load their own weights (core.ct_weights)."""
-    if weights in (None, "imagenet"):
-        return list(BACKBONES)
-    return ([b for b in IMAGENET_BACKBONES if b in Path(weights).name] or list(IMAGENET_BACKBONES)) + list(CT_BACKBONES)
-
-
-def make_space(changes: dict | None, base: TrainConfig, fixed=()) -> dict:
-    """The default space, with the backbones `base.weights` can load, updated
-    by `changes` (None for a parameter leaves it out), less the parameters
-    whose settings are `fixed`; checked value by value against TrainConfig."""
-    loadable = loadable_backbones(base.weights)
-    space = {**SPACE, "backbone": [b for b in SPACE["backbone"] if b in loadable], **(changes or {})}
-    space = {name: spec for name, spec in space.items()
-             if spec is not None and not set(fields_of(name)) & set(fixed)}
-    if not space:
-        raise ValueError("the search space is empty: every parameter is fixed")
-    problems, checked = [], {}
-    for name, spec in space.items():
-        if name not in SPACE:
-            problems.append(f"unknown parameter {name!r} (one of {', '.join(SPACE)})")
-            continue
-        checked[name], values, found = _canonical(name, spec)
-        problems += found
-        for value in values:  # TrainConfig's own words, which name the setting they are about
-            problems += [p if p.startswith(name) else f"{name} {value!r}: {p}"
-                         for p in _value_problems(base, name, value)]
-    unloadable = [b for b in checked.get("backbone", []) if b in BACKBONES and b not in loadable]
-    if unloadable:
-        problems.append(f"backbone {', '.join(unloadable)} cannot load the weights {base.weights} "
-                        "(ResNet-101/152 need --weights imagenet)")
-    if problems:
-        raise ValueError("invalid search space: " + "; ".join(problems))
-    return checked
-
-
-def _canonical(name: str, spec) -> tuple[object, list, list[str]]:
-    """(spec as a list of choices or a full range dict, the values to check, problems)."""
-    if not isinstance(spec, dict):
-        choices = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-        return choices, choices, [] if choices else [f"{name}: no choices"]
-    low, high = spec.get("low"), spec.get("high")
-    if set(spec) - {"low", "high", "log"} or not all(_is_number(v) for v in (low, high)):
-        return spec, [], [f"{name}: a range is {{\"low\": number, \"high\": number, \"log\": true or false}}"]
-    spec = {"low": low, "high": high, "log": bool(spec.get("log", False))}
-    found = [f"{name}: low {low} is above high {high}"] if low > high else []
-    if spec["log"] and low <= 0:
-        found.append(f"{name}: a log range needs low > 0")
-    return spec, [low, high], found
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _value_problems(base: TrainConfig, name: str, value) -> list[str]:
-    """What TrainConfig says about `value` that it does not say about `base` already."""
-    current = getattr(base, fields_of(name)[0])
-    if name in INTEGERS:
-        right_type, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif _is_number(current):
-        right_type, kind = _is_number(value), "a number"
-    else:
-        right_type, kind = isinstance(value, str), "a string"
-    if not right_type:
-        return [f"{name} {value!r} must be {kind}"]
-    changed = dataclasses.replace(base, **settings({name: value}))
-    return [p for p in changed.problems() if p not in base.problems()]
-
-
-def suggest(trial: optuna.Trial, space: dict) -> dict:
-    """One value per parameter, drawn by the study's sampler."""
-    params = {}
-    for name, spec in space.items():
-        if isinstance(spec, list):
-            params[name] = trial.suggest_categorical(name, spec)
-        elif name in INTEGERS:
-            params[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec["log"])
-        else:
-            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec["log"])
-    return params
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +66,8 @@ def log_path(name: str) -> Path:
     return paths.studies_dir() / f"{check_study_name(name)}.log"
 
 
-def _worker_path(name: str) -> Path:
+def worker_path(name: str) -> Path:
+    """The file naming a study's background worker (core.jobs.launch_search)."""
     return paths.studies_dir() / f"{check_study_name(name)}.worker.json"
 
 
@@ -359,7 +232,7 @@ def run_search(name: str, n_trials: int, base: dict | None = None, space: dict |
     stopped search runs only the missing trials. A failed trial (out of
     memory, say) is recorded and the search goes on, unless
     MAX_FAILURES_IN_A_ROW fail in a row. `timeout`: no new trial after that
-    many seconds. Trains without the training lock (README)."""
+    many seconds. Trains without the training lock (docs/how-a-run-works.md)."""
     if n_trials < 1:
         raise ValueError(f"trials {n_trials} must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -400,31 +273,15 @@ def run_search(name: str, n_trials: int, base: dict | None = None, space: dict |
     if remaining(study, n_trials) <= 0:
         report(f"study {name}: {n_trials} trials already finished or running; nothing to do")
         return study
-    with _sigterm_interrupts():
+    # SIGTERM (the app's Stop) raises KeyboardInterrupt between trials too, so
+    # Optuna records the trial in progress as failed and the worker ends. During
+    # a trial, train() has its own handler, which also marks the run cancelled.
+    with jobs.sigterm_raises(KeyboardInterrupt):
         study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,))
     if len(failures) >= MAX_FAILURES_IN_A_ROW:
         raise RuntimeError(f"study {name}: {len(failures)} trials failed in a row, the last with "
                            f"{failures[-1].user_attrs.get('note', 'no reason recorded')}")
     return study
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (the app's Stop) raises KeyboardInterrupt between trials too, so
-    Optuna records the trial in progress as failed and the worker ends. During
-    a trial, train() has its own handler, which also marks the run cancelled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt("stopped by SIGTERM")
 
 
 # ---------------------------------------------------------------------------
@@ -487,43 +344,3 @@ def promote_best(name: str, storage: str | None = None) -> dict:
     paths.default_config_path().parent.mkdir(parents=True, exist_ok=True)
     runs.write_json(paths.default_config_path(), promoted)
     return promoted
-
-
-# ---------------------------------------------------------------------------
-# A search in the background (the app)
-# ---------------------------------------------------------------------------
-
-def search_worker(name: str) -> dict | None:
-    """The live background worker of a study ({pid, trials, started_at}), None if there is none."""
-    worker = runs.read_json(_worker_path(name))
-    return worker if worker and runs.pid_alive(worker.get("pid")) else None
-
-
-def launch_search(name: str, n_trials: int, base: dict | None = None, space: dict | None = None,
-                  timeout: float | None = None) -> int:
-    """Start a search worker in a process that outlives the caller (the app's
-    page); returns its process id. The study is created or checked first, so
-    a bad space is refused at once. The worker holds the training lock while
-    it lives: no other training starts from the app or `python -m core train`
-    meanwhile (workers started from the command line do not take it)."""
-    open_study(name, base, space)
-    worker = search_worker(name)
-    if worker:
-        raise runs.TrainingBusy(f"study {name} is already being searched (process {worker['pid']}); "
-                                "stop that search first")
-    lock_name = f"search-{name}"
-    runs.acquire_training_lock(lock_name)
-    args = ["tune", "--study", name, "--trials", str(n_trials)] + (["--timeout", str(timeout)] if timeout else [])
-    pid = runs.start_with_lock(args, log_path(name), lock_name)
-    runs.write_json(_worker_path(name), {"pid": pid, "trials": n_trials,
-                                         "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
-    return pid
-
-
-def stop_search(name: str) -> bool:
-    """SIGTERM the study's background worker: the run in progress is marked
-    cancelled and its trial failed. False when no worker is alive."""
-    worker = search_worker(name)
-    if worker:
-        os.kill(int(worker["pid"]), signal.SIGTERM)
-    return worker is not None

@@ -5,7 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, paths
+from core import audit, data, paths
 
 GALLERY_PAGE = 12
 AUDIT_PAGE = 4
@@ -78,7 +78,7 @@ st.subheader("Duplicate audit")
 st.markdown("Exact copies (same bytes) and near copies that **cross splits** (they leak test "
             "images into training) or **cross classes** (the same picture carries both labels). "
             "A near copy is two slices whose lung fields have nearly the same perceptual hash "
-            f"(within 6 of 64 bits), confirmed on a finer hash (within {data.FINE_MAX_DISTANCE} of 256 bits), which "
+            f"(within 6 of 64 bits), confirmed on a finer hash (within {audit.FINE_MAX_DISTANCE} of 256 bits), which "
             "sets look-alike slices of different patients aside. A copy cropped by more than a "
             "few percent can be missed (docs/duplicate-audit.md).")
 # Hashing every image takes a few seconds: only on request, then cached for everyone.

@@ -1,10 +1,10 @@
-"""Train: every hyperparameter of core.train.TrainConfig, a preview of the
+"""Train: every hyperparameter of core.config.TrainConfig, a preview of the
 augmentation, a run started in the background and followed live, and a
 hyperparameter search (core.tune) whose best trial can become the defaults.
 
-The training runs in its own process (core.train.launch_training), so it goes
+The training runs in its own process (core.jobs.launch_training), so it goes
 on when this tab is closed or reloaded; this page only reads the run folder.
-A search worker (core.tune.launch_search) likewise; the page reads its study.
+A search worker (core.jobs.launch_search) likewise; the page reads its study.
 """
 import dataclasses
 import os
@@ -15,145 +15,40 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import data, distribute, presets, runs, train, tune
-from core.model import BACKBONES, TRAIN_FROM
+from core import jobs, presets, runs, search_space, train, tune
+from core.config import TrainConfig, load_default_config, promoted_from, reset_default
+from core.model import TRAIN_FROM
+from core.images import model_input
 
-CHOICES = {"backbone": list(BACKBONES), "train_from": list(TRAIN_FROM), "precision": list(train.PRECISIONS),
-           "strategy": list(distribute.STRATEGIES),
-           "optimizer": list(train.OPTIMIZERS), "threshold_method": ["youden", "f1"],
-           "fill_mode": list(data.FILL_MODES)}
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
     {"Data": ["data_dir", "holdout_source", "positive_class", "use_official_splits", "max_images_per_split",
               "seed", "cv_folds", "cv_fold"],
-     "Evaluation": ["threshold_method", "n_boot", "flip_tta", "rotate_zoom_tta"],
-     "Devices": ["strategy", "cpu_devices", "precision"]},
-    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from", "train_batchnorm"],
-     "Augmentation": ["rotation", "zoom", "contrast", "flip", "fill_mode", "blur"]},
-    {"Optimisation": ["batch_size", "optimizer", "head_epochs", "head_lr", "finetune_epochs",
-                      "finetune_lr", "label_smoothing", "mixup", "ema", "class_weights",
-                      "early_stopping_patience", "lr_patience", "cache_frozen", "cached_views"]},
+     "Evaluation": ["threshold_method", "flip_tta"],
+     "Devices": ["strategy"]},
+    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from"],
+     "Augmentation": ["rotation", "zoom", "contrast", "flip"]},
+    {"Optimisation": ["batch_size", "head_epochs", "head_lr", "finetune_epochs", "finetune_lr",
+                      "early_stopping_patience", "lr_patience"]},
 ]
-# What each setting is called on the form (its code name is in the README and `python -m core train --help`).
-LABELS = {
-    "data_dir": "Dataset folder(s)",
-    "holdout_source": "Source left out (evaluated on)",
-    "lung_crop": "Crop to the lung fields",
-    "positive_class": "Class predicted as positive",
-    "use_official_splits": "Use the dataset's own train/val/test lists",
-    "max_images_per_split": "Images per split (0 = all)",
-    "seed": "Random seed",
-    "cv_folds": "Cross-validation folds (0 = off)",
-    "cv_fold": "Validation fold",
-    "threshold_method": "Threshold rule",
-    "n_boot": "Resamples for confidence intervals",
-    "flip_tta": "Also predict on the mirrored scan",
-    "rotate_zoom_tta": "Also predict on rotated and zoomed scans",
-    "strategy": "Devices",
-    "cpu_devices": "Split the CPU into devices",
-    "precision": "Number format",
-    "backbone": "Network",
-    "weights": "Starting weights file",
-    "input_size": "Image size (px)",
-    "dropout": "Dropout before the classifier",
-    "train_from": "Fine-tune from stage",
-    "train_batchnorm": "Also fine-tune batch-norm layers",
-    "rotation": "Random rotation (± degrees)",
-    "zoom": "Random zoom (± fraction)",
-    "contrast": "Random contrast (± fraction)",
-    "flip": "Random left-right flip",
-    "fill_mode": "Fill uncovered corners by",
-    "blur": "Random blur (up to px)",
-    "batch_size": "Scans per training step",
-    "optimizer": "Optimiser",
-    "head_epochs": "Epochs training the classifier only",
-    "head_lr": "Learning rate, classifier only",
-    "finetune_epochs": "Epochs fine-tuning (at most)",
-    "finetune_lr": "Learning rate, fine-tuning",
-    "label_smoothing": "Soften the training labels",
-    "mixup": "Mix pairs of scans (mixup strength)",
-    "ema": "Average the weights over steps (momentum)",
-    "class_weights": "Balance the two classes",
-    "early_stopping_patience": "Stop after this many epochs without progress",
-    "lr_patience": "Halve the learning rate after this many epochs without progress",
-    "cache_frozen": "Compute the frozen layers once (faster)",
-    "cached_views": "Augmented copies per scan in that cache",
-}
-HELP = {
-    "seed": "Same seed, same settings, same data: the same run again.",
-    "dropout": "Share of features dropped at random while training the classifier, against over-fitting.",
-    "batch_size": "More scans per step: faster epochs, more memory.",
-    "optimizer": "How the weights are updated from their gradients (Adam is the project's choice).",
-    "head_lr": "Step size while the new classifier trains on the frozen network.",
-    "finetune_lr": "Step size while the unfrozen stages fine-tune: small, so ImageNet features are kept.",
-    "label_smoothing": "Train towards 0.95 / 0.05 instead of 1 / 0 (0 = off): less over-confident outputs.",
-    "data_dir": "Folder with one sub-folder per class (and splits/, meta/); several sources (hospitals, "
-                f"collections) joined with '{os.pathsep}'.",
-    "holdout_source": "Leave-one-source-out: train on the other sources and evaluate on this one (its "
-                      "folder's name) as an external set; empty: train on all.",
-    "lung_crop": "Crop each scan to its lung fields before resizing (training, evaluation, prediction and "
-                 "Grad-CAM alike), so figure borders, captions and arrows stop being features.",
-    "positive_class": "The class folder predicted as positive.",
-    "use_official_splits": "Use the split lists in splits/; off: split by patient, stratified by class.",
-    "max_images_per_split": "0 = all images; a small number for a quick smoke run.",
-    "cv_folds": "Cross-validation: regroup train + val into this many folds of whole patients (0 = off); "
-                "`python -m core cv` trains every fold and scores them together.",
-    "cv_fold": "The fold (from 0) this run validates on.",
-    "backbone": "resnet50/101/152: ImageNet-pretrained. ct-resnet152: pretrained on CT volumes (its weights "
-                "come with the requirements; docs/ct_backbone.md), -transposed: fed rows as columns.",
-    "weights": "ImageNet weights file for the ImageNet ResNets (the CT ResNet loads its own); "
-               "empty = random initialisation.",
-    "input_size": "Images are resized to this square size (pixels).",
-    "train_from": "Fine-tuning trains the ResNet stages from this one up ('head': the head only).",
-    "train_batchnorm": "Also train BatchNorm layers of the unfrozen stages (noisy on small batches).",
-    "head_epochs": "Phase 1: the new head on a frozen backbone.",
-    "finetune_epochs": "Phase 2: unfrozen stages at the lower learning rate.",
-    "mixup": "Mixup's alpha: train on pairs of scans (or their cached activations) mixed with a "
-             "Beta(alpha, alpha) weight, labels alike (0 = off).",
-    "ema": "Keep a moving average of the fine-tuned weights with this momentum (e.g. 0.97); validation, "
-           "the checkpoint and the saved model use the average (0 = off).",
-    "class_weights": "Weight classes inversely to their frequency in the training split.",
-    "early_stopping_patience": "Fine-tuning stops after this many epochs without a better validation AUC.",
-    "lr_patience": "Halve the learning rate after this many epochs without a better validation AUC.",
-    "rotation": "Random rotation, ± degrees (0 = off).",
-    "zoom": "Random zoom, ± fraction (0 = off).",
-    "contrast": "Random contrast, ± fraction (0 = off).",
-    "flip": "Random horizontal flip.",
-    "fill_mode": "What rotation and zooming out uncover: the mirrored edge (reflect), black (constant) "
-                 "or the nearest pixel.",
-    "blur": "Largest sigma (pixels) of a Gaussian blur on half the training scans, so that a scan's "
-            "sharpness (its source's resolution) says nothing of its class (0 = off).",
-    "threshold_method": "How the operating threshold is chosen on validation: Youden's J or best F1.",
-    "n_boot": "Bootstrap resamples for the 95% confidence intervals.",
-    "flip_tta": "Average each prediction with that of the mirrored scan (test-time augmentation).",
-    "rotate_zoom_tta": "Also average with the scan rotated by ± 7° and with its centre zoomed in by 10%.",
-    "cache_frozen": "Run the frozen stages once and train on their cached activations (much faster).",
-    "cached_views": "Augmented views of each training image in that cache.",
-    "strategy": "default: one device; mirrored: every local GPU (or the CPU split by 'Cpu devices'); "
-                "multiworker: several machines, from TF_CONFIG. Batch size and learning rates are per "
-                "replica (README, 'Distributed training').",
-    "cpu_devices": "Split the CPU into this many logical devices for 'mirrored' (0: no split).",
-    "precision": "mixed_bfloat16: faster on CPUs with AVX512-BF16 or AMX; mixed_float16: on GPUs.",
-}
-STEPS = {"head_lr": 1e-4, "finetune_lr": 1e-5, "dropout": 0.05, "label_smoothing": 0.05, "mixup": 0.1, "ema": 0.01,
-         "rotation": 1.0, "zoom": 0.05, "contrast": 0.05, "blur": 0.25}
 
 
 def setting_widget(field: dataclasses.Field, default):
-    """One widget per field, chosen by its type; keys 'cfg_<name>' persist
-    for the session so the form survives a visit to another page."""
-    label, key = LABELS.get(field.name, field.name.replace("_", " ").capitalize()), f"cfg_{field.name}"
-    common = dict(key=key, help=HELP.get(field.name), persist_state="session")
-    if field.name in CHOICES:
-        options = CHOICES[field.name]
+    """One widget per field, chosen by its type, labelled and explained by
+    its metadata (core.config); keys 'cfg_<name>' persist for the session so
+    the form survives a visit to another page."""
+    meta = field.metadata
+    label, key = meta["label"], f"cfg_{field.name}"
+    common = dict(key=key, help=meta["help"], persist_state="session")
+    if "choices" in meta:
+        options = list(meta["choices"])
         return st.selectbox(label, options, index=options.index(default), **common)
     if isinstance(default, bool):
         return st.checkbox(label, value=default, **common)
     if isinstance(default, int):
         return int(st.number_input(label, value=default, step=1, **common))
     if isinstance(default, float):
-        return st.number_input(label, value=default, step=STEPS.get(field.name, 0.01),
-                               format="%g", **common)
+        return st.number_input(label, value=default, step=meta.get("step", 0.01), format="%g", **common)
     value = st.text_input(label, value=default or "", **common).strip()
     return value or (None if "None" in str(field.type) else value)
 
@@ -163,7 +58,7 @@ def current_run() -> tuple[dict | None, bool]:
     launched a moment ago counts as alive before its process takes the
     training lock (it is 'running' with a live pid from the start)."""
     listed = runs.list_runs()
-    holder = runs.active_training() or {}
+    holder = jobs.active_training() or {}
     running = [r for r in listed if r["id"] == holder.get("run")] or \
               [r for r in listed if r["status"].get("state") == "running"]
     if running:
@@ -172,7 +67,7 @@ def current_run() -> tuple[dict | None, bool]:
 
 
 ui.page_setup("Train")
-st.caption("Every setting of a run (core.train.TrainConfig); the defaults are the project's recipe. "
+st.caption("Every setting of a run (core.config.TrainConfig); the defaults are the project's recipe. "
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 
@@ -190,25 +85,25 @@ def apply_preset(name: str) -> None:
 
 # --- Settings -------------------------------------------------------------------
 try:
-    defaults = train.load_default_config()  # the project's recipe, or a search's promoted best
+    defaults = load_default_config()  # the project's recipe, or a search's promoted best
 except ValueError as error:
     st.error(f"Promoted defaults ignored: {error}")
-    defaults = train.TrainConfig()
+    defaults = TrainConfig()
 preset_columns = st.columns([1, 1, 1, 3], vertical_alignment="center")
 for column, preset in zip(preset_columns, presets.PRESETS):
     column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
                   on_click=apply_preset, args=(preset,))
 preset_columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
                            "hidden from comparisons and not for predictions).")
-if promoted := train.promoted_from():
+if promoted := promoted_from():
     left, right = st.columns([3, 1], vertical_alignment="center")
     left.info(f"Defaults promoted from study **{promoted['study']}**, trial {promoted['trial']} "
               f"(validation ROC-AUC {ui.fmt(promoted['val_roc_auc'])}, run {promoted['run']}).")
     if right.button("Back to the project's defaults"):
-        train.reset_default()
+        reset_default()
         forget_form()
         st.rerun()
-fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
 placed = {name for column in LAYOUT for names in column.values() for name in names}
 other = [name for name in fields if name not in placed]
 layout = [dict(LAYOUT[0], **({"Other": other} if other else {})), *LAYOUT[1:]]
@@ -221,7 +116,7 @@ for column, sections in zip(st.columns(len(layout)), layout):
             for name in names:
                 if name in fields:  # a field renamed in core is simply skipped
                     values[name] = setting_widget(fields[name], getattr(defaults, name))
-config = train.TrainConfig(**values)
+config = TrainConfig(**values)
 
 problems = config.problems()
 try:  # problems() does not check the augmentation strengths; Keras does, building the layers
@@ -239,13 +134,13 @@ else:
     st.info(f"Estimate for these settings on this machine: up to about **{cost['minutes']:.0f} min** "
             f"(early stopping can end it sooner) and **{cost['gigabytes']:.1f} GB** of memory "
             f"({cost['cache_gigabytes']:.1f} GB of it the cache of frozen-layer outputs). Rough: scaled from "
-            "the runs measured in the README; other work on the machine slows it.", icon=":material/timer:")
+            "the runs measured in docs/benchmarks.md; other work on the machine slows it.", icon=":material/timer:")
 
 
 # --- Augmentation preview -------------------------------------------------------
 @st.fragment
-def augmentation_preview(config: train.TrainConfig):
-    """A few training images through core.data.augmentation_layers with the
+def augmentation_preview(config: TrainConfig):
+    """A few training images through core.pipeline.augmentation_layers with the
     settings above; its own fragment so a new draw does not rerun the form."""
     try:
         index = ui.load_index(config.training_sources())
@@ -256,7 +151,7 @@ def augmentation_preview(config: train.TrainConfig):
     sample = index[index["split"] == "train"].groupby("label").head(2).sort_values("label")
     size = min(config.input_size, 256) if config.input_size >= 32 else 224
     # What the model sees: cropped to the lung fields when the run crops, then resized.
-    images = np.stack([data.model_input(ui.read_image(p, n, ui.mtime(p)), size, config.lung_crop)
+    images = np.stack([model_input(ui.read_image(p, n, ui.mtime(p)), size, config.lung_crop)
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:
@@ -292,10 +187,10 @@ if right.button("Start training", type="primary", disabled=bool(problems) or tra
         # moment ago takes only once its process is up: check its status too.
         busy, alive = current_run()
         if alive:
-            raise runs.TrainingBusy(f"training run {busy['id']} is already running; "
+            raise jobs.TrainingBusy(f"training run {busy['id']} is already running; "
                                     "wait for it to finish or cancel it")
-        run_dir = train.launch_training(config, name=name.strip() or None)
-    except (runs.TrainingBusy, ValueError, OSError) as error:
+        run_dir = jobs.launch_training(config, name=name.strip() or None)
+    except (jobs.TrainingBusy, ValueError, OSError) as error:
         st.error(f"Not started: {error}")
     else:
         st.success(f"Started run {run_dir.name} in the background. It keeps going if you "
@@ -331,11 +226,11 @@ def progress():
             st.progress(min(batch / steps, 1.0),
                         text=f"epoch {status.get('epoch')}/{status.get('epochs')} · batch {batch}/{steps}")
         if st.button("Cancel this run", disabled=(run["path"] / "cancel").exists()):
-            runs.request_cancel(run["path"])
+            jobs.request_cancel(run["path"])
             st.info("Cancel requested: the run stops after its current batch.")
     elif state == "completed":
         st.success(f"Completed in {status.get('train_seconds', '?')} s.")
-        st.page_link(ui.EVALUATE, label="Evaluate it", icon=":material/monitoring:")
+        st.page_link(ui.EVALUATE, label="Evaluate it", icon=ui.icon(ui.EVALUATE))
     elif state == "pruned":
         st.info(f"Trial run pruned by the hyperparameter search: {status.get('reason', '')}")
     elif state == "interrupted":
@@ -381,7 +276,7 @@ except ValueError as error:
     st.error(str(error))
     study_name = ""
 
-SEARCHED_CHOICES = {"backbone": ("Backbones", tune.loadable_backbones(config.weights)),
+SEARCHED_CHOICES = {"backbone": ("Backbones", search_space.loadable_backbones(config.weights)),
                     "batch_size": ("Batch sizes", [8, 16, 32, 64]),
                     "input_size": ("Input sizes", [128, 160, 192, 224, 256, 288, 320]),
                     "train_from": ("Fine-tune from", list(TRAIN_FROM))}
@@ -395,17 +290,17 @@ else:
     st.markdown("**Search space** (an empty list or an unticked box: the form's value is used)")
     columns = st.columns(len(SEARCHED_CHOICES) + 1)
     for column, (name, (label, options)) in zip(columns, SEARCHED_CHOICES.items()):
-        default = [o for o in tune.SPACE[name] if o in options]
+        default = [o for o in search_space.SPACE[name] if o in options]
         chosen = column.multiselect(label, options, default=default, key=f"space_{name}", persist_state="session")
         if chosen:
             space[name] = sorted(chosen, key=options.index)
     for label, names in SEARCHED_RANGES.items():
-        ranges = ", ".join(f"{n} {tune.SPACE[n]['low']:g}–{tune.SPACE[n]['high']:g}" for n in names)
+        ranges = ", ".join(f"{n} {search_space.SPACE[n]['low']:g}–{search_space.SPACE[n]['high']:g}" for n in names)
         if columns[-1].checkbox(label, value=True, key=f"space_{names[0]}", help=ranges,
                                 persist_state="session"):
-            space.update({n: tune.SPACE[n] for n in names})
+            space.update({n: search_space.SPACE[n] for n in names})
 
-worker = tune.search_worker(study_name) if study_name else None
+worker = jobs.search_worker(study_name) if study_name else None
 left, right = st.columns([1, 3], vertical_alignment="center")
 # The form matters to a new study only; an existing one keeps its own settings.
 if left.button("Start search", type="primary",
@@ -413,14 +308,14 @@ if left.button("Start search", type="primary",
     try:
         busy, alive = current_run()
         if alive:
-            raise runs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
-        base = {k: v for k, v in dataclasses.asdict(config).items() if k not in tune.searched_fields(space)}
-        pid = tune.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
-    except (runs.TrainingBusy, ValueError, OSError) as error:
+            raise jobs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
+        base = {k: v for k, v in dataclasses.asdict(config).items() if k not in search_space.searched_fields(space)}
+        pid = jobs.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
+    except (jobs.TrainingBusy, ValueError, OSError) as error:
         right.error(f"Not started: {error}")
     else:
         right.success(f"Search {study_name} started in the background (process {pid}).")
-        worker = tune.search_worker(study_name)
+        worker = jobs.search_worker(study_name)
 
 
 def styled_trials(table, best):
@@ -440,14 +335,14 @@ def search_results(name: str, worker_at_start: bool):
     except ValueError:
         st.info("No study by this name yet: choose the space and start one.")
         return
-    table, best, worker = tune.trials_table(study), tune.best_trial(study), tune.search_worker(name)
+    table, best, worker = tune.trials_table(study), tune.best_trial(study), jobs.search_worker(name)
     if worker_at_start and not worker:
         st.rerun()  # the search ended: redraw the page once, without refreshing
     finished = int(table["state"].isin(["complete", "pruned"]).sum()) if len(table) else 0
     state = f"running in process {worker['pid']}" if worker else "no search running"
     st.markdown(f"**{name}**: {finished} finished trial(s) of {len(table)}, {state}.")
     if worker and st.button("Stop search"):
-        tune.stop_search(name)
+        jobs.stop_search(name)
         st.info("Stop requested: the trial in progress is cancelled and recorded as failed.")
     scored = table.dropna(subset=["val_roc_auc"])
     if len(scored):

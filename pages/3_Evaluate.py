@@ -7,7 +7,7 @@ import streamlit as st
 
 import scan_ui
 import ui
-from core import calibration, deploy, evaluate, external, runs, scan_level
+from core import calibration, deploy, evaluate, external, jobs, runs, scan_level
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -16,7 +16,7 @@ negative, positive = ui.class_names(run)
 chosen = ui.chosen_threshold(run)
 test = ui.predictions(run).query("split == 'test'")
 y, prob = test["y_true"], test["prob"]
-method = metrics["threshold"].get("method", "youden")
+method = metrics["threshold"].get("method", evaluate.THRESHOLD_RULE)
 st.caption(f"Test split: {len(test)} images ({int(y.sum())} {positive}). Threshold "
            f"{chosen:.3f} (on the calibrated probability scale) chosen on the validation split ({method}); "
            "the test split never influenced it, so the test metrics are an unbiased estimate.")
@@ -236,7 +236,7 @@ with st.expander("Evaluate this run on another dataset", icon=":material/travel_
                                        f"classes ({negative}, {positive}).")
         if st.form_submit_button("Start", icon=":material/play_arrow:"):
             try:
-                started = external.launch(run["path"], folder.strip(), set_name.strip() or None, class_map)
+                started = jobs.launch_external(run["path"], folder.strip(), set_name.strip() or None, class_map)
             except ValueError as error:
                 st.error(str(error))
             else:

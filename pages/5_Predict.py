@@ -28,7 +28,7 @@ if run is None:
     if best is None:
         st.markdown("No completed run is fit to deploy (completed on the full data, above the quality floor: "
                     f"{deploy.FLOOR}). Train one, or review runs on Evaluate.")
-        st.page_link(ui.EVALUATE, label="Go to Evaluate", icon=ui.MENU[3][2])
+        st.page_link(ui.EVALUATE, label="Go to Evaluate", icon=ui.icon(ui.EVALUATE))
         st.stop()
     st.markdown(f"The best completed run by validation ROC-AUC is **{ui.run_label(best)}**.")
     ui.deploy_controls(best, key="predict_best")

@@ -31,13 +31,16 @@ def trained_run(tmp_path_factory, data_dir, weights):
     """A real but tiny run: ResNet-50 with ImageNet weights, 64 px, a few
     images per split, one epoch per phase. Shared by the tests that need a
     completed run (evaluation, prediction, explanation, the app)."""
-    from core.train import TrainConfig, train
+    from core import evaluate
+    from core.config import TrainConfig
+    from core.train import train
 
     runs_root = tmp_path_factory.mktemp("artifacts") / "runs"  # the layout of paths.runs_dir()
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=64, batch_size=4,
-                         max_images_per_split=8, head_epochs=1, finetune_epochs=1, n_boot=50)
-    run_dir = train(config, name="smoke", report=lambda line: None, runs_root=runs_root)
-    return run_dir
+                         max_images_per_split=8, head_epochs=1, finetune_epochs=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "N_BOOT", 50)  # fewer bootstrap resamples: faster, CIs still there
+        return train(config, name="smoke", report=lambda line: None, runs_root=runs_root)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ metrics shown; a confusion-matrix cell opens Misclassified on that cell; a bad
 upload on Predict is named in an error while the good ones in the same batch
 get a probability; Train reports config problems, starts a run, refuses a
 second one and cancels. The training process itself is faked where a test
-would otherwise train (core.train.launch_training is tested in test_train.py).
+would otherwise train (core.jobs.launch_training is tested in test_train.py).
 """
 import shutil
 from dataclasses import asdict, fields
@@ -20,7 +20,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import calibration, data, deploy, evaluate, ood, presets, runs, train
+from core import calibration, deploy, evaluate, jobs, ood, presets, runs
+from core.config import TrainConfig, recipe_changes
+from core.images import image_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -132,7 +134,7 @@ def expected_metrics(test: pd.DataFrame, threshold: float) -> dict:
 def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, trained_run):
     test = runs.read_predictions(trained_run).query("split == 'test'")
     root = Path(runs.read_json(trained_run / "config.json")["data_dir"])
-    sizes = data.image_sizes([root / path for path in test.path])
+    sizes = image_sizes([root / path for path in test.path])
     bias = evaluate.resolution_bias(test, sizes.width * sizes.height)
     at = open_page(ui.EVALUATE)
     (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
@@ -157,13 +159,13 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
                                runs_root=runs_root)
         runs.write_csv(run_dir / "predictions.csv", half)
         runs.set_status(run_dir, "completed")
-    summary = evaluate.cross_validation_summary(halves, n_boot=config["n_boot"], seed=config["seed"])
+    summary = evaluate.cross_validation_summary(halves, seed=config["seed"])
 
     at = open_page(ui.EVALUATE)
     assert_no_exception(at)
     (table,) = [frame.value for frame in at.dataframe if "mean_roc_auc" in frame.value]
     assert table.loc[0, "folds"] == "2 of 2"
-    assert table.loc[0, "recipe"] == train.recipe_changes(config)
+    assert table.loc[0, "recipe"] == recipe_changes(config)
     assert table.loc[0, "mean_roc_auc"] == pytest.approx(summary["mean_roc_auc"])
     assert table.loc[0, "pooled_roc_auc"] == pytest.approx(summary["pooled_roc_auc"])
 
@@ -337,7 +339,7 @@ def button(at: AppTest, label: str):
 
 def test_train_form_has_every_setting_and_reports_problems(empty_artifacts, data_dir):
     at = open_page(ui.TRAIN)
-    for field in fields(train.TrainConfig):
+    for field in fields(TrainConfig):
         assert f"cfg_{field.name}" in at.session_state, field.name
     assert not at.error and not button(at, "Start training").disabled
     captions = [c for image in at.image for c in image.captions]
@@ -362,7 +364,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
         started.append(config)
         return runs.new_run(asdict(config), name=name, runs_root=runs_root)
 
-    monkeypatch.setattr(train, "launch_training", fake_launch)
+    monkeypatch.setattr(jobs, "launch_training", fake_launch)
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the page sets it for the child: undone after the test
     at = open_page(ui.TRAIN)
     at.number_input(key="cfg_input_size").set_value(64)
@@ -371,7 +373,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
     assert_no_exception(at)
 
     assert len(started) == 1 and started[0].input_size == 64
-    assert started[0] == train.TrainConfig(input_size=64)  # every other setting at its default
+    assert started[0] == TrainConfig(input_size=64)  # every other setting at its default
     run = runs.list_runs()[0]
     assert run["id"].endswith("-from-the-app")
     assert f"Started run {run['id']}" in texts(at.success)
@@ -395,13 +397,13 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
     for setting, value in quick.items():
         assert at.session_state[f"cfg_{setting}"] == value, setting
     assert at.number_input(key="cfg_max_images_per_split").value == 40
-    assert at.session_state["cfg_seed"] == train.TrainConfig().seed  # the rest stays at the defaults
+    assert at.session_state["cfg_seed"] == TrainConfig().seed  # the rest stays at the defaults
     quick_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
     assert quick_estimate != default_estimate and "about **2 min**" in quick_estimate
     # Every setting has a human label and a one-line help.
     form = {w.key: w for w in [*at.number_input, *at.checkbox, *at.selectbox, *at.text_input]
             if str(w.key).startswith("cfg_")}
-    for field in fields(train.TrainConfig):
+    for field in fields(TrainConfig):
         label = form[f"cfg_{field.name}"].label
         assert label not in (field.name, field.name.replace("_", " ").capitalize()), field.name
         assert form[f"cfg_{field.name}"].help, field.name
@@ -409,12 +411,12 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
 
 def test_start_while_another_process_trains_shows_training_busy(empty_artifacts, data_dir):
     # The lock of a live training process (this one); the real launch_training refuses.
-    runs.acquire_training_lock("someone-elses-run")
+    jobs.acquire_training_lock("someone-elses-run")
     try:
         at = open_page(ui.TRAIN)
         button(at, "Start training").click().run()
     finally:
-        runs.release_training_lock()
+        jobs.release_training_lock()
     assert_no_exception(at)
     assert "Not started: training run someone-elses-run is already running" in texts(at.error)
     assert runs.list_runs() == []
@@ -507,6 +509,6 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     at = cases.set_value("external:SY575-COVID19-CT").run()
     assert_no_exception(at)
     rows = external.read_predictions(run_dir, "SY575-COVID19-CT")
-    expected = ui.cell_rows(rows, stored["threshold"], at.session_state["cell"])
+    expected = evaluate.cell_rows(rows, stored["threshold"], at.session_state["cell"])
     (caption,) = [c.value for c in at.caption if " at threshold " in c.value]
     assert caption.startswith(f"{len(expected)} ") and "in external: SY575-COVID19-CT" in caption

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from core import data
 from core.paths import data_dir
+from core.images import ImageReadError, MIN_IMAGE_SIDE, load_image
 
 
 def encode(image, format="PNG", **options):
@@ -40,15 +41,15 @@ def load(request, tmp_path):
         if request.param == "upload":
             upload = io.BytesIO(content)
             upload.name = name
-            return data.load_image(upload, **options)
+            return load_image(upload, **options)
         path = tmp_path / name
         path.write_bytes(content)
-        return data.load_image(path, **options)
+        return load_image(path, **options)
     return load
 
 
 def refused(load, content, name, problem):
-    with pytest.raises(data.ImageReadError, match=rf"^{name.replace('.', '[.]')}: .*{problem}"):
+    with pytest.raises(ImageReadError, match=rf"^{name.replace('.', '[.]')}: .*{problem}"):
         load(content, name)
 
 
@@ -112,11 +113,11 @@ def test_16_bit_png_is_scaled_to_8_bit(load):
 @pytest.mark.parametrize("size", [(1, 1), (15, 300), (300, 15)])
 def test_too_small_is_refused_with_its_size(load, size):
     refused(load, encode(Image.new("L", size)), "tiny.png",
-            rf"image too small \({size[0]}x{size[1]} px; .*at least {data.MIN_IMAGE_SIDE} px")
+            rf"image too small \({size[0]}x{size[1]} px; .*at least {MIN_IMAGE_SIDE} px")
 
 
 def test_smallest_allowed_size_is_read(load):
-    side = data.MIN_IMAGE_SIDE
+    side = MIN_IMAGE_SIDE
     assert load(encode(Image.new("L", (side, side))), "small.png").shape == (side, side, 3)
 
 

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from core import checkpoint
-from core.train import ActivationBatches, TrainConfig, fit_phase
+from core.config import TrainConfig
+from core.frozen_cache import ActivationBatches
+from core.train import fit_phase
 
 EPOCHS = 8
 
@@ -47,7 +49,7 @@ def fit(run_dir, extra_callbacks=()):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dropout(0.5), keras.layers.Dense(2, activation="softmax")])
-    train_batches = ActivationBatches(x[:64], y[:64], batch_size=8, epoch_size=64, seed=0, mixup=0.2)
+    train_batches = ActivationBatches(x[:64], y[:64], batch_size=8, epoch_size=64, seed=0)
     val_batches = ActivationBatches(x[64:], y[64:], batch_size=32)
     # A large learning rate and little patience: the learning rate is cut and early stopping waits.
     config = TrainConfig(data_dir=str(run_dir), early_stopping_patience=3, lr_patience=1)

@@ -25,7 +25,7 @@ def test_help_lists_every_command():
 def test_train_help_offers_every_hyperparameter():
     from dataclasses import fields
 
-    from core.train import TrainConfig
+    from core.config import TrainConfig
 
     result = run_cli("train", "--help")
     for field in fields(TrainConfig):
@@ -33,12 +33,12 @@ def test_train_help_offers_every_hyperparameter():
 
 
 def test_impossible_config_exits_2_with_one_line(tmp_path):
-    result = run_cli("train", "--batch-size", "0", "--input-size", "8", "--blur", "9",
+    result = run_cli("train", "--batch-size", "0", "--input-size", "8", "--dropout", "1.5",
                      env={"COVIDCT_ARTIFACTS": str(tmp_path)})
     assert result.returncode == 2
     # TensorFlow prints its own start-up lines on stderr; ours is one line.
     (reason,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "batch_size" in reason and "input_size" in reason and "blur 9.0" in reason
+    assert "batch_size" in reason and "input_size" in reason and "dropout 1.5" in reason
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -84,11 +84,12 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from core import runs
+    from core import evaluate, runs
 
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(evaluate, "N_BOOT", 20)
     tiny = ["--data-dir", str(data_dir), "--weights", weights, "--input-size", "64", "--batch-size", "4",
-            "--max-images-per-split", "8", "--head-epochs", "1", "--finetune-epochs", "1", "--n-boot", "20"]
+            "--max-images-per-split", "8", "--head-epochs", "1", "--finetune-epochs", "1"]
     assert main(["cv", "--cv-folds", "2", "--name", "tiny", *tiny]) == 0
     out = capsys.readouterr().out
 

@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from core import data
 from core.predict import Predictor
+from core.images import load_image
 
 N_REQUESTS = 20
 
@@ -14,7 +14,7 @@ N_REQUESTS = 20
 def test_20_concurrent_predictions_match_a_serial_run(trained_run, data_dir):
     predictor = Predictor.from_run(trained_run)
     files = sorted((data_dir / "COVID").glob("*.png"))[:10] + sorted((data_dir / "NonCOVID").glob("*.jpg"))[:10]
-    scans = [data.load_image(path) for path in files]
+    scans = [load_image(path) for path in files]
 
     serial = [predictor.predict_images([scan], [path.name])[0].probability for scan, path in zip(scans, files)]
     started = time.perf_counter()
@@ -30,7 +30,7 @@ def test_20_concurrent_predictions_match_a_serial_run(trained_run, data_dir):
 
 def test_concurrent_gradcams_match_serial_ones(trained_run, data_dir):
     predictor = Predictor.from_run(trained_run)
-    scans = [data.load_image(path) for path in sorted((data_dir / "COVID").glob("*.png"))[:4]]
+    scans = [load_image(path) for path in sorted((data_dir / "COVID").glob("*.png"))[:4]]
     serial = [predictor.gradcam(scan) for scan in scans]
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = list(pool.map(predictor.gradcam, scans))

@@ -16,6 +16,7 @@ from core import ct_weights, data, runs
 from core.explain import Explainer
 from core.model import CTWindow, build_model, frozen_boundary, load_model, predict_proba, set_trainable
 from core.torch_checkpoint import CheckpointError, _rebuild_tensor, bfloat16_to_float32, read_checkpoint
+from core.images import load_images
 
 
 def write_checkpoint(path, pickled: bytes, storages: dict[str, bytes] = {}) -> None:
@@ -195,7 +196,7 @@ def test_keras_backbone_matches_a_numpy_torchvision_forward_pass(ct_weights_cach
     state = ct_weights.state_dict(ct_weights.joined_checkpoint(tmp_path))
     model = build_model("ct-resnet152", input_size=64, weights="ct")
     index = data.index_dataset(data_dir)
-    image = data.load_images(index.path[:1], 64).astype("float32")
+    image = load_images(index.path[:1], 64).astype("float32")
     features = keras.Model(model.input, model.get_layer("conv5_block3_out").output).predict_on_batch(image)[0]
     recipe = np.asarray(model.get_layer("ct_window")(image))[0]
     expected = torchvision_resnet152(recipe.transpose(2, 0, 1).astype("float64"), state).transpose(1, 2, 0)
@@ -217,7 +218,7 @@ def batchnorm_agreement(backbone: keras.Model, images: np.ndarray) -> np.ndarray
 def test_converted_weights_agree_with_their_batchnorm_statistics_on_ct(ct_weights_cache, data_dir):
     size = 128  # mean agreement 0.953 on these slices, 0.724 on noise (0.962 and 0.717 at 160 px)
     index = data.index_dataset(data_dir)
-    slices = data.load_images(index[index.split == "train"].sample(8, random_state=0).path, size)
+    slices = load_images(index[index.split == "train"].sample(8, random_state=0).path, size)
     noise = np.random.default_rng(0).uniform(0, 255, slices.shape)
     model = build_model("ct-resnet152", input_size=size, weights="ct")
     on_ct = batchnorm_agreement(model, slices.astype("float32")).mean()
@@ -251,11 +252,12 @@ def test_second_use_loads_the_cache_and_bad_installs_say_what_to_do(ct_weights_c
 
 
 def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cache, data_dir, tmp_path):
-    from core.train import TrainConfig, train
+    from core.config import TrainConfig
+    from core.train import train
 
     # The default weights setting (the ImageNet ResNet-50 file) is left as it is: the CT backbone ignores it.
     config = TrainConfig(data_dir=str(data_dir), backbone="ct-resnet152-transposed", input_size=64, batch_size=4,
-                         max_images_per_split=6, head_epochs=1, finetune_epochs=1, train_from="conv5", n_boot=20)
+                         max_images_per_split=6, head_epochs=1, finetune_epochs=1, train_from="conv5")
     run_dir = train(config, name="ct", report=lambda line: None, runs_root=tmp_path / "runs")
     assert runs.read_status(run_dir)["state"] == "completed"
     assert {"val", "test"} <= set(runs.read_json(run_dir / "metrics.json"))
@@ -264,7 +266,7 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
     assert model.get_layer("ct_window").transpose
     predictions = runs.read_predictions(run_dir)
     test = predictions[predictions.split == "test"]
-    images = data.load_images([data_dir / p for p in test.path], 64).astype("float32")
+    images = load_images([data_dir / p for p in test.path], 64).astype("float32")
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=config.flip_tta), test.prob, atol=1e-5)
 
     heatmaps = Explainer(model).heatmaps(images[:2], method="gradcam++")
@@ -272,12 +274,12 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
 
 
 def test_ct_backbones_are_searched_when_asked_for(data_dir, weights):
-    from core import tune
-    from core.train import TrainConfig
+    from core import search_space
+    from core.config import TrainConfig
 
     base = TrainConfig(data_dir=str(data_dir), weights=weights)  # the ImageNet ResNet-50 file
-    assert tune.make_space(None, base)["backbone"] == ["resnet50"]
-    asked = tune.make_space({"backbone": ["resnet50", "ct-resnet152"]}, base)
+    assert search_space.make_space(None, base)["backbone"] == ["resnet50"]
+    asked = search_space.make_space({"backbone": ["resnet50", "ct-resnet152"]}, base)
     assert asked["backbone"] == ["resnet50", "ct-resnet152"]
     with pytest.raises(ValueError, match="resnet101 cannot load"):
-        tune.make_space({"backbone": ["resnet101", "ct-resnet152-transposed"]}, base)
+        search_space.make_space({"backbone": ["resnet101", "ct-resnet152-transposed"]}, base)

@@ -46,7 +46,7 @@ def test_image_checks_refuse_photos_and_tiny_images_not_ct(data_dir):
 
     assert "a colour image" in ood.image_problems(load_sample_image("flower.jpg"))[0]
     assert "too small" in ood.image_problems(np.zeros((30, 200, 3), np.uint8))[0]
-    from core.data import load_image
+    from core.images import load_image
     for path in sorted((data_dir / "COVID").glob("*.png"))[:5]:
         assert ood.image_problems(load_image(path)) == []
 

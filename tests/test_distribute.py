@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 
 from core import distribute, paths, runs
-from core.train import TrainConfig, train
+from core.config import TrainConfig
+from core.train import train
 
 PER_REPLICA_BATCH = 4
 REPLICAS = 2
 # Deterministic settings (no dropout, no augmentation) so that replicas and a
 # single device compute the same thing.
 TINY = dict(input_size=64, max_images_per_split=8, head_epochs=1, finetune_epochs=1, dropout=0.0,
-            rotation=0.0, zoom=0.0, contrast=0.0, flip=False, cached_views=1, n_boot=20)
+            rotation=0.0, zoom=0.0, contrast=0.0, flip=False)
 
 
 def tiny_config(data_dir, weights, **changes) -> TrainConfig:
@@ -82,8 +83,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path, data_dir, weights, one_device_run):
-    config = tiny_config(data_dir, weights, strategy="mirrored", cpu_devices=REPLICAS)
-    done = subprocess.run(command_line(config, "mirrored"), env=environment(tmp_path), cwd=paths.PROJECT_ROOT,
+    config = tiny_config(data_dir, weights, strategy="mirrored")
+    env = environment(tmp_path, **{distribute.CPU_DEVICES_VARIABLE: str(REPLICAS)})
+    done = subprocess.run(command_line(config, "mirrored"), env=env, cwd=paths.PROJECT_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"{REPLICAS} replicas (local): global batch {PER_REPLICA_BATCH * REPLICAS}" in done.stdout
@@ -143,9 +145,14 @@ def test_cli_refuses_multiworker_without_cluster(tmp_path, data_dir):
 
 
 def test_config_refuses_unknown_strategy_and_one_cpu_device(data_dir, monkeypatch):
-    problems = TrainConfig(data_dir=str(data_dir), strategy="horovod", cpu_devices=1).problems()
+    monkeypatch.setenv(distribute.CPU_DEVICES_VARIABLE, "1")
+    problems = TrainConfig(data_dir=str(data_dir), strategy="horovod").problems()
     assert any("strategy 'horovod' is not one of default, mirrored, multiworker" in p for p in problems)
-    assert any("cpu_devices 1" in p for p in problems)
+    assert any("COVIDCT_CPU_DEVICES=1 must be 0 (no split) or at least 2" in p for p in problems)
+    monkeypatch.setenv(distribute.CPU_DEVICES_VARIABLE, "two")
+    assert any("COVIDCT_CPU_DEVICES='two' is not a whole number" in p
+               for p in TrainConfig(data_dir=str(data_dir)).problems())
+    monkeypatch.delenv(distribute.CPU_DEVICES_VARIABLE)
     monkeypatch.delenv("TF_CONFIG", raising=False)  # so the Train page refuses it before launching
     assert any("needs TF_CONFIG" in p for p in TrainConfig(data_dir=str(data_dir), strategy="multiworker").problems())
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, external, paths
+from core import evaluate, external, jobs, paths
 from core.cli import main
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
@@ -130,12 +130,12 @@ def test_a_background_evaluation_reports_progress_and_completes(trained_run, sy5
     run_dir = tmp_path / trained_run.name
     shutil.copytree(trained_run, run_dir)
     with pytest.raises(ValueError, match="dataset folder not found"):
-        external.launch(run_dir, tmp_path / "missing")
-    name = external.launch(run_dir, sy575, name="sy575", class_map_text="")
+        jobs.launch_external(run_dir, tmp_path / "missing")
+    name = jobs.launch_external(run_dir, sy575, name="sy575", class_map_text="")
     [found] = external.list_external(run_dir)
     assert found["name"] == "sy575" and found["state"] == "running"
     with pytest.raises(ValueError, match="already being evaluated"):
-        external.launch(run_dir, sy575, name="sy575")
+        jobs.launch_external(run_dir, sy575, name="sy575")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and found["state"] == "running":
         time.sleep(1)

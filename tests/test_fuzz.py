@@ -13,6 +13,7 @@ from PIL import Image
 
 from core import data, runs
 from core.cli import main
+from core.images import ImageReadError, check_image, load_image
 
 CPU_SECONDS = 3.0  # per input; the largest, 2 MB of DICOM header, takes about 1 s
 rng = np.random.default_rng(19)
@@ -79,16 +80,16 @@ def test_every_malformed_image_is_refused_by_name_in_bounded_time(tmp_path):
     decoded, refused = [], []
     for name, content in corpus.items():
         (tmp_path / name).write_bytes(content)
-        for read in (data.check_image, data.load_image):
+        for read in (check_image, load_image):
             started = time.process_time()
             try:
                 image = read(tmp_path / name)
-            except data.ImageReadError as error:
+            except ImageReadError as error:
                 refused.append(name)
                 message = str(error)
                 assert message.startswith(f"{name}: ") and "\n" not in message, message
             else:
-                if read is data.load_image:  # a flipped byte in pixel data can still decode
+                if read is load_image:  # a flipped byte in pixel data can still decode
                     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
                     decoded.append(name)
             assert time.process_time() - started < CPU_SECONDS, name

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core import data, lung
+from core import lung
+from core.images import load_image, load_images
 
 
 def phantom(size: int = 256) -> np.ndarray:
@@ -45,7 +46,7 @@ def test_lungs_are_found_on_real_slices(data_dir):
     paths = sorted((data_dir / "COVID").glob("*.png"))[:10] + sorted((data_dir / "NonCOVID").glob("*.jpg"))[:10]
     found = 0
     for path in paths:
-        image = data.load_image(path)
+        image = load_image(path)
         box = lung.lung_box(image)
         if box is None:
             continue
@@ -61,9 +62,9 @@ def test_training_prediction_and_gradcam_see_the_same_crop(trained_run, data_dir
     from core.predict import Predictor
 
     path = sorted((data_dir / "NonCOVID").glob("*.jpg"))[0]
-    image = data.load_image(path)
+    image = load_image(path)
     expected = cv2.resize(lung.crop_to_lungs(image), (64, 64), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(data.load_images([path], 64, lung_crop=True)[0], expected)
+    assert np.array_equal(load_images([path], 64, lung_crop=True)[0], expected)
 
     predictor = Predictor.from_run(trained_run)
     predictor.lung_crop = True

@@ -7,8 +7,9 @@ import time
 
 import pandas as pd
 
-from core import runs
-from core.train import TrainConfig, launch_training, resume
+from core import jobs, runs
+from core.config import TrainConfig
+from core.jobs import launch_training, resume
 
 FINETUNE_EPOCHS = 12
 
@@ -26,7 +27,7 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     runs_root = tmp_path / "runs"
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
                          max_images_per_split=8, head_epochs=1, finetune_epochs=FINETUNE_EPOCHS,
-                         early_stopping_patience=FINETUNE_EPOCHS, n_boot=20)
+                         early_stopping_patience=FINETUNE_EPOCHS)
     run_dir = launch_training(config, name="killed", runs_root=runs_root)
 
     def in_third_finetune_epoch():
@@ -35,7 +36,7 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     assert wait_for(in_third_finetune_epoch), runs.read_json(run_dir / "status.json")
     os.kill(runs.read_json(run_dir / "status.json")["pid"], signal.SIGKILL)
     assert wait_for(lambda: runs.read_status(run_dir)["state"] == "interrupted", timeout=10)
-    assert runs.active_training(runs_root) is None  # the dead process's lock is stale
+    assert jobs.active_training(runs_root) is None  # the dead process's lock is stale
 
     rows_before = len(runs.read_history(run_dir))
     assert rows_before >= 3  # head epoch + at least two fine-tuning epochs

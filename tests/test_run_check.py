@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, run_check, runs
+from core import evaluate, jobs, run_check, runs
 from core.cli import main
-from core.train import TrainConfig
+from core.config import TrainConfig
 
 
 def completed_run(runs_root, name, data_dir):
@@ -119,12 +119,12 @@ def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
 
     lock = tmp_path / ".training.lock"
     lock.write_text("")  # killed between creating the lock and writing it
-    assert runs.active_training(tmp_path) == {"pid": None, "run": "starting"}  # maybe being written now
+    assert jobs.active_training(tmp_path) == {"pid": None, "run": "starting"}  # maybe being written now
     old = time.time() - 60
     os.utime(lock, (old, old))
-    assert runs.active_training(tmp_path) is None
-    runs.acquire_training_lock("next", tmp_path)
-    runs.release_training_lock(tmp_path)
+    assert jobs.active_training(tmp_path) is None
+    jobs.acquire_training_lock("next", tmp_path)
+    jobs.release_training_lock(tmp_path)
 
 
 @pytest.mark.parametrize("page", ["pages/2_Train.py", "pages/3_Evaluate.py", "pages/5_Predict.py"])

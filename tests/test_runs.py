@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from core import runs
+from core import jobs, runs
 
 
 def test_atomic_json_write_keeps_the_old_version_when_the_writer_dies(tmp_path):
@@ -59,27 +59,27 @@ def test_run_ids_cannot_escape_the_runs_folder(tmp_path, bad):
 
 
 def test_second_training_is_refused_while_the_first_holds_the_lock(tmp_path):
-    runs.acquire_training_lock("first", tmp_path)
+    jobs.acquire_training_lock("first", tmp_path)
     try:
-        holder = runs.active_training(tmp_path)
+        holder = jobs.active_training(tmp_path)
         assert holder == {"pid": os.getpid(), "run": "first"}
-        with pytest.raises(runs.TrainingBusy, match="first"):
-            runs.acquire_training_lock("second", tmp_path)
+        with pytest.raises(jobs.TrainingBusy, match="first"):
+            jobs.acquire_training_lock("second", tmp_path)
     finally:
-        runs.release_training_lock(tmp_path)
-    assert runs.active_training(tmp_path) is None
-    runs.acquire_training_lock("second", tmp_path)  # free again
-    runs.release_training_lock(tmp_path)
+        jobs.release_training_lock(tmp_path)
+    assert jobs.active_training(tmp_path) is None
+    jobs.acquire_training_lock("second", tmp_path)  # free again
+    jobs.release_training_lock(tmp_path)
 
 
 def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / ".training.lock").write_text(json.dumps({"pid": dead.pid, "run": "killed"}))
-    assert runs.active_training(tmp_path) is None
-    runs.acquire_training_lock("next", tmp_path)
-    assert runs.active_training(tmp_path)["run"] == "next"
-    runs.release_training_lock(tmp_path)
+    assert jobs.active_training(tmp_path) is None
+    jobs.acquire_training_lock("next", tmp_path)
+    assert jobs.active_training(tmp_path)["run"] == "next"
+    jobs.release_training_lock(tmp_path)
 
 
 def test_compare_runs_has_settings_and_test_metrics(tmp_path):
@@ -94,19 +94,19 @@ def test_compare_runs_has_settings_and_test_metrics(tmp_path):
 def test_launch_refuses_a_second_start_before_the_first_child_is_up(tmp_path, data_dir, monkeypatch):
     """The launcher takes the lock itself, so the seconds the child spends
     importing TensorFlow leave no window for a second start."""
-    import core.train
+    import core.config
 
     started = []
 
     class FakeChild:
         pid = os.getpid()  # alive, like a child still starting up
 
-    monkeypatch.setattr(runs.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
-    config = core.train.TrainConfig(data_dir=str(data_dir))
-    first = core.train.launch_training(config, runs_root=tmp_path)
-    assert runs.active_training(tmp_path)["run"] == first.name
-    with pytest.raises(runs.TrainingBusy, match=first.name):
-        core.train.launch_training(config, runs_root=tmp_path)
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: started.append(a) or FakeChild())
+    config = core.config.TrainConfig(data_dir=str(data_dir))
+    first = jobs.launch_training(config, runs_root=tmp_path)
+    assert jobs.active_training(tmp_path)["run"] == first.name
+    with pytest.raises(jobs.TrainingBusy, match=first.name):
+        jobs.launch_training(config, runs_root=tmp_path)
     assert len(started) == 1
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from core import cli, data, runs, scan, scan_level
-from core.data import ImageReadError
+from core import cli, images, runs, scan, scan_level
+from core.images import ImageReadError
 
 SIDE = 96  # px: small slices, large enough for the lung mask
 
@@ -26,7 +26,7 @@ SIDE = 96  # px: small slices, large enough for the lung mask
 def grey_slices(data_dir) -> list[np.ndarray]:
     """Five real COVID-CT slices, grey, SIDE x SIDE."""
     paths = sorted((data_dir / "COVID").glob("*.png"))[:5]
-    return [np.asarray(Image.fromarray(data.load_image(p)).convert("L").resize((SIDE, SIDE))) for p in paths]
+    return [np.asarray(Image.fromarray(images.load_image(p)).convert("L").resize((SIDE, SIDE))) for p in paths]
 
 
 def hounsfield(grey: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def test_slice_and_size_limits_refuse_before_decoding(grey_slices, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded before the limits were checked")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(images, "decode_image", no_decoding)
     monkeypatch.setattr(scan, "MAX_SLICES", 4)
     with pytest.raises(ImageReadError, match=r"study: 5 files, more than the 4 slices"):
         scan.read_files(series(grey_slices), "study")

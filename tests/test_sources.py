@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core import data, paths, train
+from core import cross_validation, data, evaluate, paths
 from core.cli import main
+from core.config import TrainConfig
+from core.audit import audit_duplicates
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -74,7 +76,7 @@ def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
     shared = next((hospital_a / "COVID").glob("*.png"))
     shutil.copy(shared, hospital_b / "COVID" / "person001" / "copied.png")
     index = data.index_dataset([hospital_a, hospital_b])
-    pairs = data.audit_duplicates(index, max_distance=0)
+    pairs = audit_duplicates(index, max_distance=0)
     exact = pairs[(pairs["kind"] == "exact") & pairs["cross_source"]]
     assert {tuple(sorted(p)) for p in exact[["relpath_a", "relpath_b"]].to_numpy()} == {
         ("SY575/COVID/person001/copied.png", f"hospital-a/COVID/{shared.name}")}
@@ -83,12 +85,12 @@ def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
 def test_holdout_source_is_checked_against_the_sources(two_sources, weights):
     hospital_a, hospital_b = two_sources
     both = os.pathsep.join([str(hospital_a), str(hospital_b)])
-    assert not train.TrainConfig(data_dir=both, holdout_source="SY575", weights=weights).problems()
-    [problem] = train.TrainConfig(data_dir=both, holdout_source="hospital-c", weights=weights).problems()
+    assert not TrainConfig(data_dir=both, holdout_source="SY575", weights=weights).problems()
+    [problem] = TrainConfig(data_dir=both, holdout_source="hospital-c", weights=weights).problems()
     assert "'hospital-c' is not one of the sources in data_dir (hospital-a, SY575)" in problem
-    [problem] = train.TrainConfig(data_dir=str(hospital_a), holdout_source="hospital-a", weights=weights).problems()
+    [problem] = TrainConfig(data_dir=str(hospital_a), holdout_source="hospital-a", weights=weights).problems()
     assert "needs at least two sources" in problem
-    config = train.TrainConfig(data_dir=both, holdout_source="SY575")
+    config = TrainConfig(data_dir=both, holdout_source="SY575")
     assert config.training_sources() == [hospital_a] and config.held_out_source() == hospital_b
 
 
@@ -99,23 +101,24 @@ def test_leave_one_source_out_trains_one_run_per_source(two_sources, monkeypatch
         trained.append((config.holdout_source, name))
         return Path(name)
 
-    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(cross_validation, "train", fake_train)
     hospital_a, hospital_b = two_sources
-    config = train.TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
-    assert train.leave_one_source_out(config, name="x", report=lambda line: None) == [
+    config = TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
+    assert cross_validation.leave_one_source_out(config, name="x", report=lambda line: None) == [
         Path("x-without-hospital-a"), Path("x-without-SY575")]
     assert trained == [("hospital-a", "x-without-hospital-a"), ("SY575", "x-without-SY575")]
     with pytest.raises(ValueError, match="at least two dataset folders"):
-        train.leave_one_source_out(train.TrainConfig(data_dir=str(hospital_a)))
+        cross_validation.leave_one_source_out(TrainConfig(data_dir=str(hospital_a)))
 
 
 def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, weights, tmp_path,
                                                                     monkeypatch, capsys):
     hospital_a, hospital_b = two_sources
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(evaluate, "N_BOOT", 50)
     assert main(["train", "--data-dir", os.pathsep.join([str(hospital_a), str(hospital_b)]),
                  "--holdout-source", "SY575", "--weights", weights, "--input-size", "64", "--batch-size", "4",
-                 "--head-epochs", "1", "--finetune-epochs", "1", "--n-boot", "50", "--name", "loso"]) == 0
+                 "--head-epochs", "1", "--finetune-epochs", "1", "--name", "loso"]) == 0
     out = capsys.readouterr().out
     [run_dir] = (tmp_path / "artifacts" / "runs").iterdir()
     predictions = (run_dir / "predictions.csv").read_text()

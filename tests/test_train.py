@@ -5,9 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import data, runs
+from core import evaluate, jobs, runs
 from core.model import load_model
-from core.train import TrainConfig, select_images, train
+from core.config import TrainConfig
+from core.train import select_images, train
+from core.images import load_images
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
@@ -34,12 +36,11 @@ def test_smoke_run_writes_every_artifact(trained_run):
 
 
 def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
-    from core import data
     from core.model import predict_proba
 
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
-    images = data.load_images([str(data_dir / p) for p in predictions.path], 64)
+    images = load_images([str(data_dir / p) for p in predictions.path], 64)
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-4)
 
 
@@ -93,7 +94,8 @@ def test_cancel_request_marks_the_run_cancelled(tmp_path, data_dir, weights, mon
 
 
 def test_activation_batches_draw_from_all_views_with_class_weights():
-    from core.train import ActivationBatches, balanced_class_weights
+    from core.frozen_cache import ActivationBatches
+    from core.pipeline import balanced_class_weights
 
     views, n = 3, 10
     x = np.arange(views * n, dtype="float16").reshape(-1, 1)  # sample id as its "activation"
@@ -119,40 +121,6 @@ def test_activation_batches_draw_from_all_views_with_class_weights():
     np.testing.assert_array_equal(np.concatenate([val[i][0][:, 0] for i in range(len(val))]), np.arange(n))
 
 
-def test_mixup_mixes_training_pairs_alike_and_leaves_validation_alone():
-    from core.train import ActivationBatches
-
-    n = 8
-    x = np.stack([np.full((2, 2), i, dtype="float16") for i in range(n)])  # sample i is all i
-    y = np.array([0, 1] * (n // 2))
-    train_batches = ActivationBatches(x, y, batch_size=n, epoch_size=n, seed=0, class_weight={0: 1.0, 1: 3.0},
-                                      mixup=0.4)
-    xb, yb, wb = train_batches[0]
-    assert not np.isin(xb, np.arange(n)).all()  # mixed, not the original samples
-    np.testing.assert_allclose(yb.sum(axis=1), 1.0, rtol=1e-6)  # soft labels stay a distribution
-    # Each mixed sample is lam * a + (1 - lam) * b; even ids are class 0, so
-    # the label's class-1 share and the weight follow the same lam.
-    assert ((yb[:, 1] > 0) & (yb[:, 1] < 1)).any()
-    np.testing.assert_allclose(wb, 1.0 + 2.0 * yb[:, 1], rtol=1e-5)
-    assert np.all((xb >= 0) & (xb <= n - 1))
-
-    val = ActivationBatches(x, y, batch_size=n, mixup=0.4)
-    np.testing.assert_array_equal(val[0][0][:, 0, 0], np.arange(n))
-    np.testing.assert_array_equal(val[0][1].argmax(axis=1), y)
-
-
-def test_mixup_in_the_image_pipeline_mixes_images_and_labels_only_in_training():
-    images = np.stack([np.full((4, 4, 3), 10 * i, dtype="uint8") for i in range(6)])
-    labels = np.array([0, 1, 0, 1, 0, 1])
-    (x, y), = data.make_dataset(images, labels, batch_size=6, training=True, seed=1, mixup=0.4).take(1)
-    x, y = x.numpy(), y.numpy()
-    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
-    assert ((y[:, 1] > 0.01) & (y[:, 1] < 0.99)).any()
-    assert not np.isin(x[:, 0, 0, 0], 10 * np.arange(6)).all()
-    (x, y), = data.make_dataset(images, labels, batch_size=6, mixup=0.4).take(1)
-    np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], 10 * np.arange(6))
-
-
 def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp_path, data_dir, weights, monkeypatch):
     import errno
 
@@ -171,51 +139,42 @@ def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp
     assert status["state"] == "failed" and "No space left on device" in status["reason"]
     assert json.loads((run_dir / "config.json").read_text())["input_size"] == 32
     assert len(pd.read_csv(run_dir / "history.csv")) == 1  # the finished epoch is still there
-    assert runs.active_training(tmp_path) is None  # the lock is released
+    assert jobs.active_training(tmp_path) is None  # the lock is released
 
 
-def test_bfloat16_run_computes_in_bfloat16_and_restores_the_policy(tmp_path, data_dir, weights):
-    import keras
+def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_path):
+    from dataclasses import asdict
 
-    from core import data
-    from core.model import predict_proba
-    from core.predict import Predictor
+    from core.config import RETIRED
 
-    config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
-                         max_images_per_split=4, head_epochs=1, finetune_epochs=1, n_boot=20,
-                         precision="mixed_bfloat16", rotate_zoom_tta=True)  # and the 5-view TTA
-    run_dir = train(config, runs_root=tmp_path, report=lambda line: None)
-    assert keras.mixed_precision.global_policy().name == "float32"  # the process goes on in float32
-
-    model = load_model(run_dir / "model.keras")
-    assert model.get_layer("conv5_block3_out").compute_dtype == "bfloat16"
-    assert model.get_layer("conv5_block3_out").variable_dtype == "float32"
-    assert model.get_layer("head_dense").compute_dtype == "float32"  # probabilities in float32
-    predictions = pd.read_csv(run_dir / "predictions.csv").head(4)
-    images = data.load_images([str(data_dir / p) for p in predictions.path], 32)
-    np.testing.assert_allclose(predict_proba(model, images, flip_tta=True, rotate_zoom_tta=True), predictions.prob,
-                               atol=1e-3)
-    change = np.abs(predict_proba(model, images, flip_tta=True) - predictions.prob)
-    row = int(change.argmax())
-    assert change[row] > 2e-3  # the extra views do change the probabilities
-    predictor = Predictor.from_run(run_dir)  # the app predicts with the run's own TTA
-    scan = data.load_image(str(data_dir / predictions.path[row]))
-    assert predictor.predict_images([scan], ["scan"])[0].raw_probability == pytest.approx(predictions.prob[row],
-                                                                               abs=1e-3)
+    old = {**asdict(TrainConfig(data_dir=str(tmp_path))), **RETIRED}  # a run saved before the retirement
+    assert TrainConfig.from_dict(old, starting=True) == TrainConfig(data_dir=str(tmp_path))
+    mixed = {**old, "mixup": 0.4, "ema": 0.97}
+    assert TrainConfig.from_dict(mixed) == TrainConfig(data_dir=str(tmp_path))  # shown, evaluated, predicted with
+    with pytest.raises(ValueError, match=r"retired setting\(s\) mixup=0.4, ema=0.97: see docs/experiments.md"):
+        TrainConfig.from_dict(mixed, starting=True)
+    with pytest.raises(ValueError, match="unknown config setting"):
+        TrainConfig.from_dict({**old, "mixdown": 1})
 
 
-def test_unknown_precision_is_refused(data_dir):
-    assert any("precision 'float8'" in p for p in TrainConfig(data_dir=str(data_dir), precision="float8").problems())
+def test_a_run_saved_with_a_retired_setting_does_not_resume(tmp_path):
+    from dataclasses import asdict
+
+    from core.jobs import resume
+
+    run_dir = runs.new_run({**asdict(TrainConfig(data_dir=str(tmp_path))), "blur": 1.5}, runs_root=tmp_path)
+    runs.set_status(run_dir, "failed", reason="killed")
+    with pytest.raises(ValueError, match=r"retired setting\(s\) blur=1.5"):
+        resume(run_dir, report=lambda line: None)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path, ema):
-    """With weight averaging, validation scores the averaged weights and the
-    model keeps those of the best epoch, not the raw ones the optimizer steps."""
+def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path):
+    """The model keeps the weights of the epoch validation scored best."""
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from core.train import ActivationBatches, fit_phase
+    from core.frozen_cache import ActivationBatches
+    from core.train import fit_phase
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 8)).astype("float32")
@@ -227,28 +186,28 @@ def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path, ema):
 
     raw = []  # the optimizer's own weights at each epoch's end (these callbacks run first)
     keep_raw = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: raw.append(model.get_weights()))
-    config = TrainConfig(data_dir=str(tmp_path), ema=ema, early_stopping_patience=2)
+    config = TrainConfig(data_dir=str(tmp_path), early_stopping_patience=2)
     history = fit_phase(model, config, tmp_path, "finetune", 6, 0.05, train_batches, val_batches, 8, None,
                         report=lambda _: None, extra_callbacks=[keep_raw])
 
     best = int(np.argmax(history.history["val_auc"]))
     kept_auc = roc_auc_score(y[64:], model.predict(x[64:], verbose=0)[:, 1])
     assert kept_auc == pytest.approx(history.history["val_auc"][best], abs=2e-3)
-    same_as_raw = all(np.allclose(a, b) for a, b in zip(model.get_weights(), raw[best]))
-    assert same_as_raw == (ema == 0.0)
+    assert all(np.allclose(a, b) for a, b in zip(model.get_weights(), raw[best]))
 
 
-def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_path):
+def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_path, monkeypatch):
     from dataclasses import asdict
 
     from sklearn.metrics import roc_auc_score
 
-    from core.train import cross_validation_table
+    from core.cross_validation import cross_validation_table
 
     rng = np.random.default_rng(0)
 
-    def fold_run(name: str, config: TrainConfig, first: int) -> None:  # its own 20 validation images
-        run_dir = runs.new_run(asdict(config), name=f"{name}-fold{config.cv_fold + 1}", runs_root=tmp_path)
+    def fold_run(name: str, config: TrainConfig, first: int, retired=None) -> None:  # its own 20 validation images
+        run_dir = runs.new_run({**asdict(config), **(retired or {})}, name=f"{name}-fold{config.cv_fold + 1}",
+                               runs_root=tmp_path)
         y = np.tile([0, 1], 10)
         runs.write_csv(run_dir / "predictions.csv", pd.DataFrame({
             "path": [f"img{i}" for i in range(first, first + 20)], "y_true": y,
@@ -259,10 +218,11 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
         fold_run("a-default", TrainConfig(cv_folds=3, cv_fold=fold), 20 * fold)
     for fold in range(2):  # the same folds, a fold not trained yet
         fold_run("b-conv2", TrainConfig(cv_folds=3, cv_fold=fold, train_from="conv2"), 20 * fold)
-    fold_run("c-ema", TrainConfig(cv_folds=2, cv_fold=0, ema=0.97), 0)
+    fold_run("c-ema", TrainConfig(cv_folds=2, cv_fold=0), 0, retired={"ema": 0.97})  # from before its retirement
     (runs.list_runs(tmp_path)[0]["path"] / "predictions.csv").unlink()  # c-ema's, newest
 
-    table = cross_validation_table(runs.list_runs(tmp_path), n_boot=50).set_index("recipe")
+    monkeypatch.setattr(evaluate, "N_BOOT", 50)
+    table = cross_validation_table(runs.list_runs(tmp_path)).set_index("recipe")
     assert list(table.index) == ["ema=0.97", "train_from=conv2", "project defaults"]
     assert list(table.folds) == ["1 of 2", "2 of 3", "3 of 3"]
     assert "predictions.csv" in table.problem["ema=0.97"]  # named, not raised

@@ -20,13 +20,13 @@ from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import paths, runs, train, tune
-from core.cli import build_parser, config_from_args, main
-from core.train import TrainConfig
+from core import jobs, paths, runs, search_space, tune
+from core.cli import build_parser, main
+from core.cli_training import config_from_args
+from core.config import TrainConfig, load_default_config, reset_default
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1,
-        "cached_views": 1, "n_boot": 20}
+TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1}
 TINY_OPTIONS = [part for key, value in TINY.items() for part in ("--" + key.replace("_", "-"), str(value))]
 
 
@@ -55,7 +55,7 @@ def small(small_study, monkeypatch):
     """The shared artifacts as $COVIDCT_ARTIFACTS; promoted defaults are undone after each test."""
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(small_study[0]))
     yield small_study
-    train.reset_default()
+    reset_default()
 
 
 def start_worker(study: str, trials: int, log: Path, *options) -> subprocess.Popen:
@@ -106,7 +106,7 @@ def test_a_three_trial_search_makes_a_run_per_trial(small):
         run = runs.load_run(runs.run_path(trial.user_attrs["run"]))
         assert run["status"]["state"] == "completed"
         assert (run["status"]["study"], run["status"]["trial"]) == ("small", trial.number)
-        for key, value in {**TINY, **tune.settings(trial.params)}.items():
+        for key, value in {**TINY, **search_space.settings(trial.params)}.items():
             assert run["config"][key] == pytest.approx(value), key
         assert trial.value == tune.validation_auc(run["path"]) == run["metrics"]["val"]["at_0.5"]["roc_auc"]
 
@@ -191,17 +191,17 @@ def test_a_killed_worker_leaves_a_failed_trial_that_the_next_session_clears(smal
 
 
 def test_stop_cancels_the_trial_in_progress_and_releases_the_lock(small):
-    pid = tune.launch_search("small", 5)
+    pid = jobs.launch_search("small", 5)
 
     def alive():
         return runs.pid_alive(pid)
 
     try:
-        assert runs.active_training()["pid"] == pid  # no other training starts meanwhile
-        with pytest.raises(runs.TrainingBusy, match="already being searched"):
-            tune.launch_search("small", 5)
+        assert jobs.active_training()["pid"] == pid  # no other training starts meanwhile
+        with pytest.raises(jobs.TrainingBusy, match="already being searched"):
+            jobs.launch_search("small", 5)
         trial = wait_for(lambda: training_trial("small"), alive)
-        assert tune.stop_search("small")
+        assert jobs.stop_search("small")
         wait_for(lambda: not alive(), lambda: True, timeout=60)
     finally:
         if alive():
@@ -210,7 +210,7 @@ def test_stop_cancels_the_trial_in_progress_and_releases_the_lock(small):
     assert stopped.state == TrialState.FAIL
     assert stopped.user_attrs["note"] == "RunCancelled: stopped by SIGTERM"
     assert runs.read_status(runs.run_path(stopped.user_attrs["run"]))["state"] == "cancelled"
-    assert runs.active_training() is None and tune.search_worker("small") is None
+    assert jobs.active_training() is None and jobs.search_worker("small") is None
     assert "interrupted" in tune.log_path("small").read_text()
 
 
@@ -245,8 +245,8 @@ def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     study = tune.load_study("small")
     best = study.best_trial
     assert f"best: trial {best.number} complete" in out and "promoted" in out
-    expected = TrainConfig.from_dict({**study.user_attrs["base"], **tune.settings(best.params)})
-    assert train.load_default_config() == expected
+    expected = TrainConfig.from_dict({**study.user_attrs["base"], **search_space.settings(best.params)})
+    assert load_default_config() == expected
     # `python -m core train` starts from it; options still win.
     assert config_from_args(build_parser().parse_args(["train"])) == expected
     assert config_from_args(build_parser().parse_args(["train", "--seed", "3"])) == replace(expected, seed=3)
@@ -256,7 +256,7 @@ def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     assert saved["promoted_from"]["trial"] == best.number
 
     assert main(["tune", "--reset-default"]) == 0
-    assert train.load_default_config() == TrainConfig()
+    assert load_default_config() == TrainConfig()
 
 
 def test_a_broken_default_config_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -323,7 +323,7 @@ def button(at: AppTest, label: str):
 def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, monkeypatch, data_dir, weights):
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     started = []
-    monkeypatch.setattr(tune, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
+    monkeypatch.setattr(jobs, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
     at = open_train_page()
     assert not at.exception and not at.error, texts(at.error)
     assert "Hyperparameter search" in texts(at.subheader)
@@ -359,7 +359,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
 
     button(at, "Promote best to default").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert train.load_default_config().input_size == 32
+    assert load_default_config().input_size == 32
     assert at.number_input(key="cfg_input_size").value == 32  # the form shows the new defaults
     assert "Defaults promoted from study **small**" in texts(at.info)
 

@@ -1,0 +1,81 @@
+"""Duplicate audit: exact and near-duplicate image pairs that cross splits,
+classes or sources, the ones that leak between train and test or conflict."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from core import lung, near_duplicates
+from core.images import load_image
+
+# A candidate pair is confirmed on a finer hash of the lung-aligned slices:
+# cropping both to their lung fields undoes the different figure crops of one scan.
+FINE_HASH_SIZE = 16       # 256-bit pHash
+FINE_MAX_DISTANCE = 40    # of 256 bits; docs/duplicate-audit.md gives the separation it rests on
+
+
+def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) -> pd.DataFrame:
+    """Duplicate pairs that cross splits, classes or sources (the ones that
+    leak or conflict), cross-class pairs first: exact copies (same sha256 of
+    the bytes) and near copies (64-bit pHash of the grey image within
+    `max_distance` bits, confirmed by a 256-bit pHash of both slices cropped
+    to their lungs within FINE_MAX_DISTANCE bits). Candidates are found by
+    multi-index hashing (core.near_duplicates), in memory O(N).
+    progress(done, total) is called after each image is hashed."""
+    index = index.sort_values("relpath", ignore_index=True)
+    digests, codes = _hash_images(index, progress)
+    a, b, distance = near_duplicates.hamming_pairs(codes, max_distance)
+    labels, splits = index["label"].to_numpy(), index["split"].to_numpy()
+    sources = index["source"].to_numpy() if "source" in index else np.zeros(len(index), dtype=object)
+    # The same scan in two sources (public collections re-share each other's images) leaks just the same.
+    crosses = (labels[a] != labels[b]) | (splits[a] != splits[b]) | (sources[a] != sources[b])
+    a, b, distance = a[crosses], b[crosses], distance[crosses]
+    exact = digests[a] == digests[b]
+    fine_hashes = {}  # row -> its fine hash, computed only for images in a candidate pair
+    fine = np.array([0 if same else _fine_hash(index, i, fine_hashes) - _fine_hash(index, j, fine_hashes)
+                     for i, j, same in zip(a, b, exact)], dtype=int)
+    keep = exact | (fine <= FINE_MAX_DISTANCE)
+    a, b = a[keep], b[keep]
+    pairs = pd.DataFrame({
+        "relpath_a": index["relpath"].to_numpy()[a], "relpath_b": index["relpath"].to_numpy()[b],
+        "label_a": labels[a], "label_b": labels[b],
+        "split_a": splits[a], "split_b": splits[b],
+        "kind": np.where(exact[keep], "exact", "near"),
+        "distance": distance[keep], "fine_distance": fine[keep],
+        "cross_class": labels[a] != labels[b], "cross_split": splits[a] != splits[b],
+        "cross_source": sources[a] != sources[b],
+    })
+    return pairs.sort_values(["cross_class", "distance", "relpath_a", "relpath_b"],
+                             ascending=[False, True, True, True], ignore_index=True)
+
+
+def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """(sha256 hex digests, 64-bit pHash codes as uint64) of the index's images, in its order."""
+    digests, hashes = [], []
+    for i, (path, relpath) in enumerate(zip(index["path"], index["relpath"])):
+        content = Path(path).read_bytes()
+        digests.append(hashlib.sha256(content).hexdigest())
+        hashes.append(np.packbits(imagehash.phash(_lung_view(load_image(content, name=relpath))).hash.ravel()))
+        if progress is not None:
+            progress(i + 1, len(index))
+    codes = np.array(hashes, dtype=np.uint8).reshape(len(index), 8).view(np.uint64).ravel()
+    return np.array(digests), codes
+
+
+def _lung_view(image: np.ndarray) -> Image.Image:
+    """The grey slice cropped to its lungs with a tight margin: the same scan cut
+    from two figures with different borders (or a cropped copy) then lines up."""
+    return Image.fromarray(lung.crop_to_lungs(image, margin=0.02)).convert("L")
+
+
+def _fine_hash(index: pd.DataFrame, row: int, cache: dict) -> imagehash.ImageHash:
+    """The 256-bit pHash of an image cropped to its lungs (the difference of two counts the bits apart)."""
+    if row not in cache:
+        image = load_image(Path(index["path"].iat[row]).read_bytes(), name=index["relpath"].iat[row])
+        cache[row] = imagehash.phash(_lung_view(image), hash_size=FINE_HASH_SIZE)
+    return cache[row]
