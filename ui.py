@@ -10,6 +10,7 @@ arrays are values (st.cache_data).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -34,11 +35,13 @@ from core.predict import Prediction, Predictor
 HOME = "pages/0_Home.py"
 DATA = "pages/1_Data.py"
 TRAIN = "pages/2_Train.py"
+SEARCH = "pages/6_Search.py"
 EVALUATE = "pages/3_Evaluate.py"
 MISCLASSIFIED = "pages/4_Misclassified.py"
 PREDICT = "pages/5_Predict.py"
 PAGES = [(HOME, "Home", ":material/home:"), (DATA, "Data", ":material/database:"),
-         (TRAIN, "Train", ":material/model_training:"), (EVALUATE, "Evaluate", ":material/monitoring:"),
+         (TRAIN, "Train", ":material/model_training:"), (SEARCH, "Search", ":material/tune:"),
+         (EVALUATE, "Evaluate", ":material/monitoring:"),
          (MISCLASSIFIED, "Misclassified", ":material/image_search:"),
          (PREDICT, "Predict", ":material/upload_file:")]
 
@@ -81,6 +84,25 @@ def page_setup(title: str) -> None:
                        page_icon=":material/pulmonology:")
     st.sidebar.caption(DISCLAIMER)
     st.title(title)
+
+
+def forget_train_form() -> None:
+    """Drop the Train form's values (keys 'cfg_<name>'), so that it shows the (new) defaults."""
+    for key in [k for k in st.session_state if str(k).startswith("cfg_")]:
+        del st.session_state[key]
+
+
+def train_form_config(defaults):
+    """The TrainConfig the Train form holds in this session (its widgets keep
+    their values under 'cfg_<name>'), over `defaults` for fields never set;
+    as the form does, an empty text is None where the field allows None."""
+    values = {}
+    for field in dataclasses.fields(defaults):
+        value = st.session_state.get(f"cfg_{field.name}", getattr(defaults, field.name))
+        if isinstance(value, str):
+            value = value.strip() or (None if "None" in str(field.type) else "")
+        values[field.name] = value
+    return type(defaults)(**values)
 
 
 def mtime(path) -> float:

@@ -58,6 +58,19 @@ def active_training(runs_root=None) -> dict | None:
     return None
 
 
+def current_training(runs_root=None) -> tuple[dict | None, bool]:
+    """(run, alive): the run being trained now, else the newest run. A run
+    launched a moment ago counts as alive before its process takes the
+    training lock (it is 'running' with a live pid from the start)."""
+    listed = runs.list_runs(runs_root)
+    holder = active_training(runs_root) or {}
+    running = [r for r in listed if r["id"] == holder.get("run")] or \
+              [r for r in listed if r["status"].get("state") == "running"]
+    if running:
+        return running[0], True
+    return (listed[0] if listed else None), False
+
+
 def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -> None:
     """Only one training runs at a time. O_EXCL makes the check-and-create
     atomic between two starting processes."""

@@ -26,7 +26,7 @@ from core.images import image_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
-PAGES = ["streamlit_app.py", ui.DATA, ui.TRAIN, ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
+PAGES = ["streamlit_app.py", ui.DATA, ui.TRAIN, ui.SEARCH, ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
 NEEDS_A_RUN = [ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
 
 

@@ -303,12 +303,12 @@ def test_a_resumed_study_refuses_other_settings(small, capsys):
 
 
 # ---------------------------------------------------------------------------
-# The Train page's section
+# The Search page (it starts from the Train page's form)
 # ---------------------------------------------------------------------------
 
-def open_train_page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    at.switch_page(ui.TRAIN)
+def open_page(page: str, at: AppTest | None = None) -> AppTest:
+    at = at or AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.switch_page(page)
     return at.run()
 
 
@@ -324,13 +324,14 @@ def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, 
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     started = []
     monkeypatch.setattr(jobs, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
-    at = open_train_page()
+    at = open_page(ui.TRAIN)
+    at.number_input(key="cfg_max_images_per_split").set_value(4).run()  # the form the search starts from
+    open_page(ui.SEARCH, at)
     assert not at.exception and not at.error, texts(at.error)
-    assert "Hyperparameter search" in texts(at.subheader)
+    assert "Hyperparameter search" in texts(at.title)
     assert "No study by this name yet" in texts(at.info)
     assert at.multiselect(key="space_backbone").value == ["resnet50"]
 
-    at.number_input(key="cfg_max_images_per_split").set_value(4)
     at.multiselect(key="space_batch_size").set_value([16])
     at.checkbox(key="space_dropout").uncheck()
     at.text_input(key="study_name").set_value("from-the-app")
@@ -347,7 +348,7 @@ def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, 
 
 
 def test_search_section_shows_the_study_and_promotes_its_best(small):
-    at = open_train_page()
+    at = open_page(ui.SEARCH)
     at.text_input(key="study_name").set_value("small").run()
     assert not at.exception and not at.error, texts(at.error)
     study = tune.load_study("small")
@@ -360,6 +361,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
     button(at, "Promote best to default").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert load_default_config().input_size == 32
+    open_page(ui.TRAIN, at)
     assert at.number_input(key="cfg_input_size").value == 32  # the form shows the new defaults
     assert "Defaults promoted from study **small**" in texts(at.info)
 
