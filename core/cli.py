@@ -96,11 +96,12 @@ def cmd_predict(args) -> int:
 
     from core import runs
     from core.images import ImageReadError, load_image
-    from core.predict import Predictor
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
     files = image_files(args.images)
+    # TensorFlow only now: a mistyped path is refused at once, without its start-up lines on stderr.
+    from core.predict import Predictor
     predictor = Predictor.from_run(_run_dir(args.run))
     rows, failures = [], 0
     with tqdm(total=len(files), unit="scan", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:

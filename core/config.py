@@ -8,8 +8,21 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import data, distribute, evaluate, paths, runs
-from core.model import BACKBONES, IMAGENET_BACKBONES, TRAIN_FROM
+from core import data, evaluate, paths, runs
+
+# The names a run chooses from; core.model and core.distribute build what they
+# name. Kept here, free of TensorFlow, so that the CLI parses its options and
+# refuses bad input without the few seconds (and the log lines) of loading it.
+IMAGENET_BACKBONES = ("resnet50", "resnet101", "resnet152")  # keras.applications
+# The CT-pretrained ResNet-152 v1.5 (core.ct_weights), fed each slice as it is
+# or transposed (rows <-> columns): its training volumes may have had rows
+# along the patient's left-right axis, and nothing here tells which fits.
+CT_BACKBONES = {"ct-resnet152": False, "ct-resnet152-transposed": True}
+BACKBONES = (*IMAGENET_BACKBONES, *CT_BACKBONES)
+# Where fine-tuning may start: "head" trains the new head only, "conv4" trains
+# conv4_*, conv5_* and the head, and so on down to "conv1" (everything).
+TRAIN_FROM = ("head", "conv5", "conv4", "conv3", "conv2", "conv1")
+STRATEGIES = ("default", "mirrored", "multiworker")  # core.distribute
 
 # Settings measured and not kept (docs/experiments.md), with the value every run
 # now trains with: an old run's config.json naming them still loads.
@@ -138,7 +151,7 @@ class TrainConfig:
     strategy: str = field(default="default", metadata=setting(
         "Devices", "default: one device; mirrored: every local GPU (or the CPU split by COVIDCT_CPU_DEVICES); "
         "multiworker: several machines, from TF_CONFIG. Batch size and learning rates are per replica.",
-        choices=distribute.STRATEGIES))
+        choices=STRATEGIES))
 
     @classmethod
     def from_dict(cls, values: dict, starting: bool = False) -> "TrainConfig":
@@ -172,6 +185,7 @@ class TrainConfig:
         if self.head_epochs + self.finetune_epochs == 0:
             found.append("head_epochs + finetune_epochs must be at least 1")
         if here:
+            from core import distribute  # TensorFlow: only when the machine itself is checked
             found += distribute.machine_problems(self.strategy) + self._data_problems()
         return found
 

@@ -25,7 +25,8 @@ import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer as trainer_module
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+from core.config import STRATEGIES
+
 # Logical CPU devices to split the CPU into (a machine setting, not a recipe's).
 CPU_DEVICES_VARIABLE = "COVIDCT_CPU_DEVICES"
 

@@ -17,20 +17,11 @@ import keras
 import numpy as np
 
 from core import ct_weights
+from core.config import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES, TRAIN_FROM
 
-IMAGENET_BACKBONES = {
-    "resnet50": keras.applications.ResNet50,
-    "resnet101": keras.applications.ResNet101,
-    "resnet152": keras.applications.ResNet152,
-}
-# The CT-pretrained ResNet-152 v1.5 (core.ct_weights), fed each slice as it is
-# or transposed (rows <-> columns): its training volumes may have had rows
-# along the patient's left-right axis, and nothing here tells which fits.
-CT_BACKBONES = {"ct-resnet152": False, "ct-resnet152-transposed": True}
-BACKBONES = (*IMAGENET_BACKBONES, *CT_BACKBONES)
-# Where fine-tuning may start: "head" trains the new head only, "conv4" trains
-# conv4_*, conv5_* and the head, and so on down to "conv1" (everything).
-TRAIN_FROM = ("head", "conv5", "conv4", "conv3", "conv2", "conv1")
+IMAGENET_MODELS = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications.ResNet101,
+                   "resnet152": keras.applications.ResNet152}
+assert set(IMAGENET_MODELS) == set(IMAGENET_BACKBONES)
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LAST_CONV_LAYER = "conv5_block3_out"
 HEAD_LAYERS = ("head_pool", "head_dropout", "head_dense")
@@ -99,7 +90,7 @@ def build_model(backbone: str = "resnet50", input_size: int = 224, weights: str 
             raise ValueError(f"{weights}: weights file not found (set --weights or $COVIDCT_WEIGHTS)")
         x = ImageNetPreprocess(name="imagenet_preprocess")(inputs)
         try:
-            base = IMAGENET_BACKBONES[backbone](include_top=False, weights=weights, input_tensor=x)
+            base = IMAGENET_MODELS[backbone](include_top=False, weights=weights, input_tensor=x)
         except ValueError as error:  # e.g. a ResNet-50 file given for ResNet-101
             raise ValueError(f"{weights}: cannot load into {backbone}: {error}") from error
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import optuna
 
-from core.config import TrainConfig
-from core.model import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES
+from core.config import BACKBONES, CT_BACKBONES, IMAGENET_BACKBONES, TrainConfig
 
 # The default search space: each setting's own (its field's "search" in
 # core.config), and augment_strength. A list: the choices; a dict: a range,

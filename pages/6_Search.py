@@ -9,8 +9,7 @@ import streamlit as st
 
 import ui
 from core import jobs, search_space, tune
-from core.config import TrainConfig, load_default_config
-from core.model import TRAIN_FROM
+from core.config import TRAIN_FROM, TrainConfig, load_default_config
 
 ui.page_setup("Hyperparameter search")
 st.caption("Optuna (TPE sampler, median pruning) scores each trial on the **validation** ROC-AUC only. "
