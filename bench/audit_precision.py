@@ -91,14 +91,13 @@ def main() -> None:
         index, truth = build_set(Path(folder), args.originals, args.copies, args.seed)
         index = index.sort_values("relpath", ignore_index=True)
         names = index["relpath"].to_numpy()
-        _, codes = audit._hash_images(index)
+        _, codes, fine_codes = audit._hash_images(index)
         a, b, _ = near_duplicates.hamming_pairs(codes, args.max_distance)
         candidates = {tuple(sorted((names[i], names[j]))) for i, j in zip(a, b)}
         reported = audit.audit_duplicates(index, max_distance=args.max_distance)
         confirmed = {tuple(sorted(pair)) for pair in reported[["relpath_a", "relpath_b"]].to_numpy()}
-        cache = {}
-        fine = {tuple(sorted((names[i], names[j]))):
-                audit._fine_hash(index, i, cache) - audit._fine_hash(index, j, cache) for i, j in zip(a, b)}
+        fine_bits = np.bitwise_count(fine_codes[a] ^ fine_codes[b]).sum(axis=1)
+        fine = {tuple(sorted((names[i], names[j]))): bits for i, j, bits in zip(a, b, fine_bits)}
     print(f"{len(index)} slices ({args.originals} from COVID-CT, 48 from SY575, {args.copies} copies), "
           f"{len(truth)} true duplicate pairs")
     print(f"64-bit pHash <= {args.max_distance} (candidates): {score(candidates, truth)}")

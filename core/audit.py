@@ -22,13 +22,13 @@ FINE_MAX_DISTANCE = 40    # of 256 bits; docs/duplicate-audit.md gives the separ
 def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) -> pd.DataFrame:
     """Duplicate pairs that cross splits, classes or sources (the ones that
     leak or conflict), cross-class pairs first: exact copies (same sha256 of
-    the bytes) and near copies (64-bit pHash of the grey image within
-    `max_distance` bits, confirmed by a 256-bit pHash of both slices cropped
-    to their lungs within FINE_MAX_DISTANCE bits). Candidates are found by
+    the bytes) and near copies (64-bit pHash of the slices cropped to their
+    lungs within `max_distance` bits, confirmed by a 256-bit pHash of the
+    same crops within FINE_MAX_DISTANCE bits). Candidates are found by
     multi-index hashing (core.near_duplicates), in memory O(N).
     progress(done, total) is called after each image is hashed."""
     index = index.sort_values("relpath", ignore_index=True)
-    digests, codes = _hash_images(index, progress)
+    digests, codes, fine_codes = _hash_images(index, progress)
     a, b, distance = near_duplicates.hamming_pairs(codes, max_distance)
     labels, splits = index["label"].to_numpy(), index["split"].to_numpy()
     sources = index["source"].to_numpy() if "source" in index else np.zeros(len(index), dtype=object)
@@ -36,9 +36,7 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
     crosses = (labels[a] != labels[b]) | (splits[a] != splits[b]) | (sources[a] != sources[b])
     a, b, distance = a[crosses], b[crosses], distance[crosses]
     exact = digests[a] == digests[b]
-    fine_hashes = {}  # row -> its fine hash, computed only for images in a candidate pair
-    fine = np.array([0 if same else _fine_hash(index, i, fine_hashes) - _fine_hash(index, j, fine_hashes)
-                     for i, j, same in zip(a, b, exact)], dtype=int)
+    fine = np.bitwise_count(fine_codes[a] ^ fine_codes[b]).sum(axis=1).astype(int)
     keep = exact | (fine <= FINE_MAX_DISTANCE)
     a, b = a[keep], b[keep]
     pairs = pd.DataFrame({
@@ -54,28 +52,23 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
                              ascending=[False, True, True, True], ignore_index=True)
 
 
-def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """(sha256 hex digests, 64-bit pHash codes as uint64) of the index's images, in its order."""
-    digests, hashes = [], []
+def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sha256 hex digests, 64-bit pHash codes as uint64, 256-bit pHashes as N x 32
+    uint8) of the index's images, in its order; each image is decoded once."""
+    digests, hashes, fine = [], [], []
     for i, (path, relpath) in enumerate(zip(index["path"], index["relpath"])):
         content = Path(path).read_bytes()
         digests.append(hashlib.sha256(content).hexdigest())
-        hashes.append(np.packbits(imagehash.phash(_lung_view(load_image(content, name=relpath))).hash.ravel()))
+        view = _lung_view(load_image(content, name=relpath))
+        hashes.append(np.packbits(imagehash.phash(view).hash.ravel()))
+        fine.append(np.packbits(imagehash.phash(view, hash_size=FINE_HASH_SIZE).hash.ravel()))
         if progress is not None:
             progress(i + 1, len(index))
     codes = np.array(hashes, dtype=np.uint8).reshape(len(index), 8).view(np.uint64).ravel()
-    return np.array(digests), codes
+    return np.array(digests), codes, np.array(fine, dtype=np.uint8).reshape(len(index), FINE_HASH_SIZE**2 // 8)
 
 
 def _lung_view(image: np.ndarray) -> Image.Image:
     """The grey slice cropped to its lungs with a tight margin: the same scan cut
     from two figures with different borders (or a cropped copy) then lines up."""
     return Image.fromarray(lung.crop_to_lungs(image, margin=0.02)).convert("L")
-
-
-def _fine_hash(index: pd.DataFrame, row: int, cache: dict) -> imagehash.ImageHash:
-    """The 256-bit pHash of an image cropped to its lungs (the difference of two counts the bits apart)."""
-    if row not in cache:
-        image = load_image(Path(index["path"].iat[row]).read_bytes(), name=index["relpath"].iat[row])
-        cache[row] = imagehash.phash(_lung_view(image), hash_size=FINE_HASH_SIZE)
-    return cache[row]

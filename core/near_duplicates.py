@@ -33,7 +33,7 @@ def hamming_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.
         raise ValueError(f"max_distance {max_distance} must be between 0 and {BITS - 1}")
     chunks = chunk_values(codes, max_distance + 1)
     found = [_pairs_sharing_chunk(codes, chunks, j, max_distance) for j in range(chunks.shape[1])]
-    a, b, distance = (np.concatenate(parts) for parts in zip(*found)) if found else ([],) * 3
+    a, b, distance = (np.concatenate(parts) for parts in zip(*found))  # one entry per chunk: never empty
     order = np.lexsort((b, a))
     return a[order], b[order], distance[order]
 
