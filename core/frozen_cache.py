@@ -1,38 +1,70 @@
 """The frozen-stage activation cache: the stages below `train_from` give the
 same output every epoch for the same input (BatchNorm in inference mode, no
 dropout), so their activations are computed once for a few augmented views of
-each training image, and only the trained stages run each epoch."""
+each training image, and only the trained stages run each epoch.
+
+The cache is a float16 file in the run folder, read a batch at a time, so it
+costs disk, not memory. It is used only when it fits the budget
+(paths.frozen_cache_budget: $COVIDCT_FROZEN_CACHE_GB, at most half the free
+disk): at 224 px and train_from conv3 a view is 56 x 56 x 256 values, 1.6 MB,
+so 4 views of COVID-CT's 425 training scans take 2.7 GB, and of 40,000 scans
+257 GB. A run over the budget trains end to end on the streamed images
+instead; which one a run took is in its log. docs/data-at-scale.md compares
+the two.
+"""
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from core import checkpoint, runs
+from core import checkpoint, paths, runs
 from core.model import split_at
-from core.pipeline import balanced_class_weights
+from core.pipeline import balanced_class_weights, make_dataset, reading_errors
 
 # Augmented views per training image in the cache.
 CACHED_VIEWS = 4
+CACHE_FOLDER = "frozen_cache"  # in the run folder, removed when training ends
+
+
+def cache_bytes(model: keras.Model, boundary: str, n_train: int, n_val: int) -> int:
+    """What the cache of `boundary`'s activations would take on disk."""
+    per_view = int(np.prod(model.get_layer(boundary).output.shape[1:])) * 2  # float16
+    return (CACHED_VIEWS * n_train + n_val) * per_view
+
+
+def fits_budget(model, boundary, images, run_dir, report) -> bool:
+    """Whether to cache `boundary`'s activations, logged with the arithmetic."""
+    needed = cache_bytes(model, boundary, len(images["train"]), len(images["val"]))
+    budget = paths.frozen_cache_budget(run_dir)
+    fits = needed <= budget
+    report(f"frozen-stage cache: {needed / 1e9:.1f} GB for {CACHED_VIEWS} views, budget {budget / 1e9:.1f} GB: "
+           + ("cached on disk" if fits else "over budget, training end to end on streamed images"))
+    return fits
 
 
 def cached_datasets(model, boundary, images, labels, augment, config, run_dir, report):
     """Run the frozen stages once per augmented view and train the rest on
     those activations: the frozen stages hold most of ResNet-50's compute, and
-    they give the same output every epoch for the same input (BatchNorm in
-    inference mode, no dropout). Returns the trainable top model and the
-    train/validation batches of activations."""
+    they give the same output every epoch for the same input. Returns the
+    trainable top model and the train/validation batches of activations."""
     frozen, top = split_at(model, boundary)
     started = time.monotonic()
     runs.set_status(run_dir, "running", phase=f"caching {boundary} activations")
-    train_x = activations(frozen, images["train"], config.batch_size, augment, views=CACHED_VIEWS)
+    folder = Path(run_dir) / CACHE_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial cache: made again, seeded
+    folder.mkdir()
+    train_x = write_activations(frozen, images["train"], labels["train"], config.batch_size, folder / "train.f16",
+                                augment, views=CACHED_VIEWS)
     train_y = np.tile(labels["train"], CACHED_VIEWS)
     checkpoint.kill_point("caching")
-    val_x = activations(frozen, images["val"], config.batch_size)
+    val_x = write_activations(frozen, images["val"], labels["val"], config.batch_size, folder / "val.f16")
     report(f"cached {boundary} activations for {CACHED_VIEWS} augmented views "
-           f"({train_x.nbytes / 2**20:.0f} MB) in {time.monotonic() - started:.0f} s")
+           f"({train_x.nbytes / 2**20:.0f} MB on disk) in {time.monotonic() - started:.0f} s")
 
     train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
                                       seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
@@ -40,22 +72,58 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
     return top, train_batches, val_batches
 
 
-def activations(frozen: keras.Model, images: np.ndarray, batch_size: int, augment=None, views: int = 1) -> np.ndarray:
-    """Frozen-stage outputs of `views` passes over the images (augmented when
-    `augment` is given), as float16 to halve the memory, written into one
-    array allocated up front."""
-    out = None
-    for view in range(views):
-        for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(images[start:start + batch_size], "float32")
-            if augment is not None:
-                batch = augment(batch, training=True)
-            result = np.asarray(frozen(batch, training=False), dtype="float16")
-            if out is None:
-                out = np.empty((views * len(images), *result.shape[1:]), dtype="float16")
-            offset = view * len(images) + start
-            out[offset:offset + len(result)] = result
-    return out
+def write_activations(frozen: keras.Model, images, labels, batch_size: int, path: Path, augment=None,
+                      views: int = 1) -> "ActivationFile":
+    """Frozen-stage outputs of `views` passes over the streamed images
+    (augmented when `augment` is given), as float16 rows of one file."""
+    plain = make_dataset(images, labels, batch_size)  # in order, not augmented
+    row_shape = None
+    with open(path, "wb") as out, reading_errors(images):
+        for _ in range(views):
+            for batch, _ in plain:
+                if augment is not None:
+                    batch = augment(batch, training=True)
+                result = np.asarray(frozen(batch, training=False), dtype="float16")
+                row_shape = result.shape[1:]
+                out.write(result.tobytes())
+    return ActivationFile(path, row_shape, views * len(images))
+
+
+def remove_cache(run_dir) -> None:
+    shutil.rmtree(Path(run_dir) / CACHE_FOLDER, ignore_errors=True)
+
+
+class ActivationFile:
+    """Rows of a float16 activation file, read on demand (x[rows] -> array),
+    so memory holds a batch, not the cache. Reads with pread, not a memory
+    map: the page cache keeps the file warm without counting in the process's
+    resident memory."""
+
+    def __init__(self, path: Path, row_shape: tuple, rows: int):
+        self.path, self.row_shape, self.rows = Path(path), tuple(row_shape), rows
+        self.dtype = np.dtype("float16")
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.shape = (rows, *self.row_shape)
+        self.nbytes = rows * self.row_bytes
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.atleast_1d(np.arange(self.rows)[rows])
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        for i, row in enumerate(rows):
+            data = os.pread(self.fd, self.row_bytes, int(row) * self.row_bytes)
+            if len(data) != self.row_bytes:
+                raise OSError(f"{self.path}: activation cache cut short at row {row}")
+            out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
+        return out
+
+    def __del__(self):
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
 
 
 class ActivationBatches(keras.utils.PyDataset):

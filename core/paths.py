@@ -6,6 +6,7 @@ and the tests agree on one place without configuration files.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +50,14 @@ def weights_cache_dir() -> Path:
     """Weights converted on first use, such as the CT ResNet-152's
     ($COVIDCT_WEIGHTS_CACHE, else the artifacts folder's weights/)."""
     return Path(os.environ.get("COVIDCT_WEIGHTS_CACHE", artifacts_dir() / "weights"))
+
+
+FROZEN_CACHE_GB = 16  # default budget of a run's frozen-stage cache on disk
+
+
+def frozen_cache_budget(folder) -> int:
+    """Bytes a run may use for its frozen-stage cache (core.frozen_cache):
+    $COVIDCT_FROZEN_CACHE_GB (default FROZEN_CACHE_GB), and never more than
+    half the free space of the disk holding `folder`."""
+    gigabytes = float(os.environ.get("COVIDCT_FROZEN_CACHE_GB", FROZEN_CACHE_GB))
+    return int(min(gigabytes * 1e9, shutil.disk_usage(folder).free / 2))

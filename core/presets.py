@@ -2,11 +2,12 @@
 
 The estimate scales the runs measured in docs/benchmarks.md (2 CPU cores): the
 default recipe trains in 17.9 min with 18 epochs (early stopping ended it
-before its 25) and peaks at 6.8 GB, 2.6 GB of which is the cache of frozen
-activations. Time grows with the training images, the epochs, the pixels and
-the backbone's compute; memory is a base that grows with batch x pixels, plus
-that cache. It is rough (other work on the machine changes it), and an upper
-bound for time where early stopping ends a run sooner.
+before its 25). Its cache of frozen activations (2.7 GB) is on disk
+(core.frozen_cache), so memory is a base that grows with batch x pixels
+(3.8 GB measured for the default, docs/data-at-scale.md), and the cache is
+disk. Time grows with the training images, the epochs, the pixels and the
+backbone's compute. It is rough (other work on the machine changes it), and
+an upper bound for time where early stopping ends a run sooner.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from core.frozen_cache import CACHED_VIEWS
 REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
 REFERENCE_TRAIN_IMAGES = 425
 OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
-BASE_GB = 1.5            # TensorFlow, the model and the decoded images
-ACTIVATIONS_GB = 2.7     # fine-tuning at batch 32, 224 px (6.8 GB measured - 2.6 GB cache - base)
+BASE_GB = 1.5            # TensorFlow and the model
+ACTIVATIONS_GB = 2.3     # fine-tuning at batch 32, 224 px (3.8 GB measured - base)
 BACKBONE_COMPUTE = {"resnet50": 1.0, "resnet101": 1.9, "resnet152": 2.8}  # GFLOPs 4.1 / 7.8 / 11.5
 # Relative time per epoch by where fine-tuning starts (docs/benchmarks.md: conv2 20.7 min, conv3 17.9, conv5 10.7).
 TRAIN_FROM_TIME = {"conv1": 1.5, "conv2": 1.15, "conv3": 1.0, "conv4": 1.0, "conv5": 0.6, "head": 0.3}
@@ -40,8 +41,8 @@ def preset_config(name: str, defaults) -> dict:
 
 
 def estimate(config, n_train: int) -> dict:
-    """{"minutes", "gigabytes", "cache_gigabytes"} for training `config` on
-    n_train training scans (before max_images_per_split)."""
+    """{"minutes", "gigabytes" (memory), "cache_gigabytes" (disk)} for
+    training `config` on n_train training scans (before max_images_per_split)."""
     if config.max_images_per_split:
         n_train = min(n_train, config.max_images_per_split)
     pixels = (config.input_size / 224) ** 2
@@ -54,5 +55,5 @@ def estimate(config, n_train: int) -> dict:
         side, channels = CACHED_ACTIVATION[config.train_from]
         per_scan = (config.input_size * side) ** 2 * channels * 2  # float16
         cache = CACHED_VIEWS * n_train * per_scan / 1e9
-    gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute + cache
+    gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute
     return {"minutes": minutes, "gigabytes": gigabytes, "cache_gigabytes": cache}

@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core import checkpoint, data, distribute, evaluate, external, jobs, runs
+from core import checkpoint, data, distribute, evaluate, external, image_cache, jobs, runs
 from core.config import TrainConfig
-from core.frozen_cache import cached_datasets
+from core.frozen_cache import cached_datasets, fits_budget, remove_cache
+from core.image_cache import CachedImages, cache_images
 from core.model import build_model, frozen_boundary, load_model, predict_proba, set_trainable
-from core.images import load_images
-from core.pipeline import augmentation_layers, balanced_class_weights, make_dataset
+from core.pipeline import (augmentation_layers, balanced_class_weights, distributed_training_dataset,
+                           make_dataset, reading_errors)
+
+SCORE_CHUNK = 512  # images scored per chunk after training: memory bounded by it, not by the split
 
 class RunProgress(keras.callbacks.Callback):
     """Keeps status.json up to date, reports epochs, and stops on request.
@@ -101,7 +104,7 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight, report,
+def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, report,
               extra_callbacks=(), rows_before=0):
     """One phase of model.fit with the run's callbacks (and the caller's, such
     as a tuner's pruning callback); returns the history. Continues after the
@@ -127,8 +130,8 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
         ]
     # Last: it commits each epoch once the callbacks above have counted it.
     callbacks.append(checkpoint.EpochCheckpoint(run_dir, phase, rows_before, train_ds, callbacks))
-    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=class_weight,
-                     callbacks=callbacks, shuffle=False, verbose=0)  # the datasets shuffle
+    # The training batches carry the class weights, and shuffle themselves.
+    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0)
 
 
 def train(config: TrainConfig, name: str | None = None, report=print, runs_root=None,
@@ -209,13 +212,15 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
 
     images, labels = {}, {}
+    started = time.monotonic()
     for split in data.SPLITS:
         rows = index[index.split == split]
-        runs.set_status(run_dir, "running", phase=f"loading {split} images")
-        images[split] = load_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        runs.set_status(run_dir, "running", phase=f"decoding {split} images")
+        images[split] = cache_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
         labels[split] = rows.y.to_numpy()
         checkpoint.kill_point("loading")
-    report(f"decoded and resized to {config.input_size} px")
+    report(f"decoded and resized to {config.input_size} px in {time.monotonic() - started:.0f} s "
+           f"(image cache: {image_cache.cache_root()})")
 
     augment = augmentation(config, seed=config.seed)
     # Models (and so their variables and optimizers) made under the strategy's
@@ -228,8 +233,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         model = load_model(run_dir / "model.keras")
 
     runs.set_status(run_dir, "running", phase="evaluating")
-    probs = {split: predict_proba(model, images[split], config.batch_size, config.flip_tta)
-             for split in ("val", "test")}
+    probs = {split: score(model, images[split], config) for split in ("val", "test")}
 
     predictions = pd.concat([
         pd.DataFrame({"path": index[index.split == split].relpath.to_numpy(), "y_true": labels[split],
@@ -251,6 +255,14 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
         external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report)
 
 
+def score(model: keras.Model, images: CachedImages, config: TrainConfig) -> np.ndarray:
+    """Positive-class probabilities of cached images, a chunk at a time (bounded memory)."""
+    with reading_errors(images):
+        parts = [predict_proba(model, chunk.array(), config.batch_size, config.flip_tta)
+                 for chunk in images.chunks(SCORE_CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0,), "float32")
+
+
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
     """The config's training augmentation (core.pipeline.augmentation_layers)."""
     return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
@@ -265,20 +277,11 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     if (run_dir / "model.keras").exists():  # the saving phase committed
         model.load_weights(run_dir / "model.keras")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
+        remove_cache(run_dir)
         report("resumed after training: evaluating")
         return model
-    # The frozen stages' activations are cached whenever train_from leaves any frozen.
-    boundary = frozen_boundary(model, config.train_from)
-    if boundary:
-        fitted, train_ds, val_ds = cached_datasets(model, boundary, images, labels, augment, config, run_dir, report)
-    else:
-        fitted = model
-        train_ds = make_dataset(images["train"], labels["train"], config.batch_size, training=True,
-                                augment=augment, seed=config.seed)
-        val_ds = make_dataset(images["val"], labels["val"], config.batch_size)
+    fitted, train_ds, val_ds = training_data(model, config, images, labels, augment, run_dir, report)
     steps = int(np.ceil(len(labels["train"]) / config.batch_size))
-    # Cached batches carry their own sample weights; Keras takes class_weight for tf.data only.
-    class_weight = None if boundary else balanced_class_weights(labels["train"])
 
     phases = [("head", config.head_epochs, config.head_lr)]
     if config.train_from != "head":
@@ -295,8 +298,9 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
         else:
             if checkpoint.committed(run_dir, phase):
                 report(f"resuming the {phase} phase after epoch {checkpoint.committed(run_dir, phase)['epoch']}")
-            fit_phase(fitted, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, class_weight,
-                      report, callbacks, rows_before=rows)
+            with reading_errors(images["train"], images["val"]):
+                fit_phase(fitted, config, run_dir, phase, epochs, learning_rate, train_ds, val_ds, steps, report,
+                          callbacks, rows_before=rows)
             checkpoint.kill_point(f"{phase} fitted")
             checkpoint.commit_phase(run_dir, phase, model, train_ds)
         rows = checkpoint.history_rows(run_dir, phase, rows)
@@ -305,7 +309,30 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     checkpoint.kill_point("saved")
     # model.keras is the saving phase's commit: a resume never reads the checkpoints again.
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    remove_cache(run_dir)
     return model
+
+
+def training_data(model, config, images, labels, augment, run_dir, report):
+    """(the model fit trains, training batches with class weights as sample
+    weights, validation batches). The frozen stages' activations are cached
+    when train_from leaves any frozen and the cache fits its disk budget
+    (then the fitted model is the part above them); otherwise the images
+    stream through the whole model."""
+    boundary = frozen_boundary(model, config.train_from)
+    if boundary and fits_budget(model, boundary, images, run_dir, report):
+        top, train_batches, val_batches = cached_datasets(model, boundary, images, labels, augment, config,
+                                                          run_dir, report)
+        return top, train_batches, val_batches
+    options = dict(augment=augment, seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
+    strategy = tf.distribute.get_strategy()
+    if distribute.input_shard(strategy):  # each worker reads only its share of the files
+        train_ds = distributed_training_dataset(strategy, images["train"], labels["train"], config.batch_size,
+                                                **options)
+    else:
+        train_ds = make_dataset(images["train"], labels["train"], config.batch_size, training=True, **options)
+    val_ds = make_dataset(images["val"], labels["val"], config.batch_size)  # small: tf.distribute shards it
+    return model, train_ds, val_ds
 
 
 def save_model(model: keras.Model, path: Path) -> None:

@@ -110,8 +110,8 @@ else:
         n_train = presets.REFERENCE_TRAIN_IMAGES
     cost = presets.estimate(config, n_train)
     st.info(f"Estimate for these settings on this machine: up to about **{cost['minutes']:.0f} min** "
-            f"(early stopping can end it sooner) and **{cost['gigabytes']:.1f} GB** of memory "
-            f"({cost['cache_gigabytes']:.1f} GB of it the cache of frozen-layer outputs). Rough: scaled from "
+            f"(early stopping can end it sooner), **{cost['gigabytes']:.1f} GB** of memory and "
+            f"{cost['cache_gigabytes']:.1f} GB of disk for the cache of frozen-layer outputs. Rough: scaled from "
             "the runs measured in docs/benchmarks.md; other work on the machine slows it.", icon=":material/timer:")
 
 

@@ -1,11 +1,14 @@
 """Shared fixtures: the real COVID-CT data and ImageNet weights from ../shared,
 and one tiny trained run reused by the tests that need a model."""
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Decoded images of this test session, not of the user's runs (core.image_cache).
+os.environ.setdefault("COVIDCT_IMAGE_CACHE", tempfile.mkdtemp(prefix="covidct-image-cache-"))
 
 from core import paths  # noqa: E402
 

@@ -53,7 +53,7 @@ def fit(run_dir, extra_callbacks=()):
     val_batches = ActivationBatches(x[64:], y[64:], batch_size=32)
     # A large learning rate and little patience: the learning rate is cut and early stopping waits.
     config = TrainConfig(data_dir=str(run_dir), early_stopping_patience=3, lr_patience=1)
-    fit_phase(model, config, run_dir, "finetune", EPOCHS, 0.3, train_batches, val_batches, 8, None,
+    fit_phase(model, config, run_dir, "finetune", EPOCHS, 0.3, train_batches, val_batches, 8,
               report=lambda _: None, extra_callbacks=extra_callbacks)
     return model
 

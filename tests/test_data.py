@@ -16,6 +16,7 @@ from PIL import Image
 from core import data
 from core.paths import data_dir
 from core.audit import audit_duplicates
+from core.image_cache import cache_images
 from core.images import ImageReadError, image_sizes, load_image, load_images, resize_image
 from core.pipeline import augmentation_layers, make_dataset
 
@@ -359,9 +360,14 @@ def test_rotation_fills_what_it_uncovers_with_the_mirrored_edge():
 
 
 @pytest.fixture(scope="module")
-def tiny_images():
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.array([0, 1] * 5)
+def tiny_images(tmp_path_factory):
+    """10 random 16 px images as PNG files, through the image cache."""
+    folder = tmp_path_factory.mktemp("tiny")
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    cached = cache_images([folder / f"{i}.png" for i in range(10)], 16, root=folder / "cache")
+    return pixels, cached, np.array([0, 1] * 5)
 
 
 def collect(dataset):
@@ -370,9 +376,9 @@ def collect(dataset):
 
 
 def test_eval_dataset_keeps_order_and_is_not_augmented(tiny_images):
-    images, labels = tiny_images
+    images, cached, labels = tiny_images
     augment = augmentation_layers(seed=1)
-    dataset = make_dataset(images, labels, batch_size=4, augment=augment)
+    dataset = make_dataset(cached, labels, batch_size=4, augment=augment)
     x, y = next(iter(dataset))
     assert x.shape == (4, 16, 16, 3) and x.dtype == "float32"
     assert y.shape == (4, 2) and y.dtype == "float32"
@@ -382,8 +388,8 @@ def test_eval_dataset_keeps_order_and_is_not_augmented(tiny_images):
 
 
 def test_training_dataset_shuffles_and_augments(tiny_images):
-    images, labels = tiny_images
-    plain = make_dataset(images, labels, batch_size=4, training=True, seed=3)
+    images, cached, labels = tiny_images
+    plain = make_dataset(cached, labels, batch_size=4, training=True, seed=3)
     epoch_1, labels_1 = collect(plain)
     epoch_2, _ = collect(plain)
     # Same images and labels, shuffled, in another order each epoch.
@@ -393,9 +399,9 @@ def test_training_dataset_shuffles_and_augments(tiny_images):
     assert not np.array_equal(epoch_1, epoch_2)
     # Seeded: a fresh pipeline repeats the first epoch's order.
     np.testing.assert_array_equal(collect(make_dataset(
-        images, labels, batch_size=4, training=True, seed=3))[0], epoch_1)
+        cached, labels, batch_size=4, training=True, seed=3))[0], epoch_1)
 
-    augmented = make_dataset(images, labels, batch_size=4, training=True, seed=3,
+    augmented = make_dataset(cached, labels, batch_size=4, training=True, seed=3,
                                   augment=augmentation_layers(seed=1))
     x, _ = collect(augmented)
     assert x.dtype == np.float32 and x.shape == (10, 16, 16, 3)

@@ -96,13 +96,13 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path, data_dir, weig
     assert_same_training(run["path"], one_device_run)
 
 
-def test_two_workers_on_localhost_match_one_device(tmp_path, data_dir, weights, one_device_run):
-    config = tiny_config(data_dir, weights, strategy="multiworker")
+def train_on_two_workers(config: TrainConfig, artifacts, **env) -> list[str]:
+    """`python -m core train` as two worker processes on localhost; their outputs."""
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(REPLICAS)]}
     workers = [
         subprocess.Popen(command_line(config, "two-workers"), cwd=paths.PROJECT_ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env=environment(tmp_path, TF_CONFIG=json.dumps(
+                         env=environment(artifacts, **env, TF_CONFIG=json.dumps(
                              {"cluster": cluster, "task": {"type": "worker", "index": index}})))
         for index in range(REPLICAS)
     ]
@@ -113,6 +113,11 @@ def test_two_workers_on_localhost_match_one_device(tmp_path, data_dir, weights, 
             worker.kill()
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
+    return outputs
+
+
+def test_two_workers_on_localhost_match_one_device(tmp_path, data_dir, weights, one_device_run):
+    outputs = train_on_two_workers(tiny_config(data_dir, weights, strategy="multiworker"), tmp_path)
     assert "2 replicas (worker-0)" in outputs[0] and "worker-1: training with the chief" in outputs[1]
 
     run = the_only_run(tmp_path)  # worker 1 wrote nothing in the runs folder
@@ -163,3 +168,17 @@ def test_batch_and_learning_rates_scale_with_replicas(data_dir):
     scaled = distribute.scale_for_replicas(config, 4)
     assert (scaled.batch_size, scaled.head_lr, scaled.finetune_lr) == (64, 4e-3, 2e-4)
     assert replace(scaled, batch_size=16, head_lr=1e-3, finetune_lr=5e-5) == config
+
+
+def test_two_workers_streaming_read_their_own_files_and_match_one_device(tmp_path, data_dir, weights, monkeypatch):
+    """Over the frozen-stage cache's budget the images stream, and each worker
+    reads only its share of the files (core.pipeline's shard): the training
+    still equals one device's on the same global batches."""
+    monkeypatch.setenv("COVIDCT_FROZEN_CACHE_GB", "0")
+    reference = train(distribute.scale_for_replicas(tiny_config(data_dir, weights), REPLICAS), name="one-device",
+                      report=lambda line: None, runs_root=tmp_path / "one" / "runs")
+    outputs = train_on_two_workers(tiny_config(data_dir, weights, strategy="multiworker"), tmp_path / "two",
+                                   COVIDCT_FROZEN_CACHE_GB="0")
+    for output in outputs:
+        assert "over budget, training end to end on streamed images" in output
+    assert_same_training(the_only_run(tmp_path / "two")["path"], reference)

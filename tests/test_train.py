@@ -16,6 +16,7 @@ def test_smoke_run_writes_every_artifact(trained_run):
     for name in ("config.json", "status.json", "history.csv", "model.keras", "best.weights.h5",
                  "metrics.json", "predictions.csv"):
         assert (trained_run / name).exists(), name
+    assert not (trained_run / "frozen_cache").exists() and not (trained_run / "checkpoints").exists()
     status = runs.read_status(trained_run)
     assert status["state"] == "completed"
     assert status["train_seconds"] > 0
@@ -42,6 +43,44 @@ def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
     images = load_images([str(data_dir / p) for p in predictions.path], 64)
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-4)
+
+
+def tiny_config(data_dir, weights, **changes):
+    return TrainConfig(data_dir=str(data_dir), weights=weights, input_size=64, batch_size=4,
+                       max_images_per_split=6, head_epochs=1, finetune_epochs=1, **changes)
+
+
+def test_over_its_budget_the_frozen_cache_gives_way_to_streaming(tmp_path, data_dir, weights, monkeypatch):
+    monkeypatch.setenv("COVIDCT_FROZEN_CACHE_GB", "0")
+    lines = []
+    run_dir = train(tiny_config(data_dir, weights), report=lines.append, runs_root=tmp_path)
+    assert runs.read_status(run_dir)["state"] == "completed"
+    assert any("over budget, training end to end on streamed images" in line for line in lines)
+    assert not any(line.startswith("cached conv2_block3_out") for line in lines)
+    assert len(pd.read_csv(run_dir / "history.csv")) == 2
+
+
+def test_an_image_lost_from_the_cache_while_training_fails_the_run_naming_it(tmp_path, data_dir, weights,
+                                                                             monkeypatch):
+    import os
+
+    from core import train as train_module
+
+    lost, cache_images = [], train_module.cache_images
+
+    def cache_then_lose_one(paths, *args, **kwargs):
+        cached = cache_images(paths, *args, **kwargs)
+        if not lost:  # the train split's first entry, gone after decoding
+            os.remove(cached.entries[0])
+            lost.append(cached.sources[0])
+        return cached
+    monkeypatch.setattr(train_module, "cache_images", cache_then_lose_one)
+    monkeypatch.setenv("COVIDCT_IMAGE_CACHE", str(tmp_path / "image_cache"))
+    with pytest.raises(Exception, match="its decoded copy"):
+        train(tiny_config(data_dir, weights), report=lambda line: None, runs_root=tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and status["reason"].startswith(f"ImageReadError: {lost[0]}: ")
 
 
 def test_select_images_is_class_balanced_per_split(data_dir):
@@ -187,7 +226,7 @@ def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path):
     raw = []  # the optimizer's own weights at each epoch's end (these callbacks run first)
     keep_raw = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: raw.append(model.get_weights()))
     config = TrainConfig(data_dir=str(tmp_path), early_stopping_patience=2)
-    history = fit_phase(model, config, tmp_path, "finetune", 6, 0.05, train_batches, val_batches, 8, None,
+    history = fit_phase(model, config, tmp_path, "finetune", 6, 0.05, train_batches, val_batches, 8,
                         report=lambda _: None, extra_callbacks=[keep_raw])
 
     best = int(np.argmax(history.history["val_auc"]))
