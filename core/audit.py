@@ -3,6 +3,8 @@ classes or sources, the ones that leak between train and test or conflict."""
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
@@ -54,18 +56,24 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
 
 def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sha256 hex digests, 64-bit pHash codes as uint64, 256-bit pHashes as N x 32
-    uint8) of the index's images, in its order; each image is decoded once."""
-    digests, hashes, fine = [], [], []
-    for i, (path, relpath) in enumerate(zip(index["path"], index["relpath"])):
+    uint8) of the index's images, in its order; each image is decoded once, in
+    parallel threads (decoding, cropping and resizing release the GIL)."""
+    digests = np.empty(len(index), dtype=object)
+    codes = np.empty((len(index), 8), dtype=np.uint8)
+    fine = np.empty((len(index), FINE_HASH_SIZE**2 // 8), dtype=np.uint8)
+
+    def hash_one(i, path, relpath):
         content = Path(path).read_bytes()
-        digests.append(hashlib.sha256(content).hexdigest())
         view = _lung_view(load_image(content, name=relpath))
-        hashes.append(np.packbits(imagehash.phash(view).hash.ravel()))
-        fine.append(np.packbits(imagehash.phash(view, hash_size=FINE_HASH_SIZE).hash.ravel()))
-        if progress is not None:
-            progress(i + 1, len(index))
-    codes = np.array(hashes, dtype=np.uint8).reshape(len(index), 8).view(np.uint64).ravel()
-    return np.array(digests), codes, np.array(fine, dtype=np.uint8).reshape(len(index), FINE_HASH_SIZE**2 // 8)
+        digests[i] = hashlib.sha256(content).hexdigest()
+        codes[i] = np.packbits(imagehash.phash(view).hash.ravel())
+        fine[i] = np.packbits(imagehash.phash(view, hash_size=FINE_HASH_SIZE).hash.ravel())
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for done, _ in enumerate(pool.map(hash_one, range(len(index)), index["path"], index["relpath"]), 1):
+            if progress is not None:
+                progress(done, len(index))
+    return digests.astype(str), codes.view(np.uint64).ravel(), fine
 
 
 def _lung_view(image: np.ndarray) -> Image.Image:

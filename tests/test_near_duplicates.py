@@ -42,3 +42,17 @@ def test_a_crowded_bucket_is_compared_in_blocks(monkeypatch):
 def test_an_impossible_distance_is_refused():
     with pytest.raises(ValueError, match="max_distance 64"):
         near_duplicates.hamming_pairs(np.zeros(3, np.uint64), 64)
+
+
+def test_the_same_pairs_as_brute_force_on_covid_ct(data_dir):
+    """The audit's candidates on COVID-CT's own pHashes (746 images: the brute force's
+    278,000 pairs still fit) are exactly the brute force's."""
+    from core import audit, data
+
+    index = data.index_dataset(data_dir).sort_values("relpath", ignore_index=True)
+    _, codes, _ = audit._hash_images(index)
+    found = near_duplicates.hamming_pairs(codes, 6)
+    expected = brute_force(codes, 6)
+    assert len(expected[0]) >= 4  # COVID-CT's known copies
+    for got, want in zip(found, expected):
+        np.testing.assert_array_equal(got, want)
