@@ -42,10 +42,6 @@ class CachedImages:
     def __len__(self) -> int:
         return len(self.entries)
 
-    @property
-    def image_bytes(self) -> int:
-        return self.size * self.size * 3
-
     def rows(self, start: int, stop: int) -> "CachedImages":
         return CachedImages(self.sources[start:stop], self.entries[start:stop], self.size)
 
@@ -98,7 +94,8 @@ def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, work
             entries.append(str(entry_path(source, size, lung_crop, root)))
         except OSError as error:
             raise ImageReadError(f"{source}: cannot be read ({error.strerror or error})") from error
-    missing = [i for i, entry in enumerate(entries) if not os.path.exists(entry)]
+    whole = size * size * 3  # bytes of an entry; one cut short (a full disk, say) is made again
+    missing = [i for i, entry in enumerate(entries) if not os.path.isfile(entry) or os.path.getsize(entry) != whole]
     done, lock = len(sources) - len(missing), threading.Lock()
 
     def fill(i: int) -> None:
@@ -134,5 +131,5 @@ def read_entry(entry: str, source: str, size: int) -> np.ndarray:
                              "run again to decode it again") from error
     if raw.size != size * size * 3:
         raise ImageReadError(f"{source}: its decoded copy {entry} is damaged ({raw.size} bytes, not "
-                             f"{size * size * 3}); delete it and run again")
+                             f"{size * size * 3}); run again to decode it again")
     return raw.reshape(size, size, 3)

@@ -89,6 +89,9 @@ def test_an_entry_lost_during_training_names_the_image_file(scans, tmp_path, dam
     assert "\n" not in message
     with pytest.raises(ImageReadError, match="scan4.png: its decoded copy"):
         cached.array()
+    # The next run decodes it again, as the message says.
+    np.testing.assert_array_equal(cache_images(scans, 16, root=tmp_path / "cache").array()[4],
+                                  resize_image(load_image(scans[4]), 16))
 
 
 def test_workers_read_disjoint_shares_of_the_files(scans, tmp_path):
