@@ -195,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 50000])
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/covidct-scale"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "covidct-scale")
     parser.add_argument("--only", choices=("index", "train"), help="measure one step only")
     parser.add_argument("--data", type=Path, help="measure training on this dataset folder instead (e.g. "
                         "COVID-CT), with the image and frozen-stage caches on disk and in memory")
