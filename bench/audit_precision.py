@@ -96,8 +96,8 @@ def main() -> None:
         candidates = {tuple(sorted((names[i], names[j]))) for i, j in zip(a, b)}
         reported = audit.audit_duplicates(index, max_distance=args.max_distance)
         confirmed = {tuple(sorted(pair)) for pair in reported[["relpath_a", "relpath_b"]].to_numpy()}
-        fine_bits = np.bitwise_count(fine_codes[a] ^ fine_codes[b]).sum(axis=1)
-        fine = {tuple(sorted((names[i], names[j]))): bits for i, j, bits in zip(a, b, fine_bits)}
+        fine = {tuple(sorted((names[i], names[j]))): bits
+                for i, j, bits in zip(a, b, audit.fine_distances(fine_codes, a, b))}
     print(f"{len(index)} slices ({args.originals} from COVID-CT, 48 from SY575, {args.copies} copies), "
           f"{len(truth)} true duplicate pairs")
     print(f"64-bit pHash <= {args.max_distance} (candidates): {score(candidates, truth)}")

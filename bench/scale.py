@@ -121,20 +121,16 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     import keras
 
     from core.config import TrainConfig
-    from core.image_cache import cache_images
+    from core.frozen_cache import remove_cache
     from core.model import build_model, set_trainable
-    from core.train import augmentation, compile_model, run_index, training_data
+    from core.train import augmentation, compile_model, decode_splits, run_index, training_data
 
     config = TrainConfig(data_dir=folder)
     lines = []
     keras.utils.set_random_seed(config.seed)
     index = run_index(config)
     started = time.perf_counter()
-    images, labels = {}, {}
-    for split in ("train", "val"):
-        rows = index[index.split == split]
-        images[split] = cache_images(rows.path.tolist(), config.input_size, config.lung_crop)
-        labels[split] = rows.y.to_numpy()
+    images, labels = decode_splits(index, config, ("train", "val"))
     decode_seconds = time.perf_counter() - started
     if storage == "memory":
         from core.images import load_images
@@ -168,7 +164,6 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     fitted.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=[Timer()],
                verbose=0)
     step_seconds = float(np.median(times[1:])) if len(times) > 1 else times[0]  # the first step traces
-    from core.frozen_cache import remove_cache
     remove_cache(run_dir)
     return {"storage": storage, "train_images": len(images["train"]), "decode_s": round(decode_seconds, 1),
             "decode_images_per_s": round((len(images["train"]) + len(images["val"])) / decode_seconds, 1),

@@ -3,8 +3,6 @@ classes or sources, the ones that leak between train and test or conflict."""
 from __future__ import annotations
 
 import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imagehash
@@ -13,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from core import lung, near_duplicates
-from core.images import load_image
+from core.images import in_threads, load_image
 
 # A candidate pair is confirmed on a finer hash of the lung-aligned slices:
 # cropping both to their lung fields undoes the different figure crops of one scan.
@@ -38,7 +36,7 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
     crosses = (labels[a] != labels[b]) | (splits[a] != splits[b]) | (sources[a] != sources[b])
     a, b, distance = a[crosses], b[crosses], distance[crosses]
     exact = digests[a] == digests[b]
-    fine = np.bitwise_count(fine_codes[a] ^ fine_codes[b]).sum(axis=1).astype(int)
+    fine = fine_distances(fine_codes, a, b)
     keep = exact | (fine <= FINE_MAX_DISTANCE)
     a, b = a[keep], b[keep]
     pairs = pd.DataFrame({
@@ -57,7 +55,7 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
 def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sha256 hex digests, 64-bit pHash codes as uint64, 256-bit pHashes as N x 32
     uint8) of the index's images, in its order; each image is decoded once, in
-    parallel threads (decoding, cropping and resizing release the GIL)."""
+    parallel threads (core.images.in_threads)."""
     digests = np.empty(len(index), dtype=object)
     codes = np.empty((len(index), 8), dtype=np.uint8)
     fine = np.empty((len(index), FINE_HASH_SIZE**2 // 8), dtype=np.uint8)
@@ -69,11 +67,15 @@ def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.nda
         codes[i] = np.packbits(imagehash.phash(view).hash.ravel())
         fine[i] = np.packbits(imagehash.phash(view, hash_size=FINE_HASH_SIZE).hash.ravel())
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for done, _ in enumerate(pool.map(hash_one, range(len(index)), index["path"], index["relpath"]), 1):
-            if progress is not None:
-                progress(done, len(index))
+    for done, _ in enumerate(in_threads(hash_one, range(len(index)), index["path"], index["relpath"]), 1):
+        if progress is not None:
+            progress(done, len(index))
     return digests.astype(str), codes.view(np.uint64).ravel(), fine
+
+
+def fine_distances(fine_codes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits apart of the 256-bit pHashes of the pairs (a[k], b[k])."""
+    return np.bitwise_count(fine_codes[a] ^ fine_codes[b]).sum(axis=1).astype(int)
 
 
 def _lung_view(image: np.ndarray) -> Image.Image:

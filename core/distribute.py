@@ -174,20 +174,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def input_shard(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
-    """(workers, this worker's index) in a multi-worker cluster, so each
-    worker reads only its share of the files (core.pipeline); None otherwise."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return None
-    spec = resolver.cluster_spec().as_dict()
-    tasks = [("chief", i) for i in range(len(spec.get("chief", [])))]
-    tasks += [("worker", i) for i in range(len(spec.get("worker", [])))]
-    if len(tasks) < 2 or (resolver.task_type, resolver.task_id) not in tasks:
-        return None
-    return len(tasks), tasks.index((resolver.task_type, resolver.task_id))
-
-
 def worker_name(strategy: tf.distribute.Strategy) -> str:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:

@@ -99,25 +99,28 @@ class ActivationFile:
     map: the page cache keeps the file warm without counting in the process's
     resident memory."""
 
+    dtype = np.dtype("float16")
+
     def __init__(self, path: Path, row_shape: tuple, rows: int):
-        self.path, self.row_shape, self.rows = Path(path), tuple(row_shape), rows
-        self.dtype = np.dtype("float16")
-        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
-        self.shape = (rows, *self.row_shape)
-        self.nbytes = rows * self.row_bytes
+        self.path, self.shape = Path(path), (rows, *row_shape)
+        self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         self.fd = os.open(self.path, os.O_RDONLY)
 
     def __len__(self) -> int:
-        return self.rows
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.row_bytes
 
     def __getitem__(self, rows) -> np.ndarray:
-        rows = np.atleast_1d(np.arange(self.rows)[rows])
-        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        rows = np.atleast_1d(np.arange(len(self))[rows])
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         for i, row in enumerate(rows):
             data = os.pread(self.fd, self.row_bytes, int(row) * self.row_bytes)
             if len(data) != self.row_bytes:
                 raise OSError(f"{self.path}: activation cache cut short at row {row}")
-            out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
+            out[i] = np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:])
         return out
 
     def __del__(self):

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core import paths
-from core.images import ImageReadError, load_image, model_input
+from core.images import ImageReadError, in_threads, load_image, model_input
 
 # Bump when decoding, cropping or resizing changes what an entry holds.
 FORMAT_VERSION = 1
@@ -81,12 +80,11 @@ def entry_path(path, size: int, lung_crop: bool, root: Path | None = None) -> Pa
     return (root or cache_root()) / recipe / digest[:2] / f"{digest}.u8"
 
 
-def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, workers: int | None = None,
-                 root: Path | None = None) -> CachedImages:
+def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, root: Path | None = None) -> CachedImages:
     """The cache entries of `paths_`, decoding and writing the ones missing
-    (in parallel threads: decoding and resizing release the GIL).
-    progress(done, total) is called as images are done. ImageReadError
-    ("<file>: <problem>") for a file that is gone or cannot be decoded."""
+    (in parallel threads, core.images.in_threads). progress(done, total) is
+    called as images are done. ImageReadError ("<file>: <problem>") for a
+    file that is gone or cannot be decoded."""
     sources = tuple(str(p) for p in paths_)
     entries = []
     for source in sources:
@@ -96,21 +94,16 @@ def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, work
             raise ImageReadError(f"{source}: cannot be read ({error.strerror or error})") from error
     whole = size * size * 3  # bytes of an entry; one cut short (a full disk, say) is made again
     missing = [i for i, entry in enumerate(entries) if not os.path.isfile(entry) or os.path.getsize(entry) != whole]
-    done, lock = len(sources) - len(missing), threading.Lock()
 
     def fill(i: int) -> None:
-        nonlocal done
         _write_entry(Path(entries[i]), model_input(load_image(sources[i]), size, lung_crop))
-        with lock:
-            done += 1
-            if progress is not None:
-                progress(done, len(sources))
 
+    already = len(sources) - len(missing)
     if progress is not None:
-        progress(done, len(sources))
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for _ in pool.map(fill, missing):  # re-raises the first error, in order
-            pass
+        progress(already, len(sources))
+    for done, _ in enumerate(in_threads(fill, missing), already + 1):  # re-raises the first error
+        if progress is not None:
+            progress(done, len(sources))
     return CachedImages(sources, tuple(entries), size)
 
 

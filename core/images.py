@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import struct
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -377,6 +379,14 @@ def load_images(paths, size: int, progress=None, lung_crop: bool = False) -> np.
         if progress is not None:
             progress(i + 1, len(paths))
     return images
+
+
+def in_threads(function, *iterables):
+    """function(*args) over the iterables, in one thread per core; yields the
+    results in order. Decoding (Pillow, pydicom) and OpenCV's resizing and
+    cropping release the GIL, so threads use every core without a process pool."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        yield from pool.map(function, *iterables)
 
 
 def image_sizes(paths) -> pd.DataFrame:

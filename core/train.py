@@ -211,14 +211,8 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     index = run_index(config)
     report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
 
-    images, labels = {}, {}
     started = time.monotonic()
-    for split in data.SPLITS:
-        rows = index[index.split == split]
-        runs.set_status(run_dir, "running", phase=f"decoding {split} images")
-        images[split] = cache_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
-        labels[split] = rows.y.to_numpy()
-        checkpoint.kill_point("loading")
+    images, labels = decode_splits(index, config, data.SPLITS, run_dir)
     report(f"decoded and resized to {config.input_size} px in {time.monotonic() - started:.0f} s "
            f"(image cache: {image_cache.cache_root()})")
 
@@ -253,6 +247,20 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     if config.holdout_source and distribute.is_chief(strategy):
         runs.set_status(run_dir, "running", phase=f"evaluating on the held-out source {config.holdout_source}")
         external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report)
+
+
+def decode_splits(index: pd.DataFrame, config: TrainConfig, splits, run_dir: Path | None = None):
+    """({split: CachedImages}, {split: labels}) of the index's splits, each
+    image decoded into the image cache unless it is there already."""
+    images, labels = {}, {}
+    for split in splits:
+        rows = index[index.split == split]
+        if run_dir is not None:
+            runs.set_status(run_dir, "running", phase=f"decoding {split} images")
+        images[split] = cache_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        labels[split] = rows.y.to_numpy()
+        checkpoint.kill_point("loading")
+    return images, labels
 
 
 def score(model: keras.Model, images: CachedImages, config: TrainConfig) -> np.ndarray:
@@ -326,7 +334,7 @@ def training_data(model, config, images, labels, augment, run_dir, report):
         return top, train_batches, val_batches
     options = dict(augment=augment, seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
     strategy = tf.distribute.get_strategy()
-    if distribute.input_shard(strategy):  # each worker reads only its share of the files
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # each worker reads its share of the files
         train_ds = distributed_training_dataset(strategy, images["train"], labels["train"], config.batch_size,
                                                 **options)
     else:
