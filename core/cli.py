@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "options of train. The test split is not used to score.")
     cv.add_argument("--name", help="suffix for the run ids (default cv)")
     cv.add_argument("--score", nargs="+", metavar="RUN", help="train nothing: score these finished fold runs")
+    cv.add_argument("--ensemble-with", nargs="+", metavar="RUN",
+                    help="score the ensemble of this recipe and another's fold runs (same folds): each image's "
+                         "probability averaged over the two models of its fold")
+    cv.add_argument("--against", nargs="+", metavar="RUN",
+                    help="compare fold by fold with another recipe's fold runs (same folds): mean difference "
+                         "of validation ROC-AUC ± standard error")
     cli_training.add_config_options(cv)
     cv.set_defaults(func=cli_training.cmd_cv)
 

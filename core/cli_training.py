@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
 def cmd_cv(args) -> int:
     from core import evaluate, runs
     from core.config import TrainConfig
-    from core.cross_validation import cross_validate
+    from core.cross_validation import (averaged_folds, check_same_folds, cross_validate, fold_runs,
+                                       paired_difference)
 
     if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
         if given_settings(args):
@@ -73,18 +74,35 @@ def cmd_cv(args) -> int:
             args.cv_folds = 5
         config = config_from_args(args)
         run_dirs = cross_validate(config, name=args.name, report=_report)
-    summary = evaluate.cross_validation_summary([runs.read_predictions(d) for d in run_dirs], seed=config.seed)
+    by_fold = fold_runs(run_dirs)
+    names = {fold: run_dir.name for fold, run_dir in by_fold.items()}
+    predictions = {fold: runs.read_predictions(run_dir) for fold, run_dir in by_fold.items()}
+    if args.ensemble_with:  # each image's probability averaged over the two recipes' models of its fold
+        partner = fold_runs([_run_dir(run_id) for run_id in args.ensemble_with])
+        predictions = averaged_folds([predictions, {fold: runs.read_predictions(d) for fold, d in partner.items()}])
+        names = {fold: f"{name} + {partner[fold].name}" for fold, name in names.items()}
+    summary = evaluate.cross_validation_summary(list(predictions.values()), seed=config.seed)
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
     print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}), "
-          f"{len(run_dirs)} fold runs:")
-    for run_dir, auc in zip(run_dirs, summary["fold_roc_auc"]):
-        print(f"  {run_dir.name}: validation ROC-AUC {fmt(auc)}")
+          f"{len(run_dirs)} fold runs{' averaged with as many' if args.ensemble_with else ''}:")
+    for name, auc in zip(names.values(), summary["fold_roc_auc"]):
+        print(f"  {name}: validation ROC-AUC {fmt(auc)}")
     low, high = summary["pooled_ci"]
     print(f"mean {fmt(summary['mean_roc_auc'])} ± {fmt(summary['std_roc_auc'])}; pooled out-of-fold ROC-AUC "
           f"{fmt(summary['pooled_roc_auc'])} [{fmt(low)}, {fmt(high)}] over {summary['n_images']} images")
+    if args.against:  # folds differ in difficulty more than recipes do: compare on the same folds
+        baseline_runs = fold_runs([_run_dir(run_id) for run_id in args.against])
+        baseline = {fold: runs.read_predictions(d) for fold, d in baseline_runs.items()}
+        check_same_folds(predictions, baseline)
+        scored = evaluate.cross_validation_summary(list(baseline.values()), seed=config.seed)
+        difference, standard_error = paired_difference(dict(zip(predictions, summary["fold_roc_auc"])),
+                                                       dict(zip(baseline, scored["fold_roc_auc"])))
+        print(f"against {' '.join(d.name for d in baseline_runs.values())} (mean {fmt(scored['mean_roc_auc'])}): "
+              f"{'n/a' if difference is None else f'{difference:+.3f}'} ± {fmt(standard_error)} "
+              "(mean difference fold by fold ± standard error)")
     return 0
 
 

@@ -83,7 +83,7 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
             rows.append({**row, "problem": f"{type(summary).__name__}: {summary}", "runs": fold_runs})
             continue
         baseline = None if recipe == "project defaults" else defaults.get(same_folds(config))
-        difference, standard_error = _paired_difference(fold_scores(group, summary), baseline)
+        difference, standard_error = paired_difference(fold_scores(group, summary), baseline)
         low, high = summary["pooled_ci"]
         rows.append({
             **row,
@@ -102,10 +102,67 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     return table[[c for c in table if c != "runs"] + ["runs"]] if len(table) else table
 
 
-def _paired_difference(scores: dict, baseline: dict | None) -> tuple[float | None, float | None]:
+def paired_difference(scores: dict, baseline: dict | None) -> tuple[float | None, float | None]:
     """Mean and standard error of scores[fold] - baseline[fold] over the folds both scored."""
     common = [f for f in scores if baseline and baseline.get(f) is not None and scores[f] is not None]
     differences = np.array([scores[f] - baseline[f] for f in common])
     if len(differences) < 2:
         return None, None
     return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
+
+
+def fold_runs(run_dirs: list[Path]) -> dict[int, Path]:
+    """A recipe's fold runs by the fold each validates on (its config's
+    cv_fold), in fold order."""
+    by_fold = {}
+    for run_dir in map(Path, run_dirs):
+        config = runs.read_json(run_dir / "config.json", {})
+        if (config.get("cv_folds") or 0) < 2:
+            raise ValueError(f"{run_dir}: not a cross-validation fold run (its cv_folds is {config.get('cv_folds')})")
+        if config["cv_fold"] in by_fold:
+            raise ValueError(f"{run_dir}: a second run of fold {config['cv_fold'] + 1} (the first: "
+                             f"{by_fold[config['cv_fold']]})")
+        by_fold[config["cv_fold"]] = run_dir
+    return dict(sorted(by_fold.items()))
+
+
+def averaged_predictions(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """An ensemble's predictions from its models' predictions of the same
+    images (one fold of two recipes, say): each image's probability is the
+    mean of the models'. Probabilities, not votes: a confident model outweighs
+    an unsure one, and the ensemble keeps a ROC curve."""
+    keyed = [frame.set_index(["split", "path"]).sort_index() for frame in frames]
+    first = keyed[0]
+    for other in keyed[1:]:
+        only_one = first.index.symmetric_difference(other.index)
+        if len(only_one):
+            split, path = only_one[0]
+            raise ValueError(f"{path} ({split}) is predicted by one model and not the other: their runs did not "
+                             "score the same images (other folds, data or seed)")
+        differing = first.index[first["y_true"] != other["y_true"]]
+        if len(differing):
+            raise ValueError(f"{differing[0][1]} has another label in one model's predictions")
+    averaged = first.copy()
+    averaged["prob"] = np.mean([frame["prob"].to_numpy() for frame in keyed], axis=0)
+    return averaged.reset_index()[frames[0].columns]
+
+
+def averaged_folds(recipes: list[dict[int, pd.DataFrame]]) -> dict[int, pd.DataFrame]:
+    """The fold predictions of an ensemble of recipes cross-validated on the
+    same folds: in each fold, the average of the recipes' models of that fold."""
+    folds = [sorted(recipe) for recipe in recipes]
+    if any(other != folds[0] for other in folds[1:]):
+        raise ValueError(f"the recipes' fold runs are of other folds: {' against '.join(map(str, folds))} "
+                         "(numbered from 0)")
+    return {fold: averaged_predictions([recipe[fold] for recipe in recipes]) for fold in folds[0]}
+
+
+def check_same_folds(predictions: dict[int, pd.DataFrame], baseline: dict[int, pd.DataFrame]) -> None:
+    """Refuses two recipes' fold predictions whose same fold validates on
+    other images: they were not cross-validated on the same folds (data,
+    number of folds or seed differ), so comparing them fold by fold means nothing."""
+    for fold in sorted(set(predictions) & set(baseline)):
+        own, theirs = (set(frame.path[frame.split == "val"]) for frame in (predictions[fold], baseline[fold]))
+        if own != theirs:
+            raise ValueError(f"fold {fold + 1} validates on other images than the other recipe's fold {fold + 1}: "
+                             "not the same folds (data, number of folds or seed differ)")

@@ -118,3 +118,77 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     recipes = listing[listing.index("Cross-validated recipes"):]
     assert "2 of 2" in recipes and " ".join(d.name for d in run_dirs) in recipes
     assert f"{roc_auc_score(pooled.y_true, pooled.prob):.3f}" in recipes
+
+
+def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(tmp_path, monkeypatch, capsys):
+    from dataclasses import asdict
+
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from core import evaluate, runs
+    from core.config import TrainConfig
+
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(evaluate, "N_BOOT", 20)
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 10)
+
+    def recipe(name, folds=3, first_image=0, **settings) -> list[str]:
+        """Fake fold runs: fold f validates on 20 images of its own, all score the same 4 test images."""
+        ids = []
+        for fold in range(folds):
+            run_dir = runs.new_run(asdict(TrainConfig(cv_folds=3, cv_fold=fold, **settings)),
+                                   name=f"{name}-fold{fold + 1}")
+            val = [f"img{first_image + 20 * fold + i}" for i in range(20)]
+            runs.write_csv(run_dir / "predictions.csv", pd.DataFrame({
+                "path": val + ["t0", "t1", "t2", "t3"], "y_true": [*labels, 0, 1, 0, 1],
+                "prob": np.clip(0.3 * np.r_[labels, 0, 1, 0, 1] + rng.uniform(0, 0.7, 24), 0, 1),
+                "split": ["val"] * 20 + ["test"] * 4}))
+            runs.set_status(run_dir, "completed")
+            ids.append(run_dir.name)
+        return ids
+
+    imagenet, ct = recipe("imagenet"), recipe("ct", backbone="ct-resnet152")
+
+    def fold_aucs(ids):
+        return [roc_auc_score(f.y_true[f.split == "val"], f.prob[f.split == "val"])
+                for f in (runs.read_predictions(runs.run_path(i)) for i in ids)]
+
+    # The ensemble: in each fold, each image's probability is the mean of the two recipes' models.
+    assert main(["cv", "--score", *imagenet, "--ensemble-with", *ct]) == 0
+    out = capsys.readouterr().out
+    averaged = []
+    for a, b in zip(imagenet, ct):
+        first, second = (runs.read_predictions(runs.run_path(i)) for i in (a, b))
+        val = first.split == "val"
+        averaged.append(roc_auc_score(first.y_true[val], (first.prob[val] + second.prob[val]) / 2))
+        assert f"{a} + {b}: validation ROC-AUC {averaged[-1]:.3f}" in out
+    assert f"mean {np.mean(averaged):.3f} ± {np.std(averaged, ddof=1):.3f}" in out
+    assert "over 60 images" in out
+
+    # One recipe against another, on the same folds.
+    assert main(["cv", "--score", *ct, "--against", *imagenet]) == 0
+    differences = np.subtract(fold_aucs(ct), fold_aucs(imagenet))
+    assert (f"{differences.mean():+.3f} ± {differences.std(ddof=1) / np.sqrt(3):.3f} "
+            "(mean difference fold by fold") in capsys.readouterr().out
+
+    # Other folds (here: other validation images) are refused with the reason.
+    shifted = recipe("shifted", first_image=5, seed=1)
+    assert main(["cv", "--score", *ct, "--against", *shifted]) == 2
+    assert "fold 1 validates on other images" in capsys.readouterr().err
+    assert main(["cv", "--score", *ct, "--ensemble-with", *shifted]) == 2
+    assert "predicted by one model and not the other" in capsys.readouterr().err
+    assert main(["cv", "--score", *ct, "--ensemble-with", *imagenet[:2]]) == 2
+    assert "other folds" in capsys.readouterr().err
+    assert main(["cv", "--score", ct[0], ct[0]]) == 2
+    assert "a second run of fold 1" in capsys.readouterr().err
+
+    # Rows are matched by image, not by position.
+    from core.cross_validation import averaged_predictions
+
+    frame = runs.read_predictions(runs.run_path(ct[0]))
+    pd.testing.assert_frame_equal(averaged_predictions([frame.iloc[::-1], frame]).sort_values(["split", "path"],
+                                                                                             ignore_index=True),
+                                  frame.sort_values(["split", "path"], ignore_index=True))
