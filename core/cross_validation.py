@@ -131,17 +131,17 @@ def averaged_predictions(frames: list[pd.DataFrame]) -> pd.DataFrame:
     images (one fold of two recipes, say): each image's probability is the
     mean of the models'. Probabilities, not votes: a confident model outweighs
     an unsure one, and the ensemble keeps a ROC curve."""
-    keyed = [frame.set_index(["split", "path"]).sort_index() for frame in frames]
+    key = [column for column in ("split", "path") if column in frames[0]]  # an external set has no split
+    keyed = [frame.set_index(key).sort_index() for frame in frames]
     first = keyed[0]
     for other in keyed[1:]:
         only_one = first.index.symmetric_difference(other.index)
         if len(only_one):
-            split, path = only_one[0]
-            raise ValueError(f"{path} ({split}) is predicted by one model and not the other: their runs did not "
+            raise ValueError(f"{only_one[0]} is predicted by one model and not the other: their runs did not "
                              "score the same images (other folds, data or seed)")
         differing = first.index[first["y_true"] != other["y_true"]]
         if len(differing):
-            raise ValueError(f"{differing[0][1]} has another label in one model's predictions")
+            raise ValueError(f"{differing[0]} has another label in one model's predictions")
     averaged = first.copy()
     averaged["prob"] = np.mean([frame["prob"].to_numpy() for frame in keyed], axis=0)
     return averaged.reset_index()[frames[0].columns]
