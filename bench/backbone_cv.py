@@ -87,15 +87,15 @@ def main() -> None:
     for name, *run_ids in args.recipe:
         by_fold = fold_runs([_run_dir(run_id) for run_id in run_ids])
         recipes[name] = (by_fold, {fold: runs.read_predictions(d) for fold, d in by_fold.items()})
-    if args.external:
-        outside = {name: external_predictions(by_fold, args.external) for name, (by_fold, _) in recipes.items()}
+    outside = ({name: external_predictions(by_fold, args.external) for name, (by_fold, _) in recipes.items()}
+               if args.external else {})
 
     (first, (_, baseline)), *others = recipes.items()
-    rows = [row(first, baseline, None, outside[first] if args.external else None)]
+    rows = [row(first, baseline, None, outside.get(first))]
     for name, (_, predictions) in others:
-        rows.append(row(name, predictions, baseline, outside[name] if args.external else None))
+        rows.append(row(name, predictions, baseline, outside.get(name)))
         ensemble = averaged_folds([baseline, predictions])
-        ensemble_outside = averaged_folds([outside[first], outside[name]]) if args.external else None
+        ensemble_outside = averaged_folds([outside[first], outside[name]]) if outside else None
         rows.append(row(f"{first} + {name} (averaged)", ensemble, baseline, ensemble_outside))
     columns = list(rows[0])  # a Markdown table, for docs/ct_backbone.md
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

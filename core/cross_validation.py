@@ -152,8 +152,8 @@ def averaged_folds(recipes: list[dict[int, pd.DataFrame]]) -> dict[int, pd.DataF
     same folds: in each fold, the average of the recipes' models of that fold."""
     folds = [sorted(recipe) for recipe in recipes]
     if any(other != folds[0] for other in folds[1:]):
-        raise ValueError(f"the recipes' fold runs are of other folds: {' against '.join(map(str, folds))} "
-                         "(numbered from 0)")
+        numbered = [", ".join(str(fold + 1) for fold in recipe) for recipe in folds]
+        raise ValueError(f"the recipes' fold runs are of other folds: {' against '.join(numbered)}")
     return {fold: averaged_predictions([recipe[fold] for recipe in recipes]) for fold in folds[0]}
 
 
