@@ -55,8 +55,8 @@ def spread(values, standard_error: bool = False) -> str:
 
 
 def row(name: str, predictions: dict, baseline: dict | None, outside: dict | None) -> dict:
-    val = fold_scores(predictions, "val")
     summary = evaluate.cross_validation_summary(list(predictions.values()))
+    val = dict(zip(predictions, summary["fold_roc_auc"]))
     found = {
         "recipe": name,
         "fold val ROC-AUC": ", ".join(f"{auc:.3f}" for auc in val.values()),
