@@ -1,5 +1,5 @@
 """The Predict page's whole-scan pieces: cached reading and scoring of an
-uploaded scan (core.scan, core.scan_level), the per-slice probability curve,
+uploaded scan (core.data.scans, core.inference.scan_decision), the per-slice probability curve,
 and a slice's Grad-CAM overlay. Kept apart from ui.py, which is long enough.
 
 A scored scan holds every decoded slice (tens of MB for a series): it is a
@@ -17,10 +17,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from core import scan, scan_level
-from core.calibration import percent
-from core.explain import overlay
-from core.scan_level import ScanResult
+from core.data import scans
+from core.inference import scan_decision
+from core.inference.calibration import percent
+from core.inference.explain import overlay
+from core.inference.scan_decision import ScanResult
 
 SCAN_TYPES = ["zip", "nii", "gz"]  # a .nii.gz ends in .gz: Streamlit checks the end of the name
 SCORED_COLOR, UNSCORED_COLOR, REFUSED_COLOR = "#e45756", "#888888", "#f2a93b"
@@ -42,7 +43,7 @@ def files_key(files: list[tuple[str, bytes]]) -> str:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _settings(run_path: str, model_stamp: float) -> dict:
-    return scan_level.settings_for_run(run_path)
+    return scan_decision.settings_for_run(run_path)
 
 
 def settings(run: dict) -> dict:
@@ -53,7 +54,7 @@ def settings(run: dict) -> dict:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _scored(run_path: str, model_stamp: float, key: str, name: str, settings_text: str, _files: tuple,
             _predictor) -> ScanResult:
-    return scan_level.score_scan(_predictor, scan.read_files(list(_files), name), json.loads(settings_text))
+    return scan_decision.score_scan(_predictor, scans.read_files(list(_files), name), json.loads(settings_text))
 
 
 def score_upload(run: dict, name: str, files: list[tuple[str, bytes]]) -> ScanResult:
@@ -98,8 +99,8 @@ def probability_curve(result: ScanResult, shown: int) -> go.Figure:
     unscored = sorted(set(range(len(result.scan.slices))) - set(result.scored))
     if unscored:
         figure.add_scatter(x=x[unscored], y=np.zeros(len(unscored)), mode="markers",
-                           name=f"not scored (lung under {scan_level.MIN_LUNG_AREA:.0%} of the slice, or "
-                                f"within {scan_level.MIN_SPACING_MM:g} mm of a scored slice)",
+                           name=f"not scored (lung under {scan_decision.MIN_LUNG_AREA:.0%} of the slice, or "
+                                f"within {scan_decision.MIN_SPACING_MM:g} mm of a scored slice)",
                            marker=dict(color=UNSCORED_COLOR, symbol="x", size=7),
                            customdata=[[i + 1, result.lung_fraction[i]] for i in unscored],
                            hovertemplate="slice %{customdata[0]}: not scored<br>lung %{customdata[1]:.0%}"
@@ -151,7 +152,7 @@ def _decision(result: ScanResult) -> None:
         how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
                f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
                "the fallback")
-        right.caption(f"Scan probability: {scan_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
+        right.caption(f"Scan probability: {scan_decision.AGGREGATIONS[chosen['aggregation']]}, {how}. "
                       "A research figure, not a diagnosis.")
     if chosen.get("caveat"):
         st.warning(_plain(chosen["caveat"].capitalize()) + ".", icon=":material/warning:")

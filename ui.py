@@ -26,9 +26,19 @@ from PIL import Image
 from plotly.subplots import make_subplots
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import audit, calibration, cross_validation, data, deploy, evaluate, external, images, paths, runs
-from core.explain import colour_bar, overlay
-from core.predict import Prediction, Predictor
+from core.data import audit
+from core.inference import calibration
+from core.training import cross_validation
+from core.data import datasets
+from core.inference import deploy
+from core.evaluation import classification
+from core.inference import external
+from core.data import images
+from core.base import paths
+from core.runs import storage
+from core.runs import catalogue
+from core.inference.explain import colour_bar, overlay
+from core.inference.predict import Prediction, Predictor
 
 # Page files, for st.page_link and st.switch_page; streamlit_app.py routes to
 # them (st.navigation), in the order of PAGES, which also draws the sidebar menu.
@@ -129,7 +139,7 @@ def dataset_stamp(data_dir) -> float:
     image changes its folder's mtime; split lists and metadata tables are
     checked one by one."""
     stamps = [0.0]
-    for root in data.source_dirs(data_dir):
+    for root in datasets.source_dirs(data_dir):
         if root.is_dir():
             entries = [root, *root.iterdir(), *root.glob("splits/*"), *root.glob("meta/*")]
             stamps += [mtime(p) for p in entries]
@@ -138,11 +148,11 @@ def dataset_stamp(data_dir) -> float:
 
 @st.cache_data(show_spinner="Indexing the dataset…")
 def _index(root: str, stamp: float) -> pd.DataFrame:
-    return data.index_dataset(root)
+    return datasets.index_dataset(root)
 
 
 def load_index(root=None) -> pd.DataFrame:
-    """core.data.index_dataset, cached; raises ValueError for a missing or malformed dataset."""
+    """core.data.datasets.index_dataset, cached; raises ValueError for a missing or malformed dataset."""
     root = root or paths.data_dir()
     root = os.pathsep.join(map(str, root)) if isinstance(root, (list, tuple)) else str(root)
     return _index(root, dataset_stamp(root))
@@ -181,7 +191,7 @@ def duplicate_audit(root=None) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner=False)  # decoded scans can be megabytes each
 def read_image(source: str | bytes, name: str, stamp: float = 0.0) -> np.ndarray:
-    """core.images.load_image of a path or of uploaded bytes (stamp: the file's
+    """core.data.images.load_image of a path or of uploaded bytes (stamp: the file's
     mtime, so an edited file is read again). Raises ImageReadError."""
     return images.load_image(source, name=name)
 
@@ -215,8 +225,8 @@ def pick_run(needs_test_results: bool = True) -> dict:
     """Select a completed run (newest first). The choice is kept for the whole
     session, so Evaluate, Misclassified and Predict show the same run. With no
     usable run the page says so, links to Train and stops."""
-    usable = [run for run in runs.list_runs()
-              if (runs.has_results(run) if needs_test_results else runs.has_model(run))]
+    usable = [run for run in catalogue.list_runs()
+              if (catalogue.has_results(run) if needs_test_results else catalogue.has_model(run))]
     if not usable:
         no_runs_yet()
         st.stop()
@@ -230,7 +240,7 @@ def pick_run(needs_test_results: bool = True) -> dict:
 
 def deploy_controls(run: dict, key: str) -> None:
     """"Use this model for predictions" for `run`. A run with problems
-    (core.deploy.problems: subset, not completed, below the quality floor)
+    (core.inference.deploy.problems: subset, not completed, below the quality floor)
     gets the reasons and a confirmation box first; the button waits for it."""
     record = deploy.deployed_record() or {}
     if record.get("run") == run["id"]:
@@ -258,7 +268,7 @@ def deploy_controls(run: dict, key: str) -> None:
 
 def class_names(run: dict) -> tuple[str, str]:
     """(negative, positive) class names of a run."""
-    return runs.class_names(run["config"], run["metrics"])
+    return storage.class_names(run["config"], run["metrics"])
 
 
 def chosen_threshold(run: dict) -> float:
@@ -272,7 +282,7 @@ def _calibration(run_path: str, stamp: float) -> calibration.Calibration:
 
 
 def run_calibration(run: dict) -> calibration.Calibration:
-    """core.calibration.for_run, cached until predictions.csv changes."""
+    """core.inference.calibration.for_run, cached until predictions.csv changes."""
     return _calibration(str(run["path"]), mtime(run["path"] / "predictions.csv"))
 
 
@@ -294,19 +304,19 @@ def threshold_slider(run: dict) -> float:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _predictions(run_path: str, stamp: float) -> pd.DataFrame:
-    return runs.read_predictions(run_path)
+    return storage.read_predictions(run_path)
 
 
 def predictions(run: dict) -> pd.DataFrame:
     """The run's predictions.csv (path, y_true, prob, split), cached, with
-    prob calibrated (core.calibration) and the model's own in raw_prob."""
+    prob calibrated (core.inference.calibration) and the model's own in raw_prob."""
     frame = _predictions(str(run["path"]), mtime(run["path"] / "predictions.csv"))
     return frame.assign(raw_prob=frame["prob"], prob=run_calibration(run).apply(frame["prob"]))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _history(run_path: str, stamp: float) -> pd.DataFrame:
-    return runs.read_history(run_path)
+    return storage.read_history(run_path)
 
 
 def history(run: dict) -> pd.DataFrame:
@@ -326,11 +336,11 @@ def _pixel_counts(files: tuple) -> np.ndarray:
 
 def pixel_counts(run: dict, relpaths) -> np.ndarray:
     """width x height of each image file (NaN where unreadable), from headers, cached."""
-    return _pixel_counts(tuple(str(runs.image_path(run, relpath)) for relpath in relpaths))
+    return _pixel_counts(tuple(str(catalogue.image_path(run, relpath)) for relpath in relpaths))
 
 
 def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
-    """runs.compare_runs as a table: settings and test metrics of every
+    """catalogue.compare_runs as a table: settings and test metrics of every
     completed full-data run; a toggle adds smoke (subset), cancelled and failed runs."""
     shown = [run for run in all_runs if deploy.for_comparison(run)]
     hidden = len(all_runs) - len(shown)
@@ -341,7 +351,7 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
     if not shown:
         st.info("No completed full-data run yet.")
         return
-    table = runs.compare_runs(shown)
+    table = catalogue.compare_runs(shown)
     # Results first, then the settings that produced them.
     results = [c for c in table if c.startswith(("val_", "test_"))]
     table = table[["run", "state", *results, *[c for c in table if c not in results + ["run", "state"]]]]
@@ -356,13 +366,13 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
 def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
-    return cross_validation.cross_validation_table([runs.load_run(path) for path in run_paths])
+    return cross_validation.cross_validation_table([catalogue.load_run(path) for path in run_paths])
 
 
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     """cross_validation.cross_validation_table over the completed fold runs, cached until
     one of their predictions changes or a fold is added."""
-    folds = [run for group in runs.cross_validation_groups(all_runs) for run in group]
+    folds = [run for group in catalogue.cross_validation_groups(all_runs) for run in group]
     return _cross_validation(tuple(str(run["path"]) for run in folds),
                              tuple(mtime(run["path"] / "predictions.csv") for run in folds))
 
@@ -372,7 +382,7 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------
 
 def external_sets(run: dict) -> list[dict]:
-    """core.external.list_external: the run's external results, complete or not."""
+    """core.inference.external.list_external: the run's external results, complete or not."""
     return external.list_external(run["path"])
 
 
@@ -391,8 +401,8 @@ def roc_figure(curves: dict) -> go.Figure:
     """ROC curves of several prediction sets, {name: (y_true, prob)}, on one chart."""
     figure = go.Figure()
     for name, (y_true, prob) in curves.items():
-        points = evaluate.roc_points(y_true, prob)
-        auc = evaluate.binary_metrics(y_true, prob)["roc_auc"]
+        points = classification.roc_points(y_true, prob)
+        auc = classification.binary_metrics(y_true, prob)["roc_auc"]
         figure.add_scatter(x=points["fpr"], y=points["tpr"], mode="lines", name=f"{name} (AUC {fmt(auc)})")
     figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="gray", showlegend=False)
     figure.update_layout(title="ROC curves", height=400, xaxis_title="1 − specificity", yaxis_title="sensitivity",
@@ -417,7 +427,7 @@ def review_predictions(run: dict, key: str) -> pd.DataFrame:
         return rows
     rows = predictions(run)
     rows = rows[rows["split"] == key].copy()
-    rows["file"] = [str(runs.image_path(run, relpath)) for relpath in rows["path"]]
+    rows["file"] = [str(catalogue.image_path(run, relpath)) for relpath in rows["path"]]
     return rows
 
 
@@ -457,7 +467,7 @@ def upload_name(name: str) -> str:
 
 def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
     """Probability and decision for one uploaded file. A file that is not a
-    readable image raises core.images.ImageReadError (a ValueError) whose message
+    readable image raises core.data.images.ImageReadError (a ValueError) whose message
     starts with its name."""
     return _predict(str(run["path"]), model_stamp(run), content, name)
 

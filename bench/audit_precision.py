@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core import audit, data, near_duplicates, paths  # noqa: E402
+from core.data import audit
+from core.data import datasets
+from core.data import near_duplicates
+from core.base import paths  # noqa: E402
 
 EXTERNAL = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -53,7 +56,7 @@ def copy_of(image: Image.Image, how: str) -> tuple[bytes, str]:
 
 def build_set(folder: Path, originals: int, copies: int, seed: int) -> tuple[pd.DataFrame, set]:
     rng = np.random.default_rng(seed)
-    covid_ct = data.index_dataset(paths.data_dir())
+    covid_ct = datasets.index_dataset(paths.data_dir())
     chosen = covid_ct.iloc[rng.choice(len(covid_ct), originals, replace=False)]
     sources = [Path(p) for p in chosen["path"]] + sorted(p for p in EXTERNAL.rglob("*") if p.suffix == ".png")
     rows, truth = [], set()

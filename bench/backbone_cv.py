@@ -24,9 +24,12 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import data, evaluate, external, runs  # noqa: E402
-from core.cli import _run_dir  # noqa: E402
-from core.cross_validation import averaged_folds, check_same_folds, fold_runs, paired_difference  # noqa: E402
+from core.data import datasets
+from core.evaluation import classification
+from core.inference import external
+from core.runs import storage  # noqa: E402
+from core.cli.common import run_dir_for  # noqa: E402
+from core.training.cross_validation import averaged_folds, check_same_folds, fold_runs, paired_difference  # noqa: E402
 
 
 def fold_scores(predictions: dict[int, pd.DataFrame], split: str) -> dict[int, float]:
@@ -37,7 +40,7 @@ def fold_scores(predictions: dict[int, pd.DataFrame], split: str) -> dict[int, f
 
 def external_predictions(by_fold: dict[int, Path], folder: Path) -> dict[int, pd.DataFrame]:
     """Each fold model's predictions on an external folder, evaluated once and kept in its run."""
-    name = data.source_name(folder)
+    name = datasets.source_name(folder)
     for run_dir in by_fold.values():
         if not (external.results_dir(run_dir, name) / "metrics.json").exists():
             external.evaluate_on(run_dir, folder, name=name, report=lambda line: None)
@@ -55,7 +58,7 @@ def spread(values, standard_error: bool = False) -> str:
 
 
 def row(name: str, predictions: dict, baseline: dict | None, outside: dict | None) -> dict:
-    summary = evaluate.cross_validation_summary(list(predictions.values()))
+    summary = classification.cross_validation_summary(list(predictions.values()))
     val = dict(zip(predictions, summary["fold_roc_auc"]))
     found = {
         "recipe": name,
@@ -85,8 +88,8 @@ def main() -> None:
 
     recipes = {}
     for name, *run_ids in args.recipe:
-        by_fold = fold_runs([_run_dir(run_id) for run_id in run_ids])
-        recipes[name] = (by_fold, {fold: runs.read_predictions(d) for fold, d in by_fold.items()})
+        by_fold = fold_runs([run_dir_for(run_id) for run_id in run_ids])
+        recipes[name] = (by_fold, {fold: storage.read_predictions(d) for fold, d in by_fold.items()})
     outside = ({name: external_predictions(by_fold, args.external) for name, (by_fold, _) in recipes.items()}
                if args.external else {})
 

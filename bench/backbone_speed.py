@@ -4,7 +4,7 @@
 
 Prints: the CT weights' conversion as a fresh machine does it (into a
 temporary folder: time and file size), then per backbone its parameters and
-the forward time of the whole classifier (core.model.predict_proba, no
+the forward time of the whole classifier (core.models.resnet.predict_proba, no
 test-time augmentation) per image, batched and for one image alone, median
 of --repeats after a warm-up. The load average is printed with each figure:
 the cores may be shared.
@@ -19,9 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import ct_weights, data, paths  # noqa: E402
-from core.model import build_model, predict_proba  # noqa: E402
-from core.images import load_images  # noqa: E402
+from core.models import ct_backbone
+from core.data import datasets
+from core.base import paths  # noqa: E402
+from core.models.resnet import build_model, predict_proba  # noqa: E402
+from core.data.images import load_images  # noqa: E402
 
 
 def load() -> str:
@@ -47,13 +49,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as cache:
-        path = Path(cache) / ct_weights.CACHE_FILE
+        path = Path(cache) / ct_backbone.CACHE_FILE
         started = time.perf_counter()
-        ct_weights.convert(path, report=lambda line: None)
+        ct_backbone.convert(path, report=lambda line: None)
         print(f"CT weights conversion: {time.perf_counter() - started:.1f} s, {path.stat().st_size / 2**20:.0f} MiB "
               f"(load average {load()})", flush=True)
 
-    index = data.index_dataset(paths.data_dir())
+    index = datasets.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
     batch = load_images(files, args.size).astype("float32")
     for backbone in args.backbones:

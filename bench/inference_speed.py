@@ -2,7 +2,7 @@
 
     python bench/inference_speed.py [--run RUN_ID] [--images 64]
 
-Prints: batch inference (core.model.predict_proba) vs a per-image
+Prints: batch inference (core.models.resnet.predict_proba) vs a per-image
 `model.predict` loop, images/s and their ratio; and, with a warm model, the
 time from a decoded upload to its probability + Grad-CAM overlay (what the
 Predict page does), median of 10.
@@ -16,10 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import data, paths, runs  # noqa: E402
-from core.model import predict_proba, tta_view_count  # noqa: E402
-from core.predict import Predictor, latest_completed_run  # noqa: E402
-from core.images import load_image, load_images  # noqa: E402
+from core.data import datasets
+from core.base import paths
+from core.runs import storage  # noqa: E402
+from core.models.resnet import predict_proba, tta_view_count  # noqa: E402
+from core.inference.predict import Predictor, latest_completed_run  # noqa: E402
+from core.data.images import load_image, load_images  # noqa: E402
 
 
 def main() -> None:
@@ -28,9 +30,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     args = parser.parse_args()
 
-    run_dir = runs.run_path(args.run) if args.run else latest_completed_run()
+    run_dir = storage.run_path(args.run) if args.run else latest_completed_run()
     predictor = Predictor.from_run(run_dir)
-    index = data.index_dataset(paths.data_dir())
+    index = datasets.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
     batch = load_images(files, predictor.input_size).astype("float32")
     print(f"run {run_dir.name}: input {predictor.input_size} px, {len(batch)} test images")

@@ -20,9 +20,10 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import data, paths  # noqa: E402
-from core.model import build_model  # noqa: E402
-from core.images import load_images  # noqa: E402
+from core.data import datasets
+from core.base import paths  # noqa: E402
+from core.models.resnet import build_model  # noqa: E402
+from core.data.images import load_images  # noqa: E402
 
 
 def main() -> None:
@@ -31,11 +32,11 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    index = data.index_dataset(paths.data_dir())
+    index = datasets.index_dataset(paths.data_dir())
     features, labels = {}, {}
     model = build_model(input_size=args.input_size, weights=paths.weights_path(), train_from="head")
     extractor = keras.Model(model.input, model.get_layer("head_pool").output)
-    for split in data.SPLITS:
+    for split in datasets.SPLITS:
         rows = index[index.split == split]
         images = load_images(rows.path.tolist(), args.input_size)
         features[split] = np.concatenate([np.asarray(extractor(images[i:i + 32])) for i in range(0, len(images), 32)])

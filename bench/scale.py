@@ -7,7 +7,7 @@ class/patient folders of 20 slices: augmented copies of COVID-CT's images,
 each patient drawing from one class) under --work, then measures, each step
 in its own process so its peak resident memory is its own:
 
-1. index: `data.index_dataset` (every file's header checked), and the
+1. index: `datasets.index_dataset` (every file's header checked), and the
    duplicate audit (`audit.audit_duplicates`): time and peak memory;
 2. training, the default recipe (`TrainConfig()` on that folder): decoding
    into the image cache, the frozen-stage cache if it fits its budget (else
@@ -63,7 +63,7 @@ def synthetic_slice(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_patients(job) -> int:
-    from core.images import load_image
+    from core.data.images import load_image
 
     folder, sources, first_patient, patients, seed = job
     rng = np.random.default_rng(seed)
@@ -87,9 +87,10 @@ def build_dataset(folder: Path, n: int) -> None:
     done = folder / "complete"
     if done.exists():
         return
-    from core import data, paths
+    from core.data import datasets
+    from core.base import paths
 
-    sources = [str(p) for p in data.index_dataset(paths.data_dir()).path]
+    sources = [str(p) for p in datasets.index_dataset(paths.data_dir()).path]
     patients = n // SLICES_PER_PATIENT
     per_job = 50
     jobs = [(str(folder), sources, first, min(per_job, patients - first), first)
@@ -101,10 +102,11 @@ def build_dataset(folder: Path, n: int) -> None:
 
 
 def step_index_audit(folder: str) -> dict:
-    from core import audit, data
+    from core.data import audit
+    from core.data import datasets
 
     started = time.perf_counter()
-    index = data.index_dataset(folder)
+    index = datasets.index_dataset(folder)
     index_seconds = time.perf_counter() - started
     started = time.perf_counter()
     pairs = audit.audit_duplicates(index)
@@ -120,10 +122,11 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     cache read into memory before the steps."""
     import keras
 
-    from core.config import TrainConfig
-    from core.frozen_cache import remove_cache
-    from core.model import build_model, set_trainable
-    from core.train import augmentation, compile_model, decode_splits, run_index, training_data
+    from core.runs.train_config import TrainConfig
+    from core.training.frozen_cache import remove_cache
+    from core.models.resnet import build_model, set_trainable
+    from core.training.fit import augmentation, compile_model, decode_splits, training_data
+    from core.runs.dataset import run_index
 
     config = TrainConfig(data_dir=folder)
     lines = []
@@ -133,7 +136,7 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     images, labels = decode_splits(index, config, ("train", "val"))
     decode_seconds = time.perf_counter() - started
     if storage == "memory":
-        from core.images import load_images
+        from core.data.images import load_images
 
         started = time.perf_counter()
         in_memory = [load_images(images[split].sources, config.input_size, lung_crop=config.lung_crop)

@@ -19,12 +19,15 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import calibration, external, images, scan_level  # noqa: E402
+from core.inference import calibration
+from core.inference import external
+from core.data import images
+from core.inference import scan_decision  # noqa: E402
 
 
 def external_frame(run_dir: Path, data_dir: str) -> pd.DataFrame:
     """Calibrated slice probabilities of a labelled folder, with its patients."""
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     predictor = Predictor.from_run(run_dir)
     index = external.index_external(data_dir, predictor.negative_class, predictor.positive_class)
@@ -45,13 +48,13 @@ def main() -> None:
         for name in ("config.json", "metrics.json", "predictions.csv", calibration.FILE):
             if (Path(args.run) / name).exists():
                 shutil.copy2(Path(args.run) / name, copy / name)
-        frame = scan_level.patient_frame(copy)
-        settings = scan_level.choose_settings(frame)
+        frame = scan_decision.patient_frame(copy)
+        settings = scan_decision.choose_settings(frame)
     table = pd.DataFrame(settings["comparison"])
     if args.external:
         outside = external_frame(Path(args.run), args.external)
-        table = pd.concat([table, scan_level.compare_aggregations(outside, splits=("external",))])
-        patients = scan_level.per_patient(outside, settings["aggregation"])
+        table = pd.concat([table, scan_decision.compare_aggregations(outside, splits=("external",))])
+        patients = scan_decision.per_patient(outside, settings["aggregation"])
         right = int(((patients["prob"] >= settings["threshold"]) == patients["y_true"].astype(bool)).sum())
         print(f"external patients decided right at the scan threshold: {right} of {len(patients)} "
               f"({', '.join(f'{p.patient_id} {p.prob:.2f}' for p in patients.itertuples())})")

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from dicom_factory import ct_dataset, dicom_bytes  # noqa: E402
 
-from core import images, paths  # noqa: E402
+from core.data import images
+from core.base import paths  # noqa: E402
 
 SIDE = 512
 
@@ -54,7 +55,7 @@ def series(count: int, seed: int) -> list[tuple[str, bytes]]:
 
 
 def deployed_copy(run_dir: Path, artifacts: Path) -> Path:
-    from core import deploy
+    from core.inference import deploy
 
     copy = artifacts / "runs" / run_dir.name
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "*.log", "external"))
@@ -66,17 +67,18 @@ def deployed_copy(run_dir: Path, artifacts: Path) -> Path:
 
 
 def time_core(run_dir: Path, files) -> None:
-    from core import scan, scan_level
-    from core.predict import Predictor
+    from core.data import scans
+    from core.inference import scan_decision
+    from core.inference.predict import Predictor
 
-    predictor, settings = Predictor.from_run(run_dir), scan_level.settings_for_run(run_dir)
+    predictor, settings = Predictor.from_run(run_dir), scan_decision.settings_for_run(run_dir)
     predictor.predict_images([np.zeros((SIDE, SIDE, 3), np.uint8)], ["warm-up"])
     started = time.perf_counter()
-    read = scan.read_files(files, "series")
+    read = scans.read_files(files, "series")
     read_s = time.perf_counter() - started
-    fractions = [scan_level.lung_fraction(read.rgb(i)) for i in range(len(read.slices))]
+    fractions = [scan_decision.lung_fraction(read.rgb(i)) for i in range(len(read.slices))]
     lung_s = time.perf_counter() - started - read_s
-    result = scan_level.score_scan(predictor, read, settings)
+    result = scan_decision.score_scan(predictor, read, settings)
     total = time.perf_counter() - started
     print(f"core: read {read_s:.2f} s, lung masks {lung_s:.2f} s, read + score {total - lung_s:.2f} s "
           f"({len(read.slices)} slices, {len(result.scored)} scored, {sum(f > 0 for f in fractions)} with lung); "

@@ -7,7 +7,7 @@ scan's log pixel count and file format (JPEG or not), fitted on the training
 split, scored by ROC-AUC on validation and test. On COVID-CT these properties
 separate the training classes but say little or the opposite elsewhere, so a
 model that learns them generalises worse.
-Then, per run, core.evaluate.resolution_bias: within each true class, the
+Then, per run, core.evaluation.classification.resolution_bias: within each true class, the
 Spearman correlation of the predicted probability with the pixel count
 (negative: low-resolution scans look more like COVID).
 """
@@ -22,7 +22,10 @@ from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from core import data, evaluate, paths, runs  # noqa: E402
+from core.data import datasets
+from core.evaluation import classification
+from core.base import paths
+from core.runs import storage  # noqa: E402
 
 
 def file_properties(index: pd.DataFrame) -> pd.DataFrame:
@@ -37,7 +40,7 @@ def file_properties(index: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     run_dirs = [Path(arg) if Path(arg).is_dir() else paths.runs_dir() / arg for arg in sys.argv[1:]]
-    index = data.index_dataset(paths.data_dir())
+    index = datasets.index_dataset(paths.data_dir())
     properties = file_properties(index)
 
     print("file properties alone (logistic regression fitted on train): ROC-AUC")
@@ -46,17 +49,17 @@ def main() -> None:
         model = LogisticRegression().fit(properties.loc[train, columns], index.y[train])
         scores = {split: roc_auc_score(index.y[index.split == split],
                                        model.predict_proba(properties.loc[index.split == split, columns])[:, 1])
-                  for split in data.SPLITS}
+                  for split in datasets.SPLITS}
         print(f"  {' + '.join(columns):<18} " + ", ".join(f"{s} {a:.3f}" for s, a in scores.items()))
-    for split in data.SPLITS:
+    for split in datasets.SPLITS:
         rows = index.split == split
         median = properties[rows].groupby(index.label[rows]).log_pixels.median()
         print(f"  median pixels, {split}: " + ", ".join(f"{c} {np.exp(v):,.0f}" for c, v in median.items()))
 
     pixels = dict(zip(index.relpath, np.exp(properties.log_pixels)))
     for run_dir in run_dirs:
-        predictions = runs.read_predictions(run_dir)
-        bias = evaluate.resolution_bias(predictions, predictions.path.map(pixels))
+        predictions = storage.read_predictions(run_dir)
+        bias = classification.resolution_bias(predictions, predictions.path.map(pixels))
         print(f"\n{run_dir.name}: Spearman rho(probability, pixel count) within each class")
         print(bias.to_string(index=False, float_format="%+.2f"))
 

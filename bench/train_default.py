@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import evaluate  # noqa: E402
-from core.cli import build_parser  # noqa: E402
-from core.cli_training import config_from_args  # noqa: E402
-from core.train import train  # noqa: E402
+from core.evaluation import classification  # noqa: E402
+from core.cli.main import build_parser  # noqa: E402
+from core.cli.training import config_from_args  # noqa: E402
+from core.training.fit import train  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +35,13 @@ def main() -> None:
     shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_dir", "weights")}
     print(f"config: {json.dumps(shown)}")
     print(f"threshold {metrics['threshold']['value']:.3f} chosen on {metrics['threshold']['chosen_on']}")
-    print(evaluate.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
+    print(classification.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
     print(f"wall-clock {seconds / 60:.1f} min, peak memory {peak_gb:.2f} GB")
     test = metrics["test"]["at_threshold"]
     # One machine-readable line for bench/compare.py.
     print("RESULT " + json.dumps({"run": run_dir.name, "minutes": round(seconds / 60, 2), "peak_gb": round(peak_gb, 2),
                                   "val_roc_auc": metrics["val"]["at_threshold"]["roc_auc"],
-                                  "ci": test["ci"], **{k: test[k] for k in evaluate.METRICS}}))
+                                  "ci": test["ci"], **{k: test[k] for k in classification.METRICS}}))
 
 
 if __name__ == "__main__":

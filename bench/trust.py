@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core import calibration, deploy, paths, runs  # noqa: E402
-from core.predict import Predictor  # noqa: E402
-from core.images import IMAGE_EXTENSIONS, load_image  # noqa: E402
+from core.inference import calibration
+from core.inference import deploy
+from core.base import paths
+from core.base import files
+from core.runs import storage  # noqa: E402
+from core.inference.predict import Predictor  # noqa: E402
+from core.data.images import IMAGE_EXTENSIONS, load_image  # noqa: E402
 
 EXTERNAL = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -73,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="run id (default: the deployed model)")
     args = parser.parse_args()
-    run_dir = runs.run_path(args.run) if args.run else deploy.deployed_run_dir()
+    run_dir = storage.run_path(args.run) if args.run else deploy.deployed_run_dir()
     predictor = Predictor.from_run(run_dir)
     if predictor.guard is None:
         sys.exit(f"run {run_dir.name} has no out-of-distribution reference: deploy it first")
@@ -87,7 +91,7 @@ def main() -> None:
           f"{low:.3f}-{high:.3f} (raw {fitted.borderline_raw[0]:.3f}-{fitted.borderline_raw[1]:.3f})")
     print(f"test ECE ({fitted.test_ece['n']} scans, 10 bins): before {fitted.test_ece['before']:.3f}, "
           f"after {fitted.test_ece['after']:.3f}")
-    predictions = runs.read_predictions(run_dir)
+    predictions = storage.read_predictions(run_dir)
     raw = predictions.prob.to_numpy()
     same = np.array_equal(raw >= fitted.raw_threshold, fitted.apply(raw) >= fitted.threshold)
     print(f"decisions identical on all {len(raw)} val + test predictions: {same}")
@@ -98,10 +102,10 @@ def main() -> None:
           f"{np.mean((shown[borderline] >= fitted.threshold) == test.y_true[borderline]):.2f}, outside "
           f"{np.mean((shown[~borderline] >= fitted.threshold) == test.y_true[~borderline]):.2f}")
 
-    summary = runs.read_json(run_dir / "ood.json")
+    summary = files.read_json(run_dir / "ood.json")
     print(f"\nguard: k={summary['k']} nearest training scans, threshold {summary['threshold']:.4f} "
           f"({summary['percentile']:g}th percentile of {summary['n_val']} validation distances)")
-    root = Path(runs.read_json(run_dir / "config.json")["data_dir"])
+    root = Path(files.read_json(run_dir / "config.json")["data_dir"])
     test_files = [root / p for p in test.path]
     report_set("COVID-CT test", refusals(predictor, [load_image(p) for p in test_files],
                                          [str(p) for p in test_files]))

@@ -2,7 +2,8 @@
 import streamlit as st
 
 import ui
-from core import paths, runs
+from core.base import paths
+from core.runs import catalogue
 
 ui.page_setup("COVID-19 CT Explorer")
 st.warning(ui.DISCLAIMER, icon=":material/warning:")
@@ -31,7 +32,7 @@ else:
                "use them for research only.")
 
 st.subheader("Trained runs")
-all_runs = runs.list_runs()
+all_runs = catalogue.list_runs()
 if all_runs:
     st.caption("Newest first; test metrics at each run's validation-chosen threshold.")
     ui.runs_table(all_runs)

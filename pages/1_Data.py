@@ -5,7 +5,9 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import audit, data, paths
+from core.data import audit
+from core.data import datasets
+from core.base import paths
 
 GALLERY_PAGE = 12
 AUDIT_PAGE = 4
@@ -14,14 +16,14 @@ ui.page_setup("Data")
 index = ui.index_or_stop()
 st.caption(f"{len(index)} images in {paths.data_dir()} · {index.attrs.get('split_source', '')}")
 problems = index.attrs.get("problems") or []
-if problems:  # files core.data.index_dataset refused: unreadable, or listed but missing
+if problems:  # files core.data.datasets.index_dataset refused: unreadable, or listed but missing
     with st.expander(f"{len(problems)} files left out of the dataset", icon=":material/warning:"):
         st.markdown("\n".join(f"- {problem}" for problem in problems))
 
 # --- Counts: images and patients per split and class ------------------------
-counts = data.split_counts(index)
+counts = datasets.split_counts(index)
 patients = (index.groupby(["split", "label"])["patient_id"].nunique()
-            .unstack().reindex([s for s in data.SPLITS if s in counts.index]))
+            .unstack().reindex([s for s in datasets.SPLITS if s in counts.index]))
 left, right = st.columns(2)
 with left:
     st.subheader("Images per split")
@@ -41,7 +43,7 @@ with right:
 
 if index["source"].nunique() > 1:
     st.subheader("Images per source")
-    st.dataframe(data.source_counts(index))
+    st.dataframe(datasets.source_counts(index))
     st.caption("Each source is a dataset folder (a hospital, a collection). Splits are stratified by source "
                "and class and keep each patient whole; sources with their own split lists keep them.")
 
@@ -62,7 +64,7 @@ left, right = st.columns(2)
 labels = sorted(index["label"].unique())
 label = left.segmented_control("Class", labels, default=labels[0], required=True,
                                key="gallery_label", persist_state="session")
-split = right.segmented_control("Split", list(data.SPLITS), default="train", required=True,
+split = right.segmented_control("Split", list(datasets.SPLITS), default="train", required=True,
                                 key="gallery_split", persist_state="session")
 shown = index[(index["label"] == label) & (index["split"] == split)].reset_index(drop=True)
 n_pages = max(1, -(-len(shown) // GALLERY_PAGE))

@@ -1,8 +1,8 @@
-"""Train: every hyperparameter of core.config.TrainConfig, a preview of the
+"""Train: every hyperparameter of core.runs.train_config.TrainConfig, a preview of the
 augmentation, and a run started in the background and followed live. The
 hyperparameter search has its own page (Search), which starts from this form.
 
-The training runs in its own process (core.jobs.launch_training), so it goes
+The training runs in its own process (core.jobs.background.launch_training), so it goes
 on when this tab is closed or reloaded; this page only reads the run folder.
 """
 import dataclasses
@@ -13,9 +13,12 @@ import numpy as np
 import streamlit as st
 
 import ui
-from core import jobs, presets, train
-from core.config import TrainConfig, load_default_config, promoted_from, reset_default
-from core.images import model_input
+from core.runs import lock
+from core.jobs import background
+from core.training import presets
+from core.training import fit
+from core.runs.train_config import TrainConfig, load_default_config, promoted_from, reset_default
+from core.data.images import model_input
 
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [
@@ -32,7 +35,7 @@ LAYOUT = [
 
 def setting_widget(field: dataclasses.Field, default):
     """One widget per field, chosen by its type, labelled and explained by
-    its metadata (core.config); keys 'cfg_<name>' persist for the session so
+    its metadata (core.runs.train_config); keys 'cfg_<name>' persist for the session so
     the form survives a visit to another page."""
     meta = field.metadata
     label, key = meta["label"], f"cfg_{field.name}"
@@ -51,7 +54,7 @@ def setting_widget(field: dataclasses.Field, default):
 
 
 ui.page_setup("Train")
-st.caption("Every setting of a run (core.config.TrainConfig); the defaults are the project's recipe. "
+st.caption("Every setting of a run (core.runs.train_config.TrainConfig); the defaults are the project's recipe. "
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 
@@ -98,7 +101,7 @@ config = TrainConfig(**values)
 
 problems = config.problems()
 try:  # problems() does not check the augmentation strengths; Keras does, building the layers
-    train.augmentation(config)
+    fit.augmentation(config)
 except ValueError as error:
     problems.append(f"augmentation: {error}")
 if problems:
@@ -118,7 +121,7 @@ else:
 # --- Augmentation preview -------------------------------------------------------
 @st.fragment
 def augmentation_preview(config: TrainConfig):
-    """A few training images through core.pipeline.augmentation_layers with the
+    """A few training images through core.training.pipeline.augmentation_layers with the
     settings above; its own fragment so a new draw does not rerun the form."""
     try:
         index = ui.load_index(config.training_sources())
@@ -133,7 +136,7 @@ def augmentation_preview(config: TrainConfig):
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:
-        augment = train.augmentation(config, seed=draw)
+        augment = fit.augmentation(config, seed=draw)
         augmented = keras.ops.convert_to_numpy(augment(images.astype("float32"), training=True))
     except ValueError as error:  # Keras refuses e.g. a contrast factor above 1
         st.info(f"No preview with these augmentation settings: {error}")
@@ -153,22 +156,22 @@ with st.expander("Augmentation preview: four training images, original and augme
 left, right = st.columns([3, 1], vertical_alignment="bottom")
 name = left.text_input("Run name (optional)", key="run_name", persist_state="session",
                        help="Added to the run id after the date; letters, digits, '.', '_', '-'.")
-training_now, training_alive = jobs.current_training()
+training_now, training_alive = lock.current_training()
 if training_alive:
     left.caption(f"Run {training_now['id']} is training: Start comes back when it ends or is cancelled.")
 if right.button("Start training", type="primary", disabled=bool(problems) or training_alive):
-    # The training process inherits this: its train.log then gets each line
+    # The training process inherits this: its fit.log then gets each line
     # when it is printed, not in blocks, so the log below is live.
     os.environ["PYTHONUNBUFFERED"] = "1"
     try:
         # launch_training checks the training lock, which a run started a
         # moment ago takes only once its process is up: check its status too.
-        busy, alive = jobs.current_training()
+        busy, alive = lock.current_training()
         if alive:
-            raise jobs.TrainingBusy(f"training run {busy['id']} is already running; "
+            raise lock.TrainingBusy(f"training run {busy['id']} is already running; "
                                     "wait for it to finish or cancel it")
-        run_dir = jobs.launch_training(config, name=name.strip() or None)
-    except (jobs.TrainingBusy, ValueError, OSError) as error:
+        run_dir = background.launch_training(config, name=name.strip() or None)
+    except (lock.TrainingBusy, ValueError, OSError) as error:
         st.error(f"Not started: {error}")
     else:
         st.success(f"Started run {run_dir.name} in the background. It keeps going if you "
@@ -176,14 +179,14 @@ if right.button("Start training", type="primary", disabled=bool(problems) or tra
 
 
 # --- Live progress ----------------------------------------------------------------
-_, alive_at_start = jobs.current_training()
+_, alive_at_start = lock.current_training()
 
 
 # Refresh on its own every 2 s while a run is alive; a full rerun once it ends
 # turns the refreshing off again.
 @st.fragment(run_every=2 if alive_at_start else None)
 def progress():
-    run, alive = jobs.current_training()
+    run, alive = lock.current_training()
     if alive_at_start and not alive:
         st.rerun()
     st.subheader("Progress")
@@ -204,7 +207,7 @@ def progress():
             st.progress(min(batch / steps, 1.0),
                         text=f"epoch {status.get('epoch')}/{status.get('epochs')} · batch {batch}/{steps}")
         if st.button("Cancel this run", disabled=(run["path"] / "cancel").exists()):
-            jobs.request_cancel(run["path"])
+            background.request_cancel(run["path"])
             st.info("Cancel requested: the run stops after its current batch.")
     elif state == "completed":
         st.success(f"Completed in {status.get('train_seconds', '?')} s.")
@@ -220,9 +223,9 @@ def progress():
     frame = ui.history(run)
     if len(frame):
         st.plotly_chart(ui.history_figure(frame))
-    log = run["path"] / "train.log"
+    log = run["path"] / "fit.log"
     if log.exists():
-        st.caption("End of train.log")
+        st.caption("End of fit.log")
         st.code("\n".join(log.read_text(errors="replace").splitlines()[-15:]) or "(empty)",
                 language=None)
 

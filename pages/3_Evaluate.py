@@ -7,7 +7,13 @@ import streamlit as st
 
 import scan_ui
 import ui
-from core import calibration, deploy, evaluate, external, jobs, runs, scan_level
+from core.inference import calibration
+from core.inference import deploy
+from core.evaluation import classification
+from core.inference import external
+from core.jobs import background
+from core.runs import catalogue
+from core.inference import scan_decision
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -16,7 +22,7 @@ negative, positive = ui.class_names(run)
 chosen = ui.chosen_threshold(run)
 test = ui.predictions(run).query("split == 'test'")
 y, prob = test["y_true"], test["prob"]
-method = metrics["threshold"].get("method", evaluate.THRESHOLD_RULE)
+method = metrics["threshold"].get("method", classification.THRESHOLD_RULE)
 st.caption(f"Test split: {len(test)} images ({int(y.sum())} {positive}). Threshold "
            f"{chosen:.3f} (on the calibrated probability scale) chosen on the validation split ({method}); "
            "the test split never influenced it, so the test metrics are an unbiased estimate.")
@@ -28,13 +34,13 @@ if len(test) < deploy.MIN_TEST_IMAGES:
 NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
          "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC",
          "pr_auc": "PR-AUC (average precision)"}
-table = evaluate.metrics_table(metrics).rename(index=NAMES)
+table = classification.metrics_table(metrics).rename(index=NAMES)
 table.insert(1, "95% CI", [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
                            zip(table["ci_low"], table["ci_high"])])
 scan_settings = scan_ui.settings(run)
 per_patient = scan_settings.get("test_patients")
 if per_patient:  # patients known from the dataset's metadata: the same metrics per patient
-    patients = evaluate.metrics_table({"test": {"at_threshold": per_patient}}).rename(index=NAMES)
+    patients = classification.metrics_table({"test": {"at_threshold": per_patient}}).rename(index=NAMES)
     table["per patient"] = patients["value"]
     table["per patient 95% CI"] = [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
                                    zip(patients["ci_low"], patients["ci_high"])]
@@ -46,7 +52,7 @@ with left:
                                        "per patient": st.column_config.NumberColumn(format="%.3f")})
     st.caption("Per slice: at the validation-chosen threshold; CIs: percentile bootstrap over the test images."
                + (f" Per patient: the {per_patient['n']} test patients, each scored by the "
-                  f"{scan_level.AGGREGATIONS[scan_settings['aggregation']]}, decided at the scan threshold "
+                  f"{scan_decision.AGGREGATIONS[scan_settings['aggregation']]}, decided at the scan threshold "
                   f"{scan_settings['threshold']:.3f} chosen on the {scan_settings['val_patients']} validation "
                   "patients (as Predict decides a whole scan); CIs resample patients." if per_patient else ""))
 
@@ -54,7 +60,7 @@ with left:
 with right:
     st.subheader("Operating point")
     threshold = ui.threshold_slider(run)
-    at = evaluate.binary_metrics(y, prob, threshold)
+    at = classification.binary_metrics(y, prob, threshold)
     at_chosen = metrics["test"]["at_threshold"]
     columns = st.columns(5)
     for column, (key, label) in zip(columns, (("recall", "Sensitivity"), ("specificity", "Specificity"),
@@ -71,7 +77,7 @@ INSIDE_BOTTOM_RIGHT = dict(x=0.98, y=0.02, xanchor="right", yanchor="bottom",
                            bgcolor="rgba(0,0,0,0.3)")
 roc_column, pr_column, matrix_column = st.columns(3)
 with roc_column:
-    roc = evaluate.roc_points(y, prob)
+    roc = classification.roc_points(y, prob)
     figure = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", showlegend=False,
                                   customdata=roc["threshold"],
                                   hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<br>threshold %{customdata:.3f}"))
@@ -87,7 +93,7 @@ with roc_column:
                          legend=INSIDE_BOTTOM_RIGHT)
     st.plotly_chart(figure)
 with pr_column:
-    pr = evaluate.pr_points(y, prob)
+    pr = classification.pr_points(y, prob)
     figure = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", showlegend=False,
                                   line_shape="hv"))
     figure.add_hline(y=y.mean(), line_dash="dot", line_color="gray",
@@ -98,7 +104,7 @@ with pr_column:
                          xaxis_title="recall", yaxis_title="precision", showlegend=False)
     st.plotly_chart(figure)
 with matrix_column:
-    matrix = evaluate.confusion_frame(y, prob, threshold, labels=(negative, positive))
+    matrix = classification.confusion_frame(y, prob, threshold, labels=(negative, positive))
     figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
     figure.update_layout(title=f"Confusion matrix at {threshold:.3f}", height=400,
                          coloraxis_showscale=False)
@@ -148,7 +154,7 @@ ui.deploy_controls(run, key="evaluate")
 # --- Does the model lean on scan resolution? -----------------------------------------
 st.subheader("Shortcut check: scan resolution")
 pixels = ui.pixel_counts(run, test["path"])
-bias = evaluate.resolution_bias(test, pixels).set_index("y_true")
+bias = classification.resolution_bias(test, pixels).set_index("y_true")
 names = {0: negative, 1: positive}
 figure = px.scatter(x=pixels, y=prob, color=y.map(names), log_x=True, opacity=0.7,
                     labels={"x": "pixels in the scan file (width × height)", "y": f"P({positive})",
@@ -190,7 +196,7 @@ if complete:
         st.plotly_chart(ui.roc_figure({"internal test": (y, prob),
                                        f"{name} (slices)": (rows["y_true"], rows["prob"])}))
     with matrix_column:
-        matrix = evaluate.confusion_frame(rows["y_true"], rows["prob"], chosen_set["threshold"],
+        matrix = classification.confusion_frame(rows["y_true"], rows["prob"], chosen_set["threshold"],
                                           labels=(negative, positive))
         figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
         figure.update_layout(title=f"{name}: slices at {chosen_set['threshold']:.3f}", height=400,
@@ -236,7 +242,7 @@ with st.expander("Evaluate this run on another dataset", icon=":material/travel_
                                        f"classes ({negative}, {positive}).")
         if st.form_submit_button("Start", icon=":material/play_arrow:"):
             try:
-                started = jobs.launch_external(run["path"], folder.strip(), set_name.strip() or None, class_map)
+                started = background.launch_external(run["path"], folder.strip(), set_name.strip() or None, class_map)
             except ValueError as error:
                 st.error(str(error))
             else:
@@ -252,7 +258,7 @@ else:
     st.info("This run has no history.csv.")
 
 st.subheader("All runs")
-all_runs = runs.list_runs()
+all_runs = catalogue.list_runs()
 ui.runs_table(all_runs)
 
 st.subheader("Cross-validated recipes")

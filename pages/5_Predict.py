@@ -1,8 +1,8 @@
 """Predict: upload CT slices (PNG, JPEG or DICOM) and get, from the deployed
-model (core.deploy), the calibrated probability of COVID-19, the decision at
+model (core.inference.deploy), the calibrated probability of COVID-19, the decision at
 its threshold (borderline when too close to call), and Grad-CAM and
 Grad-CAM++ maps of the evidence for that decision to download. A scan unlike
-the training scans (core.ood) gets no prediction unless the user asks. A file
+the training scans (core.inference.ood) gets no prediction unless the user asks. A file
 that cannot be read gets an error naming it; the other uploads are still
 processed. A whole scan (several DICOM files of a series, a zip, a NIfTI
 volume, or slices ticked as one scan) gets one decision (scan_ui)."""
@@ -13,9 +13,12 @@ import streamlit as st
 
 import scan_ui
 import ui
-from core import deploy, external, runs, scan
-from core.calibration import percent
-from core.ood import REFUSAL
+from core.inference import deploy
+from core.inference import external
+from core.runs import catalogue
+from core.data import scans
+from core.inference.calibration import percent
+from core.inference.ood import REFUSAL
 
 ui.page_setup("Predict")
 st.warning(ui.DISCLAIMER, icon=":material/warning:")
@@ -24,7 +27,7 @@ if run is None:
     st.info("No model is deployed yet: one run must be chosen on purpose to answer here "
             "(Evaluate: *Use this model for predictions*, or `python -m core deploy RUN`).",
             icon=":material/info:")
-    best = deploy.best_run(runs.list_runs())
+    best = deploy.best_run(catalogue.list_runs())
     if best is None:
         st.markdown("No completed run is fit to deploy (completed on the full data, above the quality floor: "
                     f"{deploy.FLOOR}). Train one, or review runs on Evaluate.")
@@ -77,7 +80,7 @@ if not uploads:
     st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
     st.stop()
 
-scans, singles = scan.group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+scans, singles = scans.group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
 for scan_name, files in scans:
     scan_ui.show_scan(run, scan_name, files, opacity)
 

@@ -1,6 +1,6 @@
-"""Search: a hyperparameter search (core.tune, Optuna) over the Train form's
+"""Search: a hyperparameter search (core.training.tune, Optuna) over the Train form's
 settings, its trials as they finish, and its best trial promoted to the
-defaults. The worker runs in its own process (core.jobs.launch_search), so it
+defaults. The worker runs in its own process (core.jobs.background.launch_search), so it
 goes on when this tab is closed; this page reads its study."""
 import dataclasses
 
@@ -8,8 +8,11 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from core import jobs, search_space, tune
-from core.config import TRAIN_FROM, TrainConfig, load_default_config
+from core.runs import lock
+from core.jobs import background
+from core.training import search_space
+from core.training import tune
+from core.runs.train_config import TRAIN_FROM, TrainConfig, load_default_config
 
 ui.page_setup("Hyperparameter search")
 st.caption("Optuna (TPE sampler, median pruning) scores each trial on the **validation** ROC-AUC only. "
@@ -73,22 +76,22 @@ else:
                                 persist_state="session"):
             space.update({n: search_space.SPACE[n] for n in names})
 
-worker = jobs.search_worker(study_name) if study_name else None
+worker = background.search_worker(study_name) if study_name else None
 left, right = st.columns([1, 3], vertical_alignment="center")
 # The form matters to a new study only; an existing one keeps its own settings.
 if left.button("Start search", type="primary",
                disabled=not study_name or worker is not None or bool(problems and not exists)):
     try:
-        busy, alive = jobs.current_training()
+        busy, alive = lock.current_training()
         if alive:
-            raise jobs.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
+            raise lock.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
         base = {k: v for k, v in dataclasses.asdict(config).items() if k not in search_space.searched_fields(space)}
-        pid = jobs.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
-    except (jobs.TrainingBusy, ValueError, OSError) as error:
+        pid = background.launch_search(study_name, n_trials, **({} if exists else {"base": base, "space": space}))
+    except (lock.TrainingBusy, ValueError, OSError) as error:
         right.error(f"Not started: {error}")
     else:
         right.success(f"Search {study_name} started in the background (process {pid}).")
-        worker = jobs.search_worker(study_name)
+        worker = background.search_worker(study_name)
 
 
 def styled_trials(table, best):
@@ -108,14 +111,14 @@ def search_results(name: str, worker_at_start: bool):
     except ValueError:
         st.info("No study by this name yet: choose the space and start one.")
         return
-    table, best, worker = tune.trials_table(study), tune.best_trial(study), jobs.search_worker(name)
+    table, best, worker = tune.trials_table(study), tune.best_trial(study), background.search_worker(name)
     if worker_at_start and not worker:
         st.rerun()  # the search ended: redraw the page once, without refreshing
     finished = int(table["state"].isin(["complete", "pruned"]).sum()) if len(table) else 0
     state = f"running in process {worker['pid']}" if worker else "no search running"
     st.markdown(f"**{name}**: {finished} finished trial(s) of {len(table)}, {state}.")
     if worker and st.button("Stop search"):
-        jobs.stop_search(name)
+        background.stop_search(name)
         st.info("Stop requested: the trial in progress is cancelled and recorded as failed.")
     scored = table.dropna(subset=["val_roc_auc"])
     if len(scored):

@@ -6,7 +6,7 @@ metrics shown; a confusion-matrix cell opens Misclassified on that cell; a bad
 upload on Predict is named in an error while the good ones in the same batch
 get a probability; Train reports config problems, starts a run, refuses a
 second one and cancels. The training process itself is faked where a test
-would otherwise train (core.jobs.launch_training is tested in test_train.py).
+would otherwise train (core.jobs.background.launch_training is tested in test_train.py).
 """
 import shutil
 from dataclasses import asdict, fields
@@ -20,9 +20,18 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import calibration, deploy, evaluate, jobs, ood, presets, runs
-from core.config import TrainConfig, recipe_changes
-from core.images import image_sizes
+from core.inference import calibration
+from core.inference import deploy
+from core.jobs import background
+from core.evaluation import classification
+from core.runs import lock
+from core.inference import ood
+from core.training import presets
+from core.runs import catalogue
+from core.runs import storage
+from core.base import files
+from core.runs.train_config import TrainConfig, recipe_changes
+from core.data.images import image_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
@@ -64,14 +73,14 @@ def deployed(run_id, trained_run):
     these tests are about what an accepted scan shows (the photo test below
     is refused by the image checks, test_deploy.py tests the feature check)."""
     deploy.deploy(run_id, force=True)
-    summary = runs.read_json(trained_run / ood.SUMMARY_FILE)
-    runs.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+    summary = files.read_json(trained_run / ood.SUMMARY_FILE)
+    files.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
     return run_id
 
 
 def calibrated_predictions(run_dir: Path) -> pd.DataFrame:
     """predictions.csv with prob on the calibrated scale, as every page shows it."""
-    frame = runs.read_predictions(run_dir)
+    frame = storage.read_predictions(run_dir)
     return frame.assign(prob=calibration.for_run(run_dir).apply(frame["prob"]))
 
 
@@ -126,16 +135,16 @@ def shown_metrics(at: AppTest) -> dict:
 
 
 def expected_metrics(test: pd.DataFrame, threshold: float) -> dict:
-    m = evaluate.binary_metrics(test["y_true"], test["prob"], threshold)
+    m = classification.binary_metrics(test["y_true"], test["prob"], threshold)
     return {"Sensitivity": m["recall"], "Specificity": m["specificity"],
             "Precision": m["precision"], "F1": m["f1"], "Accuracy": m["accuracy"]}
 
 
 def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, trained_run):
-    test = runs.read_predictions(trained_run).query("split == 'test'")
-    root = Path(runs.read_json(trained_run / "config.json")["data_dir"])
+    test = storage.read_predictions(trained_run).query("split == 'test'")
+    root = Path(files.read_json(trained_run / "config.json")["data_dir"])
     sizes = image_sizes([root / path for path in test.path])
-    bias = evaluate.resolution_bias(test, sizes.width * sizes.height)
+    bias = classification.resolution_bias(test, sizes.width * sizes.height)
     at = open_page(ui.EVALUATE)
     (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
     for rho in bias.rho:
@@ -151,15 +160,15 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
     assert "No cross-validation runs yet" in texts(at.info)
 
     # Two fold runs of the tiny run's recipe, each validating on its own half of its predictions.
-    config = runs.read_json(trained_run / "config.json")
-    val = runs.read_predictions(trained_run).query("split == 'val'")
+    config = files.read_json(trained_run / "config.json")
+    val = storage.read_predictions(trained_run).query("split == 'val'")
     halves = [val.iloc[0::2], val.iloc[1::2]]
     for fold, half in enumerate(halves):
-        run_dir = runs.new_run({**config, "cv_folds": 2, "cv_fold": fold}, name=f"cv-fold{fold + 1}",
+        run_dir = storage.new_run({**config, "cv_folds": 2, "cv_fold": fold}, name=f"cv-fold{fold + 1}",
                                runs_root=runs_root)
-        runs.write_csv(run_dir / "predictions.csv", half)
-        runs.set_status(run_dir, "completed")
-    summary = evaluate.cross_validation_summary(halves, seed=config["seed"])
+        files.write_csv(run_dir / "predictions.csv", half)
+        storage.set_status(run_dir, "completed")
+    summary = classification.cross_validation_summary(halves, seed=config["seed"])
 
     at = open_page(ui.EVALUATE)
     assert_no_exception(at)
@@ -197,7 +206,7 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
 
 
 def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id, trained_run):
-    test = runs.read_predictions(trained_run).query("split == 'test'")
+    test = storage.read_predictions(trained_run).query("split == 'test'")
     at = open_page(ui.EVALUATE)
     at.slider(key=f"threshold_{run_id}").set_value(0.0).run()  # every negative is a false positive
     at.button(key="open_fp").click().run()
@@ -237,7 +246,7 @@ def shown_percent(text: str) -> float:
 
 def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed, trained_run, data_dir,
                                                                         tmp_path):
-    row = runs.read_predictions(trained_run).query("split == 'test'").iloc[0]
+    row = storage.read_predictions(trained_run).query("split == 'test'").iloc[0]
     png = shutil.copy(data_dir / row["path"], tmp_path / "slice.png")
     at = open_page(ui.PREDICT)
     at.file_uploader(key="uploads").set_value([
@@ -293,7 +302,7 @@ def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_ru
     assert_no_exception(at)
     assert f"Run {run_id} now answers on Predict" in texts(at.success)
     record = deploy.deployed_record()
-    assert record["run"] == run_id and record["confirmed_despite"] == deploy.problems(runs.load_run(trained_run))
+    assert record["run"] == run_id and record["confirmed_despite"] == deploy.problems(catalogue.load_run(trained_run))
 
     at = open_page(ui.EVALUATE)  # now it says so instead of offering it again
     assert "This model answers on Predict" in texts(at.success)
@@ -303,7 +312,7 @@ def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_ru
 
 def test_evaluate_shows_the_test_ece_before_and_after_calibration(run_id, trained_run):
     test = calibrated_predictions(trained_run).query("split == 'test'")
-    raw = runs.read_predictions(trained_run).query("split == 'test'")
+    raw = storage.read_predictions(trained_run).query("split == 'test'")
     at = open_page(ui.EVALUATE)
     metrics = shown_metrics(at)
     after = calibration.expected_calibration_error(test.y_true, test.prob)
@@ -362,9 +371,9 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
         """What launch_training leaves behind, without the training process:
         a 'running' run whose pid (this process) is alive."""
         started.append(config)
-        return runs.new_run(asdict(config), name=name, runs_root=runs_root)
+        return storage.new_run(asdict(config), name=name, runs_root=runs_root)
 
-    monkeypatch.setattr(jobs, "launch_training", fake_launch)
+    monkeypatch.setattr(background, "launch_training", fake_launch)
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the page sets it for the child: undone after the test
     at = open_page(ui.TRAIN)
     at.number_input(key="cfg_input_size").set_value(64)
@@ -374,7 +383,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
 
     assert len(started) == 1 and started[0].input_size == 64
     assert started[0] == TrainConfig(input_size=64)  # every other setting at its default
-    run = runs.list_runs()[0]
+    run = catalogue.list_runs()[0]
     assert run["id"].endswith("-from-the-app")
     assert f"Started run {run['id']}" in texts(at.success)
     assert any(run["id"] in m.value and "running" in m.value for m in at.markdown)
@@ -411,15 +420,15 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
 
 def test_start_while_another_process_trains_shows_training_busy(empty_artifacts, data_dir):
     # The lock of a live training process (this one); the real launch_training refuses.
-    jobs.acquire_training_lock("someone-elses-run")
+    lock.acquire_training_lock("someone-elses-run")
     try:
         at = open_page(ui.TRAIN)
         button(at, "Start training").click().run()
     finally:
-        jobs.release_training_lock()
+        lock.release_training_lock()
     assert_no_exception(at)
     assert "Not started: training run someone-elses-run is already running" in texts(at.error)
-    assert runs.list_runs() == []
+    assert catalogue.list_runs() == []
 
 
 # ---------------------------------------------------------------------------
@@ -476,7 +485,8 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
                                                                                monkeypatch):
     import json
 
-    from core import external, paths
+    from core.inference import external
+    from core.base import paths
 
     sy575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
     if not sy575.is_dir():
@@ -509,6 +519,6 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     at = cases.set_value("external:SY575-COVID19-CT").run()
     assert_no_exception(at)
     rows = external.read_predictions(run_dir, "SY575-COVID19-CT")
-    expected = evaluate.cell_rows(rows, stored["threshold"], at.session_state["cell"])
+    expected = classification.cell_rows(rows, stored["threshold"], at.session_state["cell"])
     (caption,) = [c.value for c in at.caption if " at threshold " in c.value]
     assert caption.startswith(f"{len(expected)} ") and "in external: SY575-COVID19-CT" in caption

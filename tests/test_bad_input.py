@@ -17,9 +17,9 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
-from core import data
-from core.paths import data_dir
-from core.images import ImageReadError, MIN_IMAGE_SIDE, load_image
+from core.data import datasets
+from core.base.paths import data_dir
+from core.data.images import ImageReadError, MIN_IMAGE_SIDE, load_image
 
 
 def encode(image, format="PNG", **options):
@@ -206,11 +206,11 @@ def write_splits(root, lists):
 
 def test_empty_dataset_folder(tmp_path):
     with pytest.raises(ValueError, match=r"exactly 2 class folders .*found 0: \[\]$"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
     (tmp_path / "COVID").mkdir()
     (tmp_path / "NonCOVID").mkdir()
     with pytest.raises(ValueError, match=r"found 0: \[\]; folders without images: \['COVID', 'NonCOVID'\]"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
 
 
 def test_one_class_only(tmp_path):
@@ -218,7 +218,7 @@ def test_one_class_only(tmp_path):
     for path in (tmp_path / "NonCOVID").iterdir():
         path.unlink()
     with pytest.raises(ValueError, match=r"found 1: \['COVID'\]; folders without images: \['NonCOVID'\]"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
 
 
 def add_bad_files(root):
@@ -239,7 +239,7 @@ def test_unreadable_files_are_left_out_and_all_reported(tmp_path):
     make_classes(tmp_path)
     add_bad_files(tmp_path)
     with pytest.warns(UserWarning, match=r"left out 5 images") as caught:
-        index = data.index_dataset(tmp_path, **SMALL_SPLIT)
+        index = datasets.index_dataset(tmp_path, **SMALL_SPLIT)
     (warning,) = [str(w.message) for w in caught if "left out" in str(w.message)]
     problems = index.attrs["problems"]
     assert [p.split(": ", 1)[0] for p in problems] == list(BAD_FILES)
@@ -251,7 +251,7 @@ def test_unreadable_files_are_left_out_and_all_reported(tmp_path):
 def test_check_files_false_keeps_them(tmp_path):
     make_classes(tmp_path)
     add_bad_files(tmp_path)
-    index = data.index_dataset(tmp_path, **SMALL_SPLIT, check_files=False)
+    index = datasets.index_dataset(tmp_path, **SMALL_SPLIT, check_files=False)
     assert len(index) == 17 and index.attrs["problems"] == []
 
 
@@ -263,7 +263,7 @@ def test_split_lists_naming_missing_files_are_reported_and_skipped(tmp_path):
         "trainCT_NonCOVID.txt": ["0.png", "1.png", "empty.png"],
         "testCT_NonCOVID.txt": ["2.png", "3.png", "lost.png"]})
     with pytest.warns(UserWarning, match=r"left out 3 "):
-        index = data.index_dataset(tmp_path)
+        index = datasets.index_dataset(tmp_path)
     assert index.attrs["problems"] == [  # sorted by relpath
         "COVID/gone.png: listed in splits/trainCT_COVID.txt but not found",
         "NonCOVID/empty.png: empty file (0 bytes)",
@@ -278,7 +278,7 @@ def test_a_class_with_no_readable_images_stops_with_every_problem(tmp_path):
         (tmp_path / "NonCOVID" / f"{i}.png").write_bytes(b"<html></html>")
     with pytest.raises(ValueError, match=r"too few images to train: NonCOVID has 0 images \(need 2\); "
                                          r"11 left out:") as error:
-        data.index_dataset(tmp_path, **SMALL_SPLIT)
+        datasets.index_dataset(tmp_path, **SMALL_SPLIT)
     for relpath in [*BAD_FILES, *(f"NonCOVID/{i}.png" for i in range(6))]:
         assert f"\n  {relpath}: " in str(error.value)
 
@@ -290,15 +290,15 @@ def test_a_class_missing_from_the_train_split_stops(tmp_path):
         "trainCT_NonCOVID.txt": ["0.png"], "testCT_NonCOVID.txt": ["1.png"]})
     with pytest.raises(ValueError, match=r"COVID has no images in the train split; 1 left out:\n"
                                          r"  COVID/gone\.png: listed in splits/trainCT_COVID\.txt"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
 
 
 @pytest.mark.skipif(not (data_dir() / "COVID").is_dir(), reason="COVID-CT dataset not found")
 def test_covid_ct_has_no_problems():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "left out" warning
-        index = data.index_dataset(data_dir())
+        index = datasets.index_dataset(data_dir())
     assert index.attrs["problems"] == []
-    counts = data.split_counts(index)
+    counts = datasets.split_counts(index)
     assert counts.loc[["train", "val", "test"], "COVID"].tolist() == [191, 60, 98]
     assert counts.loc[["train", "val", "test"], "NonCOVID"].tolist() == [234, 58, 105]

@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from core import deploy, ood, runs
+from core.inference import deploy
+from core.inference import ood
+from core.base import files
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -99,8 +101,8 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             assert deploy.deployed_record()["run"] == trained_run.name
             # The tiny run's 8 validation scans give no meaningful 99th percentile: its feature
             # check is turned off, so the photo below is refused by the image checks alone.
-            summary = runs.read_json(trained_run / ood.SUMMARY_FILE)
-            runs.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+            summary = files.read_json(trained_run / ood.SUMMARY_FILE)
+            files.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
 
             page.goto(f"{app_url}/Predict")
             expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)

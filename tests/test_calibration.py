@@ -1,4 +1,4 @@
-"""Calibration (core.calibration): fitted on validation only, it makes an
+"""Calibration (core.inference.calibration): fitted on validation only, it makes an
 over-confident model's test probabilities honest (lower ECE) without changing
 a single decision; stored with the run and refitted when its predictions change."""
 import os
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import calibration, runs
+from core.inference import calibration
+from core.base import files
 
 
 def overconfident_predictions(seed: int = 0, n_val: int = 150, n_test: int = 300) -> pd.DataFrame:
@@ -78,15 +79,15 @@ def test_reliability_table_and_ece_by_hand():
 
 def test_for_run_stores_the_fit_and_refits_new_predictions(tmp_path):
     predictions = overconfident_predictions()
-    runs.write_csv(tmp_path / "predictions.csv", predictions)
-    runs.write_json(tmp_path / "metrics.json", {"threshold": {"value": 0.6, "method": "youden"}})
+    files.write_csv(tmp_path / "predictions.csv", predictions)
+    files.write_json(tmp_path / "metrics.json", {"threshold": {"value": 0.6, "method": "youden"}})
     first = calibration.for_run(tmp_path)
-    stored = runs.read_json(tmp_path / calibration.FILE)
+    stored = files.read_json(tmp_path / calibration.FILE)
     assert stored["a"] == first.a and stored["threshold"] == pytest.approx(first.threshold)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
     time.sleep(0.01)
-    runs.write_csv(tmp_path / "predictions.csv", overconfident_predictions(seed=1))
+    files.write_csv(tmp_path / "predictions.csv", overconfident_predictions(seed=1))
     assert calibration.for_run(tmp_path).a != first.a  # predictions newer than the fit: refitted
     assert calibration.for_run(tmp_path / "nowhere").method == "none"
 

@@ -1,4 +1,4 @@
-"""core.checkpoint in one process, on a model of one Dense layer: a fit
+"""core.training.checkpoint in one process, on a model of one Dense layer: a fit
 stopped after any epoch (or after fit returned, before its phase was
 committed) and started again ends exactly where an uninterrupted fit ends:
 same weights, learning rate, early stopping and best-checkpoint state, and
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import checkpoint
-from core.config import TrainConfig
-from core.frozen_cache import ActivationBatches
-from core.train import fit_phase
+from core.training import checkpoint
+from core.runs.train_config import TrainConfig
+from core.training.frozen_cache import ActivationBatches
+from core.training.fit import fit_phase
 
 EPOCHS = 8
 

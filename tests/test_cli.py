@@ -5,7 +5,7 @@ import sys
 
 from PIL import Image
 
-from core.cli import main
+from core.cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def test_help_lists_every_command():
 def test_train_help_offers_every_hyperparameter():
     from dataclasses import fields
 
-    from core.config import TrainConfig
+    from core.runs.train_config import TrainConfig
 
     result = run_cli("train", "--help")
     for field in fields(TrainConfig):
@@ -84,10 +84,12 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from core import evaluate, runs
+    from core.evaluation import classification
+    from core.runs import storage
+    from core.base import files
 
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(evaluate, "N_BOOT", 20)
+    monkeypatch.setattr(classification, "N_BOOT", 20)
     tiny = ["--data-dir", str(data_dir), "--weights", weights, "--input-size", "64", "--batch-size", "4",
             "--max-images-per-split", "8", "--head-epochs", "1", "--finetune-epochs", "1"]
     assert main(["cv", "--cv-folds", "2", "--name", "tiny", *tiny]) == 0
@@ -95,8 +97,8 @@ def test_cv_trains_one_run_per_fold_and_scores_the_out_of_fold_predictions(data_
 
     run_dirs = sorted((tmp_path / "runs").iterdir())
     assert [d.name.split("-", 2)[-1] for d in run_dirs] == ["tiny-fold1", "tiny-fold2"]
-    assert [runs.read_json(d / "config.json")["cv_fold"] for d in run_dirs] == [0, 1]
-    predictions = [runs.read_predictions(d) for d in run_dirs]
+    assert [files.read_json(d / "config.json")["cv_fold"] for d in run_dirs] == [0, 1]
+    predictions = [storage.read_predictions(d) for d in run_dirs]
     val = [set(p.path[p.split == "val"]) for p in predictions]
     assert val[0] and val[1] and not val[0] & val[1]  # each fold validates on its own images
     pooled = pd.concat([p[p.split == "val"] for p in predictions])
@@ -127,11 +129,13 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from core import evaluate, runs
-    from core.config import TrainConfig
+    from core.evaluation import classification
+    from core.runs import storage
+    from core.base import files
+    from core.runs.train_config import TrainConfig
 
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(evaluate, "N_BOOT", 20)
+    monkeypatch.setattr(classification, "N_BOOT", 20)
     rng = np.random.default_rng(0)
     labels = np.tile([0, 1], 10)
 
@@ -139,14 +143,14 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
         """Fake fold runs: fold f validates on 20 images of its own, all score the same 4 test images."""
         ids = []
         for fold in range(folds):
-            run_dir = runs.new_run(asdict(TrainConfig(cv_folds=3, cv_fold=fold, **settings)),
+            run_dir = storage.new_run(asdict(TrainConfig(cv_folds=3, cv_fold=fold, **settings)),
                                    name=f"{name}-fold{fold + 1}")
             val = [f"img{first_image + 20 * fold + i}" for i in range(20)]
-            runs.write_csv(run_dir / "predictions.csv", pd.DataFrame({
+            files.write_csv(run_dir / "predictions.csv", pd.DataFrame({
                 "path": val + ["t0", "t1", "t2", "t3"], "y_true": [*labels, 0, 1, 0, 1],
                 "prob": np.clip(0.3 * np.r_[labels, 0, 1, 0, 1] + rng.uniform(0, 0.7, 24), 0, 1),
                 "split": ["val"] * 20 + ["test"] * 4}))
-            runs.set_status(run_dir, "completed")
+            storage.set_status(run_dir, "completed")
             ids.append(run_dir.name)
         return ids
 
@@ -154,14 +158,14 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
 
     def fold_aucs(ids):
         return [roc_auc_score(f.y_true[f.split == "val"], f.prob[f.split == "val"])
-                for f in (runs.read_predictions(runs.run_path(i)) for i in ids)]
+                for f in (storage.read_predictions(storage.run_path(i)) for i in ids)]
 
     # The ensemble: in each fold, each image's probability is the mean of the two recipes' models.
     assert main(["cv", "--score", *imagenet, "--ensemble-with", *ct]) == 0
     out = capsys.readouterr().out
     averaged = []
     for a, b in zip(imagenet, ct):
-        first, second = (runs.read_predictions(runs.run_path(i)) for i in (a, b))
+        first, second = (storage.read_predictions(storage.run_path(i)) for i in (a, b))
         val = first.split == "val"
         averaged.append(roc_auc_score(first.y_true[val], (first.prob[val] + second.prob[val]) / 2))
         assert f"{a} + {b}: validation ROC-AUC {averaged[-1]:.3f}" in out
@@ -186,9 +190,9 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
     assert "a second run of fold 1" in capsys.readouterr().err
 
     # Rows are matched by image, not by position.
-    from core.cross_validation import averaged_predictions
+    from core.training.cross_validation import averaged_predictions
 
-    frame = runs.read_predictions(runs.run_path(ct[0]))
+    frame = storage.read_predictions(storage.run_path(ct[0]))
     pd.testing.assert_frame_equal(averaged_predictions([frame.iloc[::-1], frame]).sort_values(["split", "path"],
                                                                                              ignore_index=True),
                                   frame.sort_values(["split", "path"], ignore_index=True))

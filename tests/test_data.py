@@ -1,4 +1,4 @@
-"""Tests for core.data: decoding, indexing/splitting, duplicate audit, tf.data.
+"""Tests for core.data.datasets: decoding, indexing/splitting, duplicate audit, tf.data.
 
 The real COVID-CT dataset is used where it matters (official split, the
 JPEG-in-.png files, the known cross-class duplicates); everything else runs on
@@ -13,12 +13,12 @@ import pytest
 from dicom_factory import ct_dataset
 from PIL import Image
 
-from core import data
-from core.paths import data_dir
-from core.audit import audit_duplicates
-from core.image_cache import cache_images
-from core.images import ImageReadError, image_sizes, load_image, load_images, resize_image
-from core.pipeline import augmentation_layers, make_dataset
+from core.data import datasets
+from core.base.paths import data_dir
+from core.data.audit import audit_duplicates
+from core.data.image_cache import cache_images
+from core.data.images import ImageReadError, image_sizes, load_image, load_images, resize_image
+from core.training.pipeline import augmentation_layers, make_dataset
 
 ROOT = data_dir()
 needs_real_data = pytest.mark.skipif(
@@ -31,7 +31,7 @@ KNOWN_CROSS_CLASS = {("COVID/kjr-21-e24-p5-29.png", "NonCOVID/71%0.jpg"),
 
 @pytest.fixture(scope="module")
 def official_index():
-    return data.index_dataset(ROOT)
+    return datasets.index_dataset(ROOT)
 
 
 def rgb_png(path, value=128, size=(20, 16)):
@@ -46,7 +46,7 @@ def rgb_png(path, value=128, size=(20, 16)):
 def test_official_split_on_covid_ct(official_index):
     index = official_index
     assert list(index.columns) == ["path", "relpath", "label", "y", "split", "patient_id", "source"]
-    counts = data.split_counts(index)
+    counts = datasets.split_counts(index)
     assert counts.loc[["train", "val", "test"], "COVID"].tolist() == [191, 60, 98]
     assert counts.loc[["train", "val", "test"], "NonCOVID"].tolist() == [234, 58, 105]
     assert counts.loc["total", "total"] == 746
@@ -63,7 +63,7 @@ def test_cross_validation_folds_validate_each_image_once_and_keep_patients_toget
     pool = index.split != "test"
     validates = pd.Series(0, index=index.index)
     for fold in range(5):
-        regrouped = data.cross_validation_split(index, 5, fold, seed=0)
+        regrouped = datasets.cross_validation_split(index, 5, fold, seed=0)
         assert (regrouped.loc[~pool, "split"] == "test").all()  # test stays aside
         assert set(regrouped.loc[pool, "split"]) == {"train", "val"}
         assert regrouped[pool].groupby("patient_id")["split"].nunique().max() == 1
@@ -74,7 +74,7 @@ def test_cross_validation_folds_validate_each_image_once_and_keep_patients_toget
     assert (validates[pool] == 1).all() and (validates[~pool] == 0).all()
     assert (index.split[pool] != "test").all()  # the caller's index is left as it was
     with pytest.raises(ValueError, match="fold 5 of 5"):
-        data.cross_validation_split(index, 5, 5)
+        datasets.cross_validation_split(index, 5, 5)
 
 
 @needs_real_data
@@ -110,7 +110,7 @@ def make_synthetic_dataset(root):
 
 def test_generated_split_is_grouped_stratified_and_seeded(tmp_path):
     root = make_synthetic_dataset(tmp_path / "ds")
-    index = data.index_dataset(root, positive_class="Sick", seed=0)
+    index = datasets.index_dataset(root, positive_class="Sick", seed=0)
 
     assert len(index) == 2 * sum(1 + p % 4 for p in range(12)) + 1
     assert not index["relpath"].str.contains("DS_Store|notes|/\\._").any()
@@ -120,11 +120,11 @@ def test_generated_split_is_grouped_stratified_and_seeded(tmp_path):
     assert (index["y"] == (index["label"] == "Sick")).all()
 
     assert index.groupby("patient_id")["split"].nunique().max() == 1
-    assert set(index["split"]) == set(data.SPLITS)
+    assert set(index["split"]) == set(datasets.SPLITS)
     assert (pd.crosstab(index["split"], index["label"]) > 0).all().all()
 
-    pd.testing.assert_frame_equal(index, data.index_dataset(root, positive_class="Sick", seed=0))
-    other = data.index_dataset(root, positive_class="Sick", seed=1)
+    pd.testing.assert_frame_equal(index, datasets.index_dataset(root, positive_class="Sick", seed=0))
+    other = datasets.index_dataset(root, positive_class="Sick", seed=1)
     assert (other["split"] != index["split"]).any()
     assert other.groupby("patient_id")["split"].nunique().max() == 1
 
@@ -143,7 +143,7 @@ def test_same_file_name_in_both_classes_uses_each_class_table(tmp_path):
                  ).to_csv(tmp_path / "meta" / "noncovid.csv")
     pd.DataFrame({"note": ["no usable columns"]}).to_csv(tmp_path / "meta" / "readme.csv")
     with pytest.warns(UserWarning, match=r"readme\.csv: no file-name and patient-id columns"):
-        index = data.index_dataset(tmp_path, use_official_splits=False, test_fraction=0.5, val_fraction=0)
+        index = datasets.index_dataset(tmp_path, use_official_splits=False, test_fraction=0.5, val_fraction=0)
     assert index["patient_id"].tolist() == ["c0", "c0", "c1", "c1", "n0", "n1", "n1", "n1"]
 
 
@@ -158,20 +158,20 @@ def test_split_lists_with_crlf_and_blank_lines(tmp_path):
     (root / "splits" / "testCT_COVID.txt").write_bytes(b"2.png")  # no final newline
     (root / "splits" / "trainCT_NonCOVID.txt").write_bytes(b"0.png\n1.png\n")
     (root / "splits" / "valCT_NonCOVID.txt").write_bytes(b"\n2.png")
-    index = data.index_dataset(root)
+    index = datasets.index_dataset(root)
     assert dict(zip(index["relpath"], index["split"])) == {
         "COVID/0.png": "train", "COVID/1.png": "train", "COVID/2.png": "test",
         "NonCOVID/0.png": "train", "NonCOVID/1.png": "train", "NonCOVID/2.png": "val"}
     # Without the lists: a grouped split is made instead.
-    assert "by patient" in data.index_dataset(
+    assert "by patient" in datasets.index_dataset(
         root, use_official_splits=False, test_fraction=0.5, val_fraction=0).attrs["split_source"]
 
     rgb_png(root / "NonCOVID" / "3.png")
     with pytest.raises(ValueError, match=r"1 images are in no split list.*NonCOVID/3\.png"):
-        data.index_dataset(root)
+        datasets.index_dataset(root)
     (root / "splits" / "valCT_NonCOVID.txt").write_bytes(b"2.png\r\n3.png\r\nmissing.png\r\n")
     with pytest.warns(UserWarning, match=r"left out 1 "):  # reported and skipped
-        index = data.index_dataset(root)
+        index = datasets.index_dataset(root)
     assert index.attrs["problems"] == [
         "NonCOVID/missing.png: listed in splits/valCT_NonCOVID.txt but not found"]
     assert index.set_index("relpath").loc["NonCOVID/3.png", "split"] == "val"
@@ -182,10 +182,10 @@ def test_class_folder_errors(tmp_path):
         (tmp_path / label).mkdir()
         rgb_png(tmp_path / label / "x.png")
     with pytest.raises(ValueError, match=r"exactly 2 class folders.*found 3"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
     (tmp_path / "C" / "x.png").unlink()
     with pytest.raises(ValueError, match=r"positive class 'COVID' is not one of"):
-        data.index_dataset(tmp_path)
+        datasets.index_dataset(tmp_path)
 
 
 # ---------------------------------------------------------------------------

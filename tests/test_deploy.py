@@ -1,5 +1,5 @@
-"""The deployed model (core.deploy) and the out-of-distribution guard
-(core.ood): a smoke run is refused with its reasons unless forced; deploying
+"""The deployed model (core.inference.deploy) and the out-of-distribution guard
+(core.inference.ood): a smoke run is refused with its reasons unless forced; deploying
 builds the guard; the CLI predicts with the deployed model, in batches, from
 folders and globs, into a CSV, refusing scans unlike the training scans."""
 import os
@@ -12,8 +12,10 @@ import pydicom.data
 import pytest
 from PIL import Image
 
-from core import deploy, ood, runs
-from core.cli import main
+from core.inference import deploy
+from core.inference import ood
+from core.base import files
+from core.cli.main import main
 
 
 def fake_run(tmp_path, state="completed", subset=0, n_test=200, auc_low=0.8, val_auc=0.9, name="run"):
@@ -46,7 +48,7 @@ def test_image_checks_refuse_photos_and_tiny_images_not_ct(data_dir):
 
     assert "a colour image" in ood.image_problems(load_sample_image("flower.jpg"))[0]
     assert "too small" in ood.image_problems(np.zeros((30, 200, 3), np.uint8))[0]
-    from core.images import load_image
+    from core.data.images import load_image
     for path in sorted((data_dir / "COVID").glob("*.png"))[:5]:
         assert ood.image_problems(load_image(path)) == []
 
@@ -84,7 +86,7 @@ def test_smoke_run_is_refused_then_forced_and_the_cli_uses_it(artifacts_copy, da
     assert main(["deploy", str(artifacts_copy), "--force"]) == 0  # a run folder's path, as evaluate takes
     assert deploy.deployed_record()["run"] == run_id
     assert any("subset" in r for r in deploy.deployed_record()["confirmed_despite"])
-    summary = runs.read_json(artifacts_copy / ood.SUMMARY_FILE)
+    summary = files.read_json(artifacts_copy / ood.SUMMARY_FILE)
     assert summary["n_train"] == 8 and np.isfinite(summary["threshold"])
     capsys.readouterr()
 

@@ -13,9 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import distribute, paths, runs
-from core.config import TrainConfig
-from core.train import train
+from core.base import machine
+from core.training import distribute
+from core.base import paths
+from core.runs import catalogue
+from core.runs import storage
+from core.runs.train_config import TrainConfig
+from core.training.fit import train
 
 PER_REPLICA_BATCH = 4
 REPLICAS = 2
@@ -56,18 +60,18 @@ def environment(artifacts, **extra) -> dict:
 
 
 def the_only_run(artifacts):
-    found = runs.list_runs(artifacts / "runs")
+    found = catalogue.list_runs(artifacts / "runs")
     assert len(found) == 1, [run["id"] for run in found]
     return found[0]
 
 
 def assert_same_training(run_dir, reference_dir):
     """Same per-epoch losses and AUCs, same predictions, within float noise."""
-    history, expected = runs.read_history(run_dir), runs.read_history(reference_dir)
+    history, expected = storage.read_history(run_dir), storage.read_history(reference_dir)
     assert len(history) == len(expected) == 2  # head + fine-tuning
     for column in ("loss", "auc", "val_loss", "val_auc"):
         np.testing.assert_allclose(history[column], expected[column], rtol=1e-3, atol=1e-4, err_msg=column)
-    probs, expected_probs = runs.read_predictions(run_dir), runs.read_predictions(reference_dir)
+    probs, expected_probs = storage.read_predictions(run_dir), storage.read_predictions(reference_dir)
     pd.testing.assert_series_equal(probs.path, expected_probs.path)
     np.testing.assert_allclose(probs.prob, expected_probs.prob, atol=1e-3)
 
@@ -84,7 +88,7 @@ def free_ports(count: int) -> list[int]:
 
 def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path, data_dir, weights, one_device_run):
     config = tiny_config(data_dir, weights, strategy="mirrored")
-    env = environment(tmp_path, **{distribute.CPU_DEVICES_VARIABLE: str(REPLICAS)})
+    env = environment(tmp_path, **{machine.CPU_DEVICES_VARIABLE: str(REPLICAS)})
     done = subprocess.run(command_line(config, "mirrored"), env=env, cwd=paths.PROJECT_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -146,18 +150,18 @@ def test_cli_refuses_multiworker_without_cluster(tmp_path, data_dir):
     assert done.returncode == 2
     last_line = done.stderr.strip().splitlines()[-1]  # after TensorFlow's start-up lines
     assert last_line.startswith("error: ") and "strategy 'multiworker' needs TF_CONFIG" in last_line
-    assert not (tmp_path / "runs").exists() or not runs.list_runs(tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not catalogue.list_runs(tmp_path / "runs")
 
 
 def test_config_refuses_unknown_strategy_and_one_cpu_device(data_dir, monkeypatch):
-    monkeypatch.setenv(distribute.CPU_DEVICES_VARIABLE, "1")
+    monkeypatch.setenv(machine.CPU_DEVICES_VARIABLE, "1")
     problems = TrainConfig(data_dir=str(data_dir), strategy="horovod").problems()
     assert any("strategy 'horovod' is not one of default, mirrored, multiworker" in p for p in problems)
     assert any("COVIDCT_CPU_DEVICES=1 must be 0 (no split) or at least 2" in p for p in problems)
-    monkeypatch.setenv(distribute.CPU_DEVICES_VARIABLE, "two")
+    monkeypatch.setenv(machine.CPU_DEVICES_VARIABLE, "two")
     assert any("COVIDCT_CPU_DEVICES='two' is not a whole number" in p
                for p in TrainConfig(data_dir=str(data_dir)).problems())
-    monkeypatch.delenv(distribute.CPU_DEVICES_VARIABLE)
+    monkeypatch.delenv(machine.CPU_DEVICES_VARIABLE)
     monkeypatch.delenv("TF_CONFIG", raising=False)  # so the Train page refuses it before launching
     assert any("needs TF_CONFIG" in p for p in TrainConfig(data_dir=str(data_dir), strategy="multiworker").problems())
 
@@ -172,7 +176,7 @@ def test_batch_and_learning_rates_scale_with_replicas(data_dir):
 
 def test_two_workers_streaming_read_their_own_files_and_match_one_device(tmp_path, data_dir, weights, monkeypatch):
     """Over the frozen-stage cache's budget the images stream, and each worker
-    reads only its share of the files (core.pipeline's shard): the training
+    reads only its share of the files (core.training.pipeline's shard): the training
     still equals one device's on the same global batches."""
     monkeypatch.setenv("COVIDCT_FROZEN_CACHE_GB", "0")
     reference = train(distribute.scale_for_replicas(tiny_config(data_dir, weights), REPLICAS), name="one-device",

@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, external, jobs, paths
-from core.cli import main
+from core.evaluation import classification
+from core.inference import external
+from core.jobs import background
+from core.base import paths
+from core.cli.main import main
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -51,12 +54,12 @@ def test_patient_sub_folders_are_read_as_patients(sy575):
 def test_patient_probability_is_the_mean_of_its_slices_and_mixed_labels_are_refused():
     slices = pd.DataFrame({"patient_id": ["a", "a", "b", "b", "b"], "y_true": [1, 1, 0, 0, 0],
                            "prob": [0.2, 0.6, 0.1, 0.2, 0.9]})
-    patients = evaluate.patient_predictions(slices)
+    patients = classification.patient_predictions(slices)
     assert patients[["patient_id", "y_true", "slices"]].to_dict("list") == {
         "patient_id": ["a", "b"], "y_true": [1, 0], "slices": [2, 3]}
     assert patients["prob"].tolist() == pytest.approx([0.4, 0.4])
     with pytest.raises(ValueError, match="patient 'a' has slices of both classes"):
-        evaluate.patient_predictions(slices.assign(y_true=[1, 0, 0, 0, 0]))
+        classification.patient_predictions(slices.assign(y_true=[1, 0, 0, 0, 0]))
 
 
 def test_bootstrap_by_patient_resamples_whole_patients():
@@ -65,11 +68,11 @@ def test_bootstrap_by_patient_resamples_whole_patients():
     prob = np.clip(y * 0.3 + rng.uniform(0, 0.7, y.size), 0, 1)
     # Each patient has three identical slices: resampling whole patients must
     # give exactly the intervals of resampling the patients' single values.
-    repeated = evaluate.bootstrap_ci(np.repeat(y, 3), np.repeat(prob, 3), 0.5, n_boot=200,
+    repeated = classification.bootstrap_ci(np.repeat(y, 3), np.repeat(prob, 3), 0.5, n_boot=200,
                                      groups=np.repeat(np.arange(y.size), 3))
-    assert repeated == evaluate.bootstrap_ci(y, prob, 0.5, n_boot=200)
+    assert repeated == classification.bootstrap_ci(y, prob, 0.5, n_boot=200)
     # Resampled slice by slice, the same cases look three times as many: narrower, wrongly.
-    by_slice = evaluate.bootstrap_ci(np.repeat(y, 3), np.repeat(prob, 3), 0.5, n_boot=200)
+    by_slice = classification.bootstrap_ci(np.repeat(y, 3), np.repeat(prob, 3), 0.5, n_boot=200)
     width = {name: high - low for name, (low, high) in repeated.items()}
     assert by_slice["roc_auc"][1] - by_slice["roc_auc"][0] < width["roc_auc"]
 
@@ -87,10 +90,10 @@ def test_external_evaluation_is_stored_in_the_run(trained_run, sy575, tmp_path):
     threshold = json.loads((run_dir / "metrics.json").read_text())["threshold"]["value"]
     assert metrics["threshold"] == pytest.approx(threshold)  # the run's, never re-chosen on the external set
     at = metrics["slice"]["at_threshold"]
-    expected = evaluate.binary_metrics(predictions["y_true"], predictions["prob"], threshold)
+    expected = classification.binary_metrics(predictions["y_true"], predictions["prob"], threshold)
     assert {k: at[k] for k in expected} == pytest.approx(expected)
     assert metrics["patient"]["n"] == 4 and metrics["patient"]["aggregation"] == "mean"
-    patient = evaluate.patient_predictions(predictions)
+    patient = classification.patient_predictions(predictions)
     assert metrics["patient"]["at_threshold"]["tp"] + metrics["patient"]["at_threshold"]["fn"] == 2
     assert metrics["patient"]["at_threshold"]["accuracy"] == pytest.approx(
         ((patient["prob"] >= threshold) == patient["y_true"]).mean())
@@ -130,12 +133,12 @@ def test_a_background_evaluation_reports_progress_and_completes(trained_run, sy5
     run_dir = tmp_path / trained_run.name
     shutil.copytree(trained_run, run_dir)
     with pytest.raises(ValueError, match="dataset folder not found"):
-        jobs.launch_external(run_dir, tmp_path / "missing")
-    name = jobs.launch_external(run_dir, sy575, name="sy575", class_map_text="")
+        background.launch_external(run_dir, tmp_path / "missing")
+    name = background.launch_external(run_dir, sy575, name="sy575", class_map_text="")
     [found] = external.list_external(run_dir)
     assert found["name"] == "sy575" and found["state"] == "running"
     with pytest.raises(ValueError, match="already being evaluated"):
-        jobs.launch_external(run_dir, sy575, name="sy575")
+        background.launch_external(run_dir, sy575, name="sy575")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and found["state"] == "running":
         time.sleep(1)

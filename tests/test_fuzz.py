@@ -11,9 +11,10 @@ import pytest
 from dicom_factory import ct_dataset, dicom_bytes
 from PIL import Image
 
-from core import data, runs
-from core.cli import main
-from core.images import ImageReadError, check_image, load_image
+from core.data import datasets
+from core.runs import catalogue
+from core.cli.main import main
+from core.data.images import ImageReadError, check_image, load_image
 
 CPU_SECONDS = 3.0  # per input; the largest, 2 MB of DICOM header, takes about 1 s
 rng = np.random.default_rng(19)
@@ -111,7 +112,7 @@ def test_a_batch_goes_on_past_its_bad_files(tmp_path):
     for i, name in enumerate(bad_names):
         (tmp_path / ("COVID", "NonCOVID")[i % 2] / name).write_bytes(corpus[name])
     with pytest.warns(UserWarning, match="left out"):
-        index = data.index_dataset(tmp_path, use_official_splits=False, test_fraction=0.5, val_fraction=0)
+        index = datasets.index_dataset(tmp_path, use_official_splits=False, test_fraction=0.5, val_fraction=0)
     assert set(good) <= set(index.relpath)
     for problem in index.attrs["problems"]:
         relpath, reason = problem.split(": ", 1)
@@ -153,7 +154,7 @@ def test_damaged_run_folders_never_break_listing_or_the_cli(tmp_path, monkeypatc
             (run_dir / name).write_bytes(content if name == file_name else original)
 
     started = time.process_time()
-    listed = {run["id"]: run for run in runs.list_runs()}  # never raises
+    listed = {run["id"]: run for run in catalogue.list_runs()}  # never raises
     assert time.process_time() - started < CPU_SECONDS * len(cases)
     assert set(listed) == {*cases, template.name}
     assert main(["runs"]) == 0

@@ -1,5 +1,5 @@
-"""The image cache and the streaming pipeline (core.image_cache,
-core.pipeline): images are decoded once, reused while the file is unchanged,
+"""The image cache and the streaming pipeline (core.data.image_cache,
+core.training.pipeline): images are decoded once, reused while the file is unchanged,
 decoded again when it changes, and a cache entry lost mid-epoch is an error
 naming the image file. The frozen-stage cache reads from disk and gives way to
 end-to-end training when it would not fit its budget."""
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import image_cache
-from core.image_cache import cache_images
-from core.images import ImageReadError, load_image, resize_image
-from core.pipeline import make_dataset, reading_errors
+from core.data import image_cache
+from core.data.image_cache import cache_images
+from core.data.images import ImageReadError, load_image, resize_image
+from core.training.pipeline import make_dataset, reading_errors
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_workers_read_disjoint_shares_of_the_files(scans, tmp_path):
 
 
 def test_activation_file_reads_the_rows_it_was_given(tmp_path):
-    from core.frozen_cache import ActivationBatches, ActivationFile
+    from core.training.frozen_cache import ActivationBatches, ActivationFile
 
     rows = np.random.default_rng(0).standard_normal((12, 3, 3, 4)).astype("float16")
     rows.tofile(tmp_path / "x.f16")
@@ -122,8 +122,8 @@ def test_activation_file_reads_the_rows_it_was_given(tmp_path):
 
 
 def test_the_frozen_cache_is_used_only_within_its_budget(tmp_path, monkeypatch):
-    from core.frozen_cache import cache_bytes, fits_budget
-    from core.model import build_model, frozen_boundary
+    from core.training.frozen_cache import cache_bytes, fits_budget
+    from core.models.resnet import build_model, frozen_boundary
 
     model = build_model("resnet50", 64, None, 0.3, train_from="head")
     boundary = frozen_boundary(model, "conv3")

@@ -1,5 +1,5 @@
 """SIGKILL at every phase of a run loses nothing: one run is killed at each
-kill point in turn (core.checkpoint.KILL_AT names the point to a fresh
+kill point in turn (core.training.checkpoint.KILL_AT names the point to a fresh
 process), resumed each time with `python -m core resume`, and ends with the
 model, history and metrics of the same run trained without a kill.
 
@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import checkpoint, paths, runs
-from core.model import load_model
+from core.training import checkpoint
+from core.base import paths
+from core.runs import storage
+from core.base import files
+from core.models.resnet import load_model
 
 # One point in each phase ("<phase> epoch 1": after the epoch's first batch);
 # "finetune fitted" is the kill between fit returning and the phase's commit,
@@ -39,15 +42,15 @@ def run_core(args, artifacts, kill_at=None):
 def test_a_run_killed_at_every_phase_ends_like_an_uninterrupted_one(tmp_path, trained_run):
     reference = trained_run  # the same config, trained without a kill
     artifacts = tmp_path / "artifacts"
-    run_dir = runs.new_run(runs.read_json(reference / "config.json"), name="killed", runs_root=artifacts / "runs")
+    run_dir = storage.new_run(files.read_json(reference / "config.json"), name="killed", runs_root=artifacts / "runs")
     for i, point in enumerate(KILL_POINTS):
         args = ["train", "--run-dir", str(run_dir)] if i == 0 else ["resume", run_dir.name]
         done = run_core(args, artifacts, kill_at=point)
         assert done.returncode == -signal.SIGKILL, f"not killed at {point!r}:\n{done.stdout}\n{done.stderr}"
-        assert runs.read_status(run_dir)["state"] == "interrupted"
+        assert storage.read_status(run_dir)["state"] == "interrupted"
     done = run_core(["resume", run_dir.name], artifacts)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert storage.read_status(run_dir)["state"] == "completed"
     assert not (run_dir / "checkpoints").exists()  # model.keras made them useless
 
     # One history row per epoch, with the values of the uninterrupted run.
@@ -58,10 +61,10 @@ def test_a_run_killed_at_every_phase_ends_like_an_uninterrupted_one(tmp_path, tr
     for got, wanted in zip(load_model(run_dir / "model.keras").get_weights(),
                            load_model(reference / "model.keras").get_weights()):
         np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-5)
-    predictions, expected = (runs.read_predictions(d) for d in (run_dir, reference))
+    predictions, expected = (storage.read_predictions(d) for d in (run_dir, reference))
     assert predictions[["path", "y_true", "split"]].equals(expected[["path", "y_true", "split"]])
     np.testing.assert_allclose(predictions.prob, expected.prob, atol=1e-5)
-    metrics, expected = (runs.read_json(d / "metrics.json") for d in (run_dir, reference))
+    metrics, expected = (files.read_json(d / "metrics.json") for d in (run_dir, reference))
     for split in ("val", "test"):
         assert metrics[split]["at_threshold"]["roc_auc"] == pytest.approx(
             expected[split]["at_threshold"]["roc_auc"], abs=1e-6)

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core import lung
-from core.images import load_image, load_images
+from core.data import lung
+from core.data.images import load_image, load_images
 
 
 def phantom(size: int = 256) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_lungs_are_found_on_real_slices(data_dir):
 
 
 def test_training_prediction_and_gradcam_see_the_same_crop(trained_run, data_dir):
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     path = sorted((data_dir / "NonCOVID").glob("*.jpg"))[0]
     image = load_image(path)
@@ -79,7 +79,7 @@ def test_the_setting_reaches_the_predictor(trained_run, tmp_path, lung_crop):
     import json
     import shutil
 
-    from core.predict import Predictor
+    from core.inference.predict import Predictor
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

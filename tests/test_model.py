@@ -3,8 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.model import (build_model, frozen_boundary, layer_stage, load_model, predict_proba,
-                        set_trainable, split_at)
+from core.models.resnet import (build_model, frozen_boundary, layer_stage, load_model, predict_proba, set_trainable, split_at)
 
 
 @pytest.fixture(scope="module")

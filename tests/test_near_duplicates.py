@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from core import near_duplicates
+from core.data import near_duplicates
 
 
 def brute_force(codes, max_distance):
@@ -47,9 +47,10 @@ def test_an_impossible_distance_is_refused():
 def test_the_same_pairs_as_brute_force_on_covid_ct(data_dir):
     """The audit's candidates on COVID-CT's own pHashes (746 images: the brute force's
     278,000 pairs still fit) are exactly the brute force's."""
-    from core import audit, data
+    from core.data import audit
+    from core.data import datasets
 
-    index = data.index_dataset(data_dir).sort_values("relpath", ignore_index=True)
+    index = datasets.index_dataset(data_dir).sort_values("relpath", ignore_index=True)
     _, codes, _ = audit._hash_images(index)
     found = near_duplicates.hamming_pairs(codes, 6)
     expected = brute_force(codes, 6)

@@ -7,9 +7,11 @@ import time
 
 import pandas as pd
 
-from core import jobs, runs
-from core.config import TrainConfig
-from core.jobs import launch_training, resume
+from core.runs import lock
+from core.runs import storage
+from core.base import files
+from core.runs.train_config import TrainConfig
+from core.jobs.background import launch_training, resume
 
 FINETUNE_EPOCHS = 12
 
@@ -31,21 +33,21 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     run_dir = launch_training(config, name="killed", runs_root=runs_root)
 
     def in_third_finetune_epoch():
-        status = runs.read_json(run_dir / "status.json", {})
+        status = files.read_json(run_dir / "status.json", {})
         return status.get("phase") == "finetune" and status.get("epoch", 0) >= 3
-    assert wait_for(in_third_finetune_epoch), runs.read_json(run_dir / "status.json")
-    os.kill(runs.read_json(run_dir / "status.json")["pid"], signal.SIGKILL)
-    assert wait_for(lambda: runs.read_status(run_dir)["state"] == "interrupted", timeout=10)
-    assert jobs.active_training(runs_root) is None  # the dead process's lock is stale
+    assert wait_for(in_third_finetune_epoch), files.read_json(run_dir / "status.json")
+    os.kill(files.read_json(run_dir / "status.json")["pid"], signal.SIGKILL)
+    assert wait_for(lambda: storage.read_status(run_dir)["state"] == "interrupted", timeout=10)
+    assert lock.active_training(runs_root) is None  # the dead process's lock is stale
 
-    rows_before = len(runs.read_history(run_dir))
+    rows_before = len(storage.read_history(run_dir))
     assert rows_before >= 3  # head epoch + at least two fine-tuning epochs
     resume(run_dir, report=lambda line: None)
 
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert storage.read_status(run_dir)["state"] == "completed"
     history = pd.read_csv(run_dir / "history.csv")
     # Restarting the phase would log 1 + (rows_before - 1) + 12 rows; resuming
-    # logs each epoch once (core.checkpoint truncates rows of uncommitted epochs).
+    # logs each epoch once (core.training.checkpoint truncates rows of uncommitted epochs).
     assert len(history) == 1 + FINETUNE_EPOCHS and list(history.epoch) == [0, *range(FINETUNE_EPOCHS)]
     assert (run_dir / "model.keras").exists() and (run_dir / "metrics.json").exists()
 

@@ -1,4 +1,4 @@
-"""Damaged run folders (core.run_check): listed as damaged with the file and
+"""Damaged run folders (core.runs.checks): listed as damaged with the file and
 the reason, never breaking the listing or the CLI for the other runs;
 evaluating or predicting with one is refused with one line naming the file."""
 import json
@@ -8,23 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, jobs, run_check, runs
-from core.cli import main
-from core.config import TrainConfig
+from core.evaluation import classification
+from core.runs import lock
+from core.runs import checks
+from core.runs import catalogue
+from core.runs import storage
+from core.base import files
+from core.cli.main import main
+from core.runs.train_config import TrainConfig
 
 
 def completed_run(runs_root, name, data_dir):
     """A completed run's files as training writes them (no model needed here)."""
-    run_dir = runs.new_run(asdict(TrainConfig(data_dir=str(data_dir))), name=name, runs_root=runs_root)
+    run_dir = storage.new_run(asdict(TrainConfig(data_dir=str(data_dir))), name=name, runs_root=runs_root)
     rng = np.random.default_rng(0)
     y = np.tile([0, 1], 10)
     predictions = pd.DataFrame({"path": [f"COVID/{i}.png" for i in range(20)], "y_true": y,
                                 "prob": np.clip(0.4 * y + rng.uniform(0, 0.6, 20), 0, 1).round(4),
                                 "split": ["val"] * 10 + ["test"] * 10})
-    runs.write_csv(run_dir / "predictions.csv", predictions)
-    runs.write_json(run_dir / "metrics.json", evaluate.evaluate_predictions(predictions, n_boot=20))
+    files.write_csv(run_dir / "predictions.csv", predictions)
+    files.write_json(run_dir / "metrics.json", classification.evaluate_predictions(predictions, n_boot=20))
     (run_dir / "model.keras").write_bytes(b"PK\x03\x04 not loaded: refused before")
-    runs.set_status(run_dir, "completed")
+    storage.set_status(run_dir, "completed")
     return run_dir
 
 
@@ -58,8 +63,8 @@ DAMAGE = {
     "threshold not a number": (edit_json("metrics.json", lambda m: {**m, "threshold": {"value": "high"}}),
                                "metrics.json", "threshold must be a number between 0 and 1"),
     "truncated predictions": (cut_predictions, "predictions.csv", "3 val rows, but metrics.json counted 10"),
-    "predictions without prob": (lambda d: runs.write_csv(d / "predictions.csv",
-                                                          runs.read_predictions(d).drop(columns="prob")),
+    "predictions without prob": (lambda d: files.write_csv(d / "predictions.csv",
+                                                          storage.read_predictions(d).drop(columns="prob")),
                                  "predictions.csv", "missing column(s) prob"),
     "empty predictions": (write("predictions.csv", ""), "predictions.csv", "empty file"),
     "predictions deleted": (lambda d: (d / "predictions.csv").unlink(), "predictions.csv",
@@ -79,12 +84,12 @@ def two_runs(tmp_path, monkeypatch):
 
 def test_an_intact_run_has_no_problems(two_runs, tmp_path):
     for run_dir in two_runs:
-        assert runs.load_run(run_dir)["problems"] == []
-        assert run_check.require_intact(run_dir) == run_dir
+        assert catalogue.load_run(run_dir)["problems"] == []
+        assert checks.require_intact(run_dir) == run_dir
     # Trained elsewhere: a data folder and a cluster this machine lacks are no damage.
     edit_json("config.json", lambda c: {**c, "data_dir": str(tmp_path / "moved"), "strategy": "multiworker",
                                         "setting_of_a_newer_version": 1})(two_runs[1])
-    assert runs.load_run(two_runs[1])["problems"] == []
+    assert catalogue.load_run(two_runs[1])["problems"] == []
 
 
 @pytest.mark.parametrize("case", DAMAGE)
@@ -93,11 +98,11 @@ def test_a_damaged_run_is_listed_as_damaged_and_refused(two_runs, capsys, case):
     damage, file_name, reason = DAMAGE[case]
     damage(damaged)
 
-    listed = {run["id"]: run for run in runs.list_runs()}
+    listed = {run["id"]: run for run in catalogue.list_runs()}
     assert listed[intact.name]["problems"] == []
     (problem, *_) = listed[damaged.name]["problems"]
     assert problem.startswith(f"{file_name}: ") and reason in problem
-    table = runs.compare_runs(list(listed.values())).set_index("run")
+    table = catalogue.compare_runs(list(listed.values())).set_index("run")
     assert table.loc[damaged.name, "state"] == "damaged" and reason in table.loc[damaged.name, "problem"]
     assert table.loc[intact.name, "state"] == "completed"
 
@@ -117,14 +122,14 @@ def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
     import os
     import time
 
-    lock = tmp_path / ".training.lock"
-    lock.write_text("")  # killed between creating the lock and writing it
-    assert jobs.active_training(tmp_path) == {"pid": None, "run": "starting"}  # maybe being written now
+    lock_file = tmp_path / ".training.lock"
+    lock_file.write_text("")  # killed between creating the lock and writing it
+    assert lock.active_training(tmp_path) == {"pid": None, "run": "starting"}  # maybe being written now
     old = time.time() - 60
-    os.utime(lock, (old, old))
-    assert jobs.active_training(tmp_path) is None
-    jobs.acquire_training_lock("next", tmp_path)
-    jobs.release_training_lock(tmp_path)
+    os.utime(lock_file, (old, old))
+    assert lock.active_training(tmp_path) is None
+    lock.acquire_training_lock("next", tmp_path)
+    lock.release_training_lock(tmp_path)
 
 
 @pytest.mark.parametrize("page", ["pages/2_Train.py", "pages/3_Evaluate.py", "pages/5_Predict.py"])

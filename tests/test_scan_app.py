@@ -12,7 +12,7 @@ from test_app import assert_no_exception, deployed, open_page, run_id, texts  # 
 from test_scan import SIDE, dicom_slice, series
 
 import ui
-from core import scan_level
+from core.inference import scan_decision
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +87,11 @@ def test_a_bad_zip_is_named_and_a_good_slice_still_predicted(deployed, slices): 
 
 
 def test_a_run_without_scan_settings_says_its_threshold_is_the_slices(deployed, slices, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(scan_level, "choose_settings", lambda *a, **k: (_ for _ in ()).throw(ValueError("none")))
+    monkeypatch.setattr(scan_decision, "choose_settings", lambda *a, **k: (_ for _ in ()).throw(ValueError("none")))
     import scan_ui
     scan_ui._settings.clear()
-    from core import deploy
-    (deploy.deployed_run()["path"] / scan_level.SCAN_FILE).unlink(missing_ok=True)
+    from core.inference import deploy
+    (deploy.deployed_run()["path"] / scan_decision.SCAN_FILE).unlink(missing_ok=True)
     at = open_page(ui.PREDICT)
     at.file_uploader(key="uploads").set_value([(n, c, "application/dicom") for n, c in series(slices[:2])]).run()
     assert_no_exception(at)
@@ -103,7 +103,7 @@ def test_evaluate_shows_test_patients_beside_test_slices(run_id, trained_run):  
     at = open_page(ui.EVALUATE)
     assert_no_exception(at)
     table = next(frame.value for frame in at.dataframe if "per patient" in frame.value.columns)
-    expected = scan_level.settings_for_run(trained_run)["test_patients"]
+    expected = scan_decision.settings_for_run(trained_run)["test_patients"]
     assert table.loc["ROC-AUC", "per patient"] == pytest.approx(expected["roc_auc"])
     assert table.loc["Sensitivity (recall)", "per patient"] == pytest.approx(expected["recall"])
     assert f"Per patient: the {expected['n']} test patients" in texts(at.caption)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from core import cross_validation, data, evaluate, paths
-from core.cli import main
-from core.config import TrainConfig
-from core.audit import audit_duplicates
+from core.training import cross_validation
+from core.data import datasets
+from core.evaluation import classification
+from core.base import paths
+from core.cli.main import main
+from core.runs.train_config import TrainConfig
+from core.data.audit import audit_duplicates
 
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 
@@ -39,7 +42,7 @@ def two_sources(data_dir, tmp_path):
 
 def test_sources_keep_their_name_unique_ids_and_whole_patients(two_sources):
     hospital_a, hospital_b = two_sources
-    index = data.index_dataset(os.pathsep.join([str(hospital_a), str(hospital_b)]))
+    index = datasets.index_dataset(os.pathsep.join([str(hospital_a), str(hospital_b)]))
 
     assert index.groupby("source").size().to_dict() == {"hospital-a": 24, "SY575": 48}
     assert index["relpath"].is_unique
@@ -53,8 +56,8 @@ def test_sources_keep_their_name_unique_ids_and_whole_patients(two_sources):
     a_counts = index[index["source"] == "hospital-a"].groupby(["split", "label"]).size()
     assert len(a_counts) == 6
     for relpath in index["relpath"].sample(5, random_state=0):
-        assert data.resolve_image(os.pathsep.join([str(hospital_a), str(hospital_b)]), relpath).is_file()
-    counts = data.source_counts(index)
+        assert datasets.resolve_image(os.pathsep.join([str(hospital_a), str(hospital_b)]), relpath).is_file()
+    counts = datasets.source_counts(index)
     assert counts.xs("SY575", level="source")["total"].sum() == 48
 
 
@@ -64,18 +67,18 @@ def test_sources_must_share_their_classes_and_names(two_sources, tmp_path):
     shutil.copytree(hospital_a / "COVID", other / "COVID")
     shutil.copytree(hospital_a / "NonCOVID", other / "Pneumonia")
     with pytest.raises(ValueError, match="do not share the same two class folders"):
-        data.index_dataset([hospital_a, other])
+        datasets.index_dataset([hospital_a, other])
     twin = tmp_path / "copy" / "hospital-a"
     shutil.copytree(hospital_a, twin)
     with pytest.raises(ValueError, match="share the name 'hospital-a'"):
-        data.index_dataset([hospital_a, twin])
+        datasets.index_dataset([hospital_a, twin])
 
 
 def test_audit_finds_a_scan_shared_by_two_sources(two_sources):
     hospital_a, hospital_b = two_sources
     shared = next((hospital_a / "COVID").glob("*.png"))
     shutil.copy(shared, hospital_b / "COVID" / "person001" / "copied.png")
-    index = data.index_dataset([hospital_a, hospital_b])
+    index = datasets.index_dataset([hospital_a, hospital_b])
     pairs = audit_duplicates(index, max_distance=0)
     exact = pairs[(pairs["kind"] == "exact") & pairs["cross_source"]]
     assert {tuple(sorted(p)) for p in exact[["relpath_a", "relpath_b"]].to_numpy()} == {
@@ -115,7 +118,7 @@ def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, 
                                                                     monkeypatch, capsys):
     hospital_a, hospital_b = two_sources
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.setattr(evaluate, "N_BOOT", 50)
+    monkeypatch.setattr(classification, "N_BOOT", 50)
     assert main(["train", "--data-dir", os.pathsep.join([str(hospital_a), str(hospital_b)]),
                  "--holdout-source", "SY575", "--weights", weights, "--input-size", "64", "--batch-size", "4",
                  "--head-epochs", "1", "--finetune-epochs", "1", "--name", "loso"]) == 0
@@ -125,7 +128,7 @@ def test_a_tiny_run_trains_without_a_source_and_is_evaluated_on_it(two_sources, 
     assert "SY575" not in predictions  # trained, validated and tested on hospital A alone
     config = json.loads((run_dir / "config.json").read_text())
     first = predictions.splitlines()[1].split(",")[0]
-    assert data.resolve_image(config["data_dir"], first, config["holdout_source"]).is_file()
+    assert datasets.resolve_image(config["data_dir"], first, config["holdout_source"]).is_file()
     held_out = json.loads((run_dir / "external" / "SY575" / "metrics.json").read_text())
     assert held_out["slice"]["n"] == 48 and held_out["patient"]["n"] == 4
     assert "SY575: 48 slices" in out

@@ -5,11 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import evaluate, jobs, runs
-from core.model import load_model
-from core.config import TrainConfig
-from core.train import select_images, train
-from core.images import load_images
+from core.evaluation import classification
+from core.runs import lock
+from core.runs import catalogue
+from core.runs import storage
+from core.base import files
+from core.models.resnet import load_model
+from core.runs.train_config import TrainConfig
+from core.runs.dataset import select_images
+from core.training.fit import train
+from core.data.images import load_images
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
@@ -17,7 +22,7 @@ def test_smoke_run_writes_every_artifact(trained_run):
                  "metrics.json", "predictions.csv"):
         assert (trained_run / name).exists(), name
     assert not (trained_run / "frozen_cache").exists() and not (trained_run / "checkpoints").exists()
-    status = runs.read_status(trained_run)
+    status = storage.read_status(trained_run)
     assert status["state"] == "completed"
     assert status["train_seconds"] > 0
 
@@ -37,7 +42,7 @@ def test_smoke_run_writes_every_artifact(trained_run):
 
 
 def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
-    from core.model import predict_proba
+    from core.models.resnet import predict_proba
 
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
@@ -54,7 +59,7 @@ def test_over_its_budget_the_frozen_cache_gives_way_to_streaming(tmp_path, data_
     monkeypatch.setenv("COVIDCT_FROZEN_CACHE_GB", "0")
     lines = []
     run_dir = train(tiny_config(data_dir, weights), report=lines.append, runs_root=tmp_path)
-    assert runs.read_status(run_dir)["state"] == "completed"
+    assert storage.read_status(run_dir)["state"] == "completed"
     assert any("over budget, training end to end on streamed images" in line for line in lines)
     assert not any(line.startswith("cached conv2_block3_out") for line in lines)
     assert len(pd.read_csv(run_dir / "history.csv")) == 2
@@ -64,9 +69,9 @@ def test_an_image_lost_from_the_cache_while_training_fails_the_run_naming_it(tmp
                                                                              monkeypatch):
     import os
 
-    from core import train as train_module
+    from core.training import fit
 
-    lost, cache_images = [], train_module.cache_images
+    lost, cache_images = [], fit.cache_images
 
     def cache_then_lose_one(paths, *args, **kwargs):
         cached = cache_images(paths, *args, **kwargs)
@@ -74,19 +79,19 @@ def test_an_image_lost_from_the_cache_while_training_fails_the_run_naming_it(tmp
             os.remove(cached.entries[0])
             lost.append(cached.sources[0])
         return cached
-    monkeypatch.setattr(train_module, "cache_images", cache_then_lose_one)
+    monkeypatch.setattr(fit, "cache_images", cache_then_lose_one)
     monkeypatch.setenv("COVIDCT_IMAGE_CACHE", str(tmp_path / "image_cache"))
     with pytest.raises(Exception, match="its decoded copy"):
         train(tiny_config(data_dir, weights), report=lambda line: None, runs_root=tmp_path / "runs")
     (run_dir,) = (tmp_path / "runs").iterdir()
-    status = runs.read_status(run_dir)
+    status = storage.read_status(run_dir)
     assert status["state"] == "failed" and status["reason"].startswith(f"ImageReadError: {lost[0]}: ")
 
 
 def test_select_images_is_class_balanced_per_split(data_dir):
-    from core import data
+    from core.data import datasets
 
-    index = data.index_dataset(data_dir)
+    index = datasets.index_dataset(data_dir)
     picked = select_images(index, TrainConfig(data_dir=str(data_dir), max_images_per_split=6))
     assert picked.groupby(["split", "y"]).size().tolist() == [3] * 6
 
@@ -114,27 +119,27 @@ def test_unknown_setting_is_named():
 
 def test_cancel_request_marks_the_run_cancelled(tmp_path, data_dir, weights, monkeypatch):
     """A `cancel` file in the run folder stops training at the next batch."""
-    real_new_run = runs.new_run
+    real_new_run = storage.new_run
 
     def new_run_with_cancel(*args, **kwargs):
         folder = real_new_run(*args, **kwargs)
         (folder / "cancel").touch()
         return folder
 
-    monkeypatch.setattr(runs, "new_run", new_run_with_cancel)
+    monkeypatch.setattr(storage, "new_run", new_run_with_cancel)
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
                          max_images_per_split=4, head_epochs=1, finetune_epochs=0)
     with pytest.raises(KeyboardInterrupt):
         train(config, runs_root=tmp_path, report=lambda line: None)
     (run_dir,) = tmp_path.iterdir()
-    status = runs.read_status(run_dir)
+    status = storage.read_status(run_dir)
     assert status["state"] == "cancelled"
     assert not (run_dir / "model.keras").exists()
 
 
 def test_activation_batches_draw_from_all_views_with_class_weights():
-    from core.frozen_cache import ActivationBatches
-    from core.pipeline import balanced_class_weights
+    from core.training.frozen_cache import ActivationBatches
+    from core.training.pipeline import balanced_class_weights
 
     views, n = 3, 10
     x = np.arange(views * n, dtype="float16").reshape(-1, 1)  # sample id as its "activation"
@@ -163,28 +168,28 @@ def test_activation_batches_draw_from_all_views_with_class_weights():
 def test_disk_full_while_saving_marks_the_run_failed_and_keeps_earlier_files(tmp_path, data_dir, weights, monkeypatch):
     import errno
 
-    import core.train
+    import core.training.fit
 
     def disk_full(model, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(core.train, "save_model", disk_full)
+    monkeypatch.setattr(core.training.fit, "save_model", disk_full)
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
                          max_images_per_split=4, head_epochs=1, finetune_epochs=0)
     with pytest.raises(OSError):
         train(config, runs_root=tmp_path, report=lambda line: None)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    status = runs.read_status(run_dir)
+    status = storage.read_status(run_dir)
     assert status["state"] == "failed" and "No space left on device" in status["reason"]
     assert json.loads((run_dir / "config.json").read_text())["input_size"] == 32
     assert len(pd.read_csv(run_dir / "history.csv")) == 1  # the finished epoch is still there
-    assert jobs.active_training(tmp_path) is None  # the lock is released
+    assert lock.active_training(tmp_path) is None  # the lock is released
 
 
 def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_path):
     from dataclasses import asdict
 
-    from core.config import RETIRED
+    from core.runs.train_config import RETIRED
 
     old = {**asdict(TrainConfig(data_dir=str(tmp_path))), **RETIRED}  # a run saved before the retirement
     assert TrainConfig.from_dict(old, starting=True) == TrainConfig(data_dir=str(tmp_path))
@@ -199,10 +204,10 @@ def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_pa
 def test_a_run_saved_with_a_retired_setting_does_not_resume(tmp_path):
     from dataclasses import asdict
 
-    from core.jobs import resume
+    from core.jobs.background import resume
 
-    run_dir = runs.new_run({**asdict(TrainConfig(data_dir=str(tmp_path))), "blur": 1.5}, runs_root=tmp_path)
-    runs.set_status(run_dir, "failed", reason="killed")
+    run_dir = storage.new_run({**asdict(TrainConfig(data_dir=str(tmp_path))), "blur": 1.5}, runs_root=tmp_path)
+    storage.set_status(run_dir, "failed", reason="killed")
     with pytest.raises(ValueError, match=r"retired setting\(s\) blur=1.5"):
         resume(run_dir, report=lambda line: None)
 
@@ -212,8 +217,8 @@ def test_fine_tuning_keeps_the_weights_validation_scored(tmp_path):
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from core.frozen_cache import ActivationBatches
-    from core.train import fit_phase
+    from core.training.frozen_cache import ActivationBatches
+    from core.training.fit import fit_phase
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 8)).astype("float32")
@@ -240,33 +245,33 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
 
     from sklearn.metrics import roc_auc_score
 
-    from core.cross_validation import cross_validation_table
+    from core.training.cross_validation import cross_validation_table
 
     rng = np.random.default_rng(0)
 
     def fold_run(name: str, config: TrainConfig, first: int, retired=None) -> None:  # its own 20 validation images
-        run_dir = runs.new_run({**asdict(config), **(retired or {})}, name=f"{name}-fold{config.cv_fold + 1}",
+        run_dir = storage.new_run({**asdict(config), **(retired or {})}, name=f"{name}-fold{config.cv_fold + 1}",
                                runs_root=tmp_path)
         y = np.tile([0, 1], 10)
-        runs.write_csv(run_dir / "predictions.csv", pd.DataFrame({
+        files.write_csv(run_dir / "predictions.csv", pd.DataFrame({
             "path": [f"img{i}" for i in range(first, first + 20)], "y_true": y,
             "prob": np.clip(0.3 * y + rng.uniform(0, 0.7, 20), 0, 1), "split": "val"}))
-        runs.set_status(run_dir, "completed")
+        storage.set_status(run_dir, "completed")
 
     for fold in range(3):
         fold_run("a-default", TrainConfig(cv_folds=3, cv_fold=fold), 20 * fold)
     for fold in range(2):  # the same folds, a fold not trained yet
         fold_run("b-conv2", TrainConfig(cv_folds=3, cv_fold=fold, train_from="conv2"), 20 * fold)
     fold_run("c-ema", TrainConfig(cv_folds=2, cv_fold=0), 0, retired={"ema": 0.97})  # from before its retirement
-    (runs.list_runs(tmp_path)[0]["path"] / "predictions.csv").unlink()  # c-ema's, newest
+    (catalogue.list_runs(tmp_path)[0]["path"] / "predictions.csv").unlink()  # c-ema's, newest
 
-    monkeypatch.setattr(evaluate, "N_BOOT", 50)
-    table = cross_validation_table(runs.list_runs(tmp_path)).set_index("recipe")
+    monkeypatch.setattr(classification, "N_BOOT", 50)
+    table = cross_validation_table(catalogue.list_runs(tmp_path)).set_index("recipe")
     assert list(table.index) == ["ema=0.97", "train_from=conv2", "project defaults"]
     assert list(table.folds) == ["1 of 2", "2 of 3", "3 of 3"]
     assert "predictions.csv" in table.problem["ema=0.97"]  # named, not raised
 
-    folds = [runs.read_predictions(run["path"]) for run in runs.list_runs(tmp_path)[3:]]
+    folds = [storage.read_predictions(run["path"]) for run in catalogue.list_runs(tmp_path)[3:]]
     expected = [roc_auc_score(f.y_true, f.prob) for f in reversed(folds)]
     row = table.loc["project defaults"]
     assert row.mean_roc_auc == pytest.approx(np.mean(expected))
@@ -277,7 +282,7 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
     assert pd.isna(row.vs_defaults)
 
     # train_from=conv2 against the defaults, fold by fold, on the two folds both have.
-    conv2 = [runs.read_predictions(run["path"]) for run in reversed(runs.list_runs(tmp_path)[1:3])]
+    conv2 = [storage.read_predictions(run["path"]) for run in reversed(catalogue.list_runs(tmp_path)[1:3])]
     differences = [roc_auc_score(f.y_true, f.prob) - auc for f, auc in zip(conv2, expected)]
     assert table.loc["train_from=conv2", "vs_defaults"] == pytest.approx(np.mean(differences))
     assert table.loc["train_from=conv2", "vs_defaults_se"] == pytest.approx(np.std(differences, ddof=1) / np.sqrt(2))

@@ -1,4 +1,4 @@
-"""Hyperparameter search: core.tune, `python -m core tune` and the Train page's section.
+"""Hyperparameter search: core.training.tune, `python -m core tune` and the Train page's section.
 
 Trials are real but tiny (ResNet-50 at 32 px, 4 images per split, one epoch
 per phase: 15-25 s each on two cores). One study, "small", is made for the
@@ -20,10 +20,17 @@ from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
 import ui
-from core import jobs, paths, runs, search_space, tune
-from core.cli import build_parser, main
-from core.cli_training import config_from_args
-from core.config import TrainConfig, load_default_config, reset_default
+from core.runs import lock
+from core.jobs import background
+from core.base import paths
+from core.runs import catalogue
+from core.runs import storage
+from core.base import files
+from core.training import search_space
+from core.training import tune
+from core.cli.main import build_parser, main
+from core.cli.training import config_from_args
+from core.runs.train_config import TrainConfig, load_default_config, reset_default
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1}
@@ -85,7 +92,7 @@ def training_trial(name: str):
         return None
     for trial in study.get_trials(states=(TrialState.RUNNING,)):
         run = trial.user_attrs.get("run")
-        if run and runs.read_status(runs.run_path(run)).get("phase"):
+        if run and storage.read_status(storage.run_path(run)).get("phase"):
             return trial
     return None
 
@@ -103,7 +110,7 @@ def test_a_three_trial_search_makes_a_run_per_trial(small):
     assert space["backbone"] == ["resnet50"]  # the only backbone the ResNet-50 weights file fits
     for trial in trials:
         assert set(trial.params) == set(space)
-        run = runs.load_run(runs.run_path(trial.user_attrs["run"]))
+        run = catalogue.load_run(storage.run_path(trial.user_attrs["run"]))
         assert run["status"]["state"] == "completed"
         assert (run["status"]["study"], run["status"]["trial"]) == ("small", trial.number)
         for key, value in {**TINY, **search_space.settings(trial.params)}.items():
@@ -111,7 +118,7 @@ def test_a_three_trial_search_makes_a_run_per_trial(small):
         assert trial.value == tune.validation_auc(run["path"]) == run["metrics"]["val"]["at_0.5"]["roc_auc"]
 
     # Evaluate's comparison table lists the trials with their study and validation AUC.
-    table = runs.compare_runs(runs.list_runs())
+    table = catalogue.compare_runs(catalogue.list_runs())
     listed = table[table["study"] == "small"]
     assert set(listed["run"]) == {t.user_attrs["run"] for t in trials}
     assert listed["val_roc_auc"].notna().all()
@@ -138,7 +145,7 @@ def test_a_pruned_trial_counts_as_finished_and_its_run_reads_pruned(tmp_path, mo
     assert trial.state == TrialState.PRUNED
     assert trial.intermediate_values.keys() == {1}  # stopped after the first epoch
     assert trial.user_attrs["note"].startswith("pruned at epoch 1")
-    status = runs.read_status(runs.run_path(trial.user_attrs["run"]))
+    status = storage.read_status(storage.run_path(trial.user_attrs["run"]))
     assert status["state"] == "pruned" and "pruned at epoch 1" in status["reason"]
     assert tune.run_search("pruning", 1, report=quiet).trials == study.trials  # it counts: nothing to do
 
@@ -153,8 +160,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
         calls.append(run_dir)
         if len(calls) == 1:
             raise RuntimeError("out of memory")
-        runs.write_json(run_dir / "metrics.json", {"val": {"at_0.5": {"roc_auc": 0.5 + len(calls) / 10}}})
-        runs.set_status(run_dir, "completed")
+        files.write_json(run_dir / "metrics.json", {"val": {"at_0.5": {"roc_auc": 0.5 + len(calls) / 10}}})
+        storage.set_status(run_dir, "completed")
 
     monkeypatch.setattr(tune, "train", fake_train)
     study = tune.run_search("flaky", 2, base=TINY, report=quiet)
@@ -186,22 +193,22 @@ def test_a_killed_worker_leaves_a_failed_trial_that_the_next_session_clears(smal
     study = tune.load_study("small")
     assert study.trials[trial.number].state == TrialState.FAIL
     assert tune.trials_table(study)["note"].iloc[trial.number] == "its worker died"
-    assert runs.read_status(runs.run_path(trial.user_attrs["run"]))["state"] == "interrupted"
+    assert storage.read_status(storage.run_path(trial.user_attrs["run"]))["state"] == "interrupted"
     assert len(finished(study)) == 3
 
 
 def test_stop_cancels_the_trial_in_progress_and_releases_the_lock(small):
-    pid = jobs.launch_search("small", 5)
+    pid = background.launch_search("small", 5)
 
     def alive():
-        return runs.pid_alive(pid)
+        return storage.pid_alive(pid)
 
     try:
-        assert jobs.active_training()["pid"] == pid  # no other training starts meanwhile
-        with pytest.raises(jobs.TrainingBusy, match="already being searched"):
-            jobs.launch_search("small", 5)
+        assert lock.active_training()["pid"] == pid  # no other training starts meanwhile
+        with pytest.raises(lock.TrainingBusy, match="already being searched"):
+            background.launch_search("small", 5)
         trial = wait_for(lambda: training_trial("small"), alive)
-        assert jobs.stop_search("small")
+        assert background.stop_search("small")
         wait_for(lambda: not alive(), lambda: True, timeout=60)
     finally:
         if alive():
@@ -209,8 +216,8 @@ def test_stop_cancels_the_trial_in_progress_and_releases_the_lock(small):
     stopped = tune.load_study("small").trials[trial.number]
     assert stopped.state == TrialState.FAIL
     assert stopped.user_attrs["note"] == "RunCancelled: stopped by SIGTERM"
-    assert runs.read_status(runs.run_path(stopped.user_attrs["run"]))["state"] == "cancelled"
-    assert jobs.active_training() is None and jobs.search_worker("small") is None
+    assert storage.read_status(storage.run_path(stopped.user_attrs["run"]))["state"] == "cancelled"
+    assert lock.active_training() is None and background.search_worker("small") is None
     assert "interrupted" in tune.log_path("small").read_text()
 
 
@@ -323,7 +330,7 @@ def button(at: AppTest, label: str):
 def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, monkeypatch, data_dir, weights):
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     started = []
-    monkeypatch.setattr(jobs, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
+    monkeypatch.setattr(background, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
     at = open_page(ui.TRAIN)
     at.number_input(key="cfg_max_images_per_split").set_value(4).run()  # the form the search starts from
     open_page(ui.SEARCH, at)

@@ -1,0 +1,63 @@
+"""Where data, weights and runs live, with defaults that find ../shared.
+
+Each default can be overridden by an environment variable, so the app, the CLI
+and the tests agree on one place without configuration files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/base/paths.py -> the repository
+SHARED = PROJECT_ROOT.parent / "shared"
+
+
+def data_dir() -> Path:
+    """The CT dataset folder ($COVIDCT_DATA, else ../shared/data/COVID-CT)."""
+    return Path(os.environ.get("COVIDCT_DATA", SHARED / "data" / "COVID-CT"))
+
+
+def weights_path() -> str:
+    """ImageNet weights for ResNet-50 ($COVIDCT_WEIGHTS, else the ../shared
+    file when present, else "imagenet" so Keras downloads them)."""
+    if os.environ.get("COVIDCT_WEIGHTS"):
+        return os.environ["COVIDCT_WEIGHTS"]
+    local = SHARED / "weights" / "resnet50_imagenet.weights.h5"
+    return str(local) if local.exists() else "imagenet"
+
+
+def artifacts_dir() -> Path:
+    """Root of runs and models ($COVIDCT_ARTIFACTS, else ./artifacts)."""
+    return Path(os.environ.get("COVIDCT_ARTIFACTS", PROJECT_ROOT / "artifacts"))
+
+
+def runs_dir() -> Path:
+    return artifacts_dir() / "runs"
+
+
+def studies_dir() -> Path:
+    """Hyperparameter searches: one Optuna SQLite file (and a worker log) per study."""
+    return artifacts_dir() / "studies"
+
+
+def default_config_path() -> Path:
+    """The training defaults promoted from a search (core.training.tune.promote_best)."""
+    return artifacts_dir() / "default_config.json"
+
+
+def weights_cache_dir() -> Path:
+    """Weights converted on first use, such as the CT ResNet-152's
+    ($COVIDCT_WEIGHTS_CACHE, else the artifacts folder's weights/)."""
+    return Path(os.environ.get("COVIDCT_WEIGHTS_CACHE", artifacts_dir() / "weights"))
+
+
+FROZEN_CACHE_GB = 16  # default budget of a run's frozen-stage cache on disk
+
+
+def frozen_cache_budget(folder) -> int:
+    """Bytes a run may use for its frozen-stage cache (core.training.frozen_cache):
+    $COVIDCT_FROZEN_CACHE_GB (default FROZEN_CACHE_GB), and never more than
+    half the free space of the disk holding `folder`."""
+    gigabytes = float(os.environ.get("COVIDCT_FROZEN_CACHE_GB", FROZEN_CACHE_GB))
+    return int(min(gigabytes * 1e9, shutil.disk_usage(folder).free / 2))

@@ -1,0 +1,75 @@
+"""python -m core predict-scan PATH [PATH ...] [--csv FILE]: one line per scan.
+
+Each PATH is one scan (core.data.scans.read_path): a folder of one series' DICOM
+files or of slice images, a .zip of either, or a NIfTI volume. A scan that
+cannot be read gets `error: <file>: <problem>` on stderr; the others are
+still scored, and the exit code is then 2.
+"""
+from __future__ import annotations
+
+import sys
+
+CSV_COLUMNS = ["scan", "kind", "slices_read", "slices_scored", "probability", "decision", "most_suspicious",
+               "most_suspicious_probability", "aggregation", "threshold", "notes"]
+
+
+def add_parser(commands) -> None:
+    predict_scan = commands.add_parser(
+        "predict-scan", help="one decision per scan (DICOM series folder or zip, NIfTI volume, folder of slices)",
+        description="Reads each scan, scores the slices that show lung, and aggregates them into the scan's "
+                    "probability, decided at the threshold chosen for scans on the run's validation patients. "
+                    "Prints: scan, slices read / scored, scan probability, decision, most suspicious slice.")
+    predict_scan.add_argument("scans", nargs="+", help="one scan each: a folder, a .zip, a .nii or .nii.gz")
+    predict_scan.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
+    predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
+    predict_scan.set_defaults(func=cmd_predict_scan)
+
+
+def result_row(result) -> dict:
+    """A scored scan as one CSV row."""
+    top = result.most_suspicious
+    probability = result.scan_probability
+    return {"scan": result.scan.name, "kind": result.scan.kind, "slices_read": len(result.scan.slices),
+            "slices_scored": len(result.scored), "probability": None if probability is None else round(probability, 4),
+            "decision": result.decision, "most_suspicious": None if top is None else result.scan.slice_names[top],
+            "most_suspicious_probability": None if top is None else round(result.probability[top], 4),
+            "aggregation": result.settings["aggregation"], "threshold": round(result.settings["threshold"], 4),
+            "notes": "; ".join(result.notes)}
+
+
+def result_line(row: dict) -> str:
+    probability = "n/a" if row["probability"] is None else f"{row['probability']:.4f}"
+    top = "" if row["most_suspicious"] is None else \
+        f"\tmost suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"
+    return (f"{row['scan']}\t{row['slices_read']} slices read, {row['slices_scored']} scored\t{probability}\t"
+            f"{row['decision']}{top}")
+
+
+def cmd_predict_scan(args) -> int:
+    import pandas as pd
+
+    from core.base import files
+    from core.data import scans
+    from core.inference import scan_decision
+    from core.cli.common import EXIT_BAD_INPUT, run_dir_for
+    from core.inference.predict import Predictor
+
+    run_dir = run_dir_for(args.run)
+    predictor = Predictor.from_run(run_dir)
+    settings = scan_decision.settings_for_run(run_dir)
+    if settings.get("caveat"):
+        print(f"warning: {settings['caveat']}", file=sys.stderr)
+    rows, failures = [], 0
+    for path in args.scans:
+        try:
+            read = scans.read_path(path)
+        except (ValueError, OSError) as error:  # ImageReadError names the file
+            print(f"error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        row = result_row(scan_decision.score_scan(predictor, read, settings))
+        rows.append(row)
+        print(result_line(row), flush=True)
+    if args.csv:
+        files.write_csv(args.csv, pd.DataFrame(rows, columns=CSV_COLUMNS))
+    return EXIT_BAD_INPUT if failures else 0

@@ -1,0 +1,157 @@
+"""Prediction with a trained run: probability, decision and Grad-CAM for scans.
+
+One Predictor per run holds the loaded model, its input size and the threshold
+chosen on validation; the app caches it and shares it between sessions.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.data import lung
+from core.runs import checks
+from core.runs import storage
+from core.runs import catalogue
+from core.base import files
+from core.inference.calibration import Calibration, for_run
+from core.inference.explain import Explainer, overlay
+from core.models.resnet import features_model, load_model, predict_proba
+from core.inference.ood import Guard, image_problems
+from core.data.images import load_image, model_input
+
+
+def latest_completed_run(runs_root=None) -> Path:
+    for run in catalogue.list_runs(runs_root):  # a damaged run (core.runs.checks) is passed over
+        if (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+                and not run["problems"]):
+            return run["path"]
+    raise ValueError("no completed run with a model yet: train one first (python -m core train)")
+
+
+@dataclass
+class Prediction:
+    name: str
+    image: np.ndarray        # the scan as decoded, uint8 HxWx3 at its own size
+    probability: float       # of the positive class, calibrated (core.inference.calibration)
+    threshold: float         # on the calibrated scale
+    positive_class: str
+    negative_class: str
+    raw_probability: float | None = None  # the model's own output; None: same as probability
+    raw_threshold: float | None = None
+    borderline_band: tuple[float, float] | None = None  # calibrated (low, high): too close to call
+    ood_problems: list[str] = field(default_factory=list)  # why the scan is refused; [] passes
+    guarded: bool = False     # False: the run has no out-of-distribution reference (not deployed)
+
+    @property
+    def label(self) -> str:
+        # On the raw scale: calibration is increasing, so this is the calibrated decision
+        # too, without a rounding error ever flipping a probability that sits on the threshold.
+        raw = self.probability if self.raw_probability is None else self.raw_probability
+        threshold = self.threshold if self.raw_threshold is None else self.raw_threshold
+        return self.positive_class if raw >= threshold else self.negative_class
+
+    @property
+    def class_index(self) -> int:
+        """1 when the decision is the positive class, else 0 (the class Grad-CAM explains)."""
+        return int(self.label == self.positive_class)
+
+    @property
+    def borderline(self) -> bool:
+        band = self.borderline_band
+        return band is not None and band[0] <= self.probability <= band[1]
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.ood_problems)
+
+
+@dataclass
+class Predictor:
+    run_dir: Path
+    model: object
+    input_size: int
+    threshold: float
+    positive_class: str
+    negative_class: str
+    flip_tta: bool = False
+    lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
+    calibration: Calibration = field(default_factory=Calibration)
+    guard: Guard | None = None
+    batch_size: int = 32
+    _explainer: Explainer | None = field(default=None, repr=False)
+    _features_model: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_run(cls, run_dir) -> "Predictor":
+        run_dir = checks.require_intact(run_dir)
+        model_path = run_dir / "model.keras"
+        if not model_path.exists():
+            raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
+        config = files.read_json(run_dir / "config.json", {})
+        metrics = files.read_json(run_dir / "metrics.json")
+        negative, positive = storage.class_names(config, metrics)
+        return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
+                   threshold=storage.decision_threshold(metrics), positive_class=positive,
+                   negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
+                   lung_crop=bool(config.get("lung_crop", False)),
+                   calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return model_input(image, self.input_size, self.lung_crop).astype("float32")
+
+    def view(self, image: np.ndarray) -> np.ndarray:
+        """The part of a decoded scan the model sees, at its own resolution:
+        the lung fields where the run crops to them, else the whole scan."""
+        return lung.crop_to_lungs(image) if self.lung_crop else image
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw probabilities, pooled backbone features) of prepared scans, in one pass."""
+        with self._lock:  # built once, lazily: it shares the model's layers
+            if self._features_model is None:
+                self._features_model = features_model(self.model)
+        return predict_proba(self._features_model, batch, self.batch_size, flip_tta=self.flip_tta,
+                             with_features=True)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Pooled backbone features of prepared (resized) scans, N x D."""
+        return self._forward(np.asarray(batch, dtype="float32"))[1]
+
+    def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
+        """Decoded scans (any size) -> one Prediction each, in one batch:
+        calibrated probability, decision, and the out-of-distribution check."""
+        if not images:
+            return []
+        raw, features = self._forward(np.stack([self.prepare(image) for image in images]))
+        calibrated = self.calibration.apply(raw)
+        refusals = self.guard.problems(images, features) if self.guard else [image_problems(i) for i in images]
+        return [Prediction(name, image, float(p), self.calibration.threshold, self.positive_class,
+                           self.negative_class, raw_probability=float(r), raw_threshold=self.threshold,
+                           borderline_band=self.calibration.borderline,
+                           ood_problems=problems, guarded=self.guard is not None)
+                for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
+
+    def predict_file(self, source, name: str | None = None) -> Prediction:
+        """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""
+        name = name or Path(str(source)).name
+        return self.predict_images([load_image(source, name=name)], [name])[0]
+
+    @property
+    def explainer(self) -> Explainer:
+        with self._lock:  # its Grad-CAM models share the model's layers: build them once, lazily
+            if self._explainer is None:
+                self._explainer = Explainer(self.model)
+        return self._explainer
+
+    def gradcam(self, image: np.ndarray, method: str = "gradcam", class_index: int = 1) -> np.ndarray:
+        """Heatmap in [0, 1] at the model's input size for one decoded scan:
+        evidence for the positive class (1) or the negative one (0)."""
+        return self.explainer.heatmaps(self.prepare(image)[None], method=method, class_index=class_index)[0]
+
+    def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4,
+                        class_index: int = 1) -> np.ndarray:
+        """The scan (as the model sees it: view) at its own size with the Grad-CAM heatmap blended over it."""
+        return overlay(self.view(image), self.gradcam(image, method, class_index), alpha=alpha)

@@ -1,0 +1,59 @@
+"""Ready-made training settings, and what a run of given settings will cost.
+
+The estimate scales the runs measured in docs/benchmarks.md (2 CPU cores): the
+default recipe trains in 17.9 min with 18 epochs (early stopping ended it
+before its 25). Its cache of frozen activations (2.7 GB) is on disk
+(core.training.frozen_cache), so memory is a base that grows with batch x pixels
+(3.8 GB measured for the default, docs/data-at-scale.md), and the cache is
+disk. Time grows with the training images, the epochs, the pixels and the
+backbone's compute. It is rough (other work on the machine changes it), and
+an upper bound for time where early stopping ends a run sooner.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from core.training.frozen_cache import CACHED_VIEWS
+
+REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
+REFERENCE_TRAIN_IMAGES = 425
+OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
+BASE_GB = 1.5            # TensorFlow and the model
+ACTIVATIONS_GB = 2.3     # fine-tuning at batch 32, 224 px (3.8 GB measured - base)
+BACKBONE_COMPUTE = {"resnet50": 1.0, "resnet101": 1.9, "resnet152": 2.8}  # GFLOPs 4.1 / 7.8 / 11.5
+# Relative time per epoch by where fine-tuning starts (docs/benchmarks.md: conv2 20.7 min, conv3 17.9, conv5 10.7).
+TRAIN_FROM_TIME = {"conv1": 1.5, "conv2": 1.15, "conv3": 1.0, "conv4": 1.0, "conv5": 0.6, "head": 0.3}
+# The frozen boundary's activation (fraction of the side, channels) cached per view, by train_from.
+CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 8, 512),
+                     "conv5": (1 / 16, 1024), "head": (1 / 32, 2048)}
+
+PRESETS = {
+    "Quick look (~2 min)": {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1,
+                            "finetune_epochs": 2},
+    "Default (~20 min)": {},
+    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8},
+}
+
+
+def preset_config(name: str, defaults) -> dict:
+    """Every setting of the preset `name`: the defaults (a TrainConfig) with its changes."""
+    return {**asdict(defaults), **PRESETS[name]}
+
+
+def estimate(config, n_train: int) -> dict:
+    """{"minutes", "gigabytes" (memory), "cache_gigabytes" (disk)} for
+    training `config` on n_train training scans (before max_images_per_split)."""
+    if config.max_images_per_split:
+        n_train = min(n_train, config.max_images_per_split)
+    pixels = (config.input_size / 224) ** 2
+    compute = BACKBONE_COMPUTE.get(config.backbone, 1.0)
+    per_epoch = (REFERENCE_MINUTES_PER_EPOCH * n_train / REFERENCE_TRAIN_IMAGES * pixels * compute
+                 * TRAIN_FROM_TIME.get(config.train_from, 1.0))
+    minutes = OVERHEAD_MINUTES + per_epoch * (config.head_epochs + config.finetune_epochs)
+    cache = 0.0
+    if config.train_from in CACHED_ACTIVATION:
+        side, channels = CACHED_ACTIVATION[config.train_from]
+        per_scan = (config.input_size * side) ** 2 * channels * 2  # float16
+        cache = CACHED_VIEWS * n_train * per_scan / 1e9
+    gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute
+    return {"minutes": minutes, "gigabytes": gigabytes, "cache_gigabytes": cache}
