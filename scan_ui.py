@@ -18,6 +18,7 @@ import streamlit as st
 
 import ui
 from core.data import scans
+from core.evaluation import patient_level
 from core.inference import scan_decision
 from core.inference.calibration import percent
 from core.inference.explain import overlay
@@ -152,7 +153,7 @@ def _decision(result: ScanResult) -> None:
         how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
                f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
                "the fallback")
-        right.caption(f"Scan probability: {scan_decision.AGGREGATIONS[chosen['aggregation']]}, {how}. "
+        right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
                       "A research figure, not a diagnosis.")
     if chosen.get("caveat"):
         st.warning(_plain(chosen["caveat"].capitalize()) + ".", icon=":material/warning:")

@@ -31,6 +31,7 @@ from core.inference import calibration
 from core.training import cross_validation
 from core.data import datasets
 from core.inference import deploy
+from core.evaluation import tables
 from core.evaluation import classification
 from core.inference import external
 from core.data import images
@@ -401,7 +402,7 @@ def roc_figure(curves: dict) -> go.Figure:
     """ROC curves of several prediction sets, {name: (y_true, prob)}, on one chart."""
     figure = go.Figure()
     for name, (y_true, prob) in curves.items():
-        points = classification.roc_points(y_true, prob)
+        points = tables.roc_points(y_true, prob)
         auc = classification.binary_metrics(y_true, prob)["roc_auc"]
         figure.add_scatter(x=points["fpr"], y=points["tpr"], mode="lines", name=f"{name} (AUC {fmt(auc)})")
     figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line_dash="dot", line_color="gray", showlegend=False)
@@ -467,7 +468,7 @@ def upload_name(name: str) -> str:
 
 def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
     """Probability and decision for one uploaded file. A file that is not a
-    readable image raises core.data.images.ImageReadError (a ValueError) whose message
+    readable image raises core.data.limits.ImageReadError (a ValueError) whose message
     starts with its name."""
     return _predict(str(run["path"]), model_stamp(run), content, name)
 

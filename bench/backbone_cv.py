@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.data import datasets
-from core.evaluation import classification
+from core.evaluation import folds
 from core.inference import external
 from core.runs import storage  # noqa: E402
 from core.cli.common import run_dir_for  # noqa: E402
@@ -58,7 +58,7 @@ def spread(values, standard_error: bool = False) -> str:
 
 
 def row(name: str, predictions: dict, baseline: dict | None, outside: dict | None) -> dict:
-    summary = classification.cross_validation_summary(list(predictions.values()))
+    summary = folds.cross_validation_summary(list(predictions.values()))
     val = dict(zip(predictions, summary["fold_roc_auc"]))
     found = {
         "recipe": name,

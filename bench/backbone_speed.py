@@ -23,7 +23,7 @@ from core.models import ct_backbone
 from core.data import datasets
 from core.base import paths  # noqa: E402
 from core.models.resnet import build_model, predict_proba  # noqa: E402
-from core.data.images import load_images  # noqa: E402
+from core.data.image_cache import cache_images  # noqa: E402
 
 
 def load() -> str:
@@ -57,7 +57,7 @@ def main() -> None:
 
     index = datasets.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
-    batch = load_images(files, args.size).astype("float32")
+    batch = cache_images(files, args.size).array().astype("float32")
     for backbone in args.backbones:
         model = build_model(backbone, args.size, paths.weights_path())
         parameters = sum(int(w.numpy().size) for w in model.weights) / 1e6

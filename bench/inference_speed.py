@@ -21,7 +21,8 @@ from core.base import paths
 from core.runs import storage  # noqa: E402
 from core.models.resnet import predict_proba, tta_view_count  # noqa: E402
 from core.inference.predict import Predictor, latest_completed_run  # noqa: E402
-from core.data.images import load_image, load_images  # noqa: E402
+from core.data.images import load_image  # noqa: E402
+from core.data.image_cache import cache_images
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     predictor = Predictor.from_run(run_dir)
     index = datasets.index_dataset(paths.data_dir())
     files = index[index.split == "test"].path.tolist()[:args.images]
-    batch = load_images(files, predictor.input_size).astype("float32")
+    batch = cache_images(files, predictor.input_size).array().astype("float32")
     print(f"run {run_dir.name}: input {predictor.input_size} px, {len(batch)} test images")
 
     predict_proba(predictor.model, batch[:32])  # warm up

@@ -20,10 +20,11 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.data import splits
 from core.data import datasets
 from core.base import paths  # noqa: E402
 from core.models.resnet import build_model  # noqa: E402
-from core.data.images import load_images  # noqa: E402
+from core.data.image_cache import cache_images  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +37,9 @@ def main() -> None:
     features, labels = {}, {}
     model = build_model(input_size=args.input_size, weights=paths.weights_path(), train_from="head")
     extractor = keras.Model(model.input, model.get_layer("head_pool").output)
-    for split in datasets.SPLITS:
+    for split in splits.SPLITS:
         rows = index[index.split == split]
-        images = load_images(rows.path.tolist(), args.input_size)
+        images = cache_images(rows.path.tolist(), args.input_size).array()
         features[split] = np.concatenate([np.asarray(extractor(images[i:i + 32])) for i in range(0, len(images), 32)])
         labels[split] = rows.y.to_numpy()
 

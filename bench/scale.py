@@ -125,7 +125,8 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     from core.runs.train_config import TrainConfig
     from core.training.frozen_cache import remove_cache
     from core.models.resnet import build_model, set_trainable
-    from core.training.fit import augmentation, compile_model, decode_splits, training_data
+    from core.training.fit import compile_model, decode_splits, training_data
+    from core.training.pipeline import augmentation
     from core.runs.dataset import run_index
 
     config = TrainConfig(data_dir=folder)
@@ -136,10 +137,10 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
     images, labels = decode_splits(index, config, ("train", "val"))
     decode_seconds = time.perf_counter() - started
     if storage == "memory":
-        from core.data.images import load_images
+        from core.data.image_cache import cache_images
 
         started = time.perf_counter()
-        in_memory = [load_images(images[split].sources, config.input_size, lung_crop=config.lung_crop)
+        in_memory = [cache_images(images[split].sources, config.input_size, lung_crop=config.lung_crop).array()
                       for split in ("train", "val")]
         decode_seconds = time.perf_counter() - started
         del in_memory

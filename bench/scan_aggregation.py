@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.inference import calibration
 from core.inference import external
 from core.data import images
+from core.evaluation import patient_level
 from core.inference import scan_decision  # noqa: E402
 
 
@@ -31,8 +32,8 @@ def external_frame(run_dir: Path, data_dir: str) -> pd.DataFrame:
 
     predictor = Predictor.from_run(run_dir)
     index = external.index_external(data_dir, predictor.negative_class, predictor.positive_class)
-    images = [images.load_image(path) for path in index["path"]]
-    probabilities = [p.probability for p in predictor.predict_images(images, list(index["relpath"]))]
+    slices = [images.load_image(path) for path in index["path"]]
+    probabilities = [p.probability for p in predictor.predict_images(slices, list(index["relpath"]))]
     return pd.DataFrame({"path": index["relpath"], "y_true": index["y"], "prob": probabilities,
                          "split": "external", "patient_id": index["patient_id"]})
 
@@ -54,7 +55,7 @@ def main() -> None:
     if args.external:
         outside = external_frame(Path(args.run), args.external)
         table = pd.concat([table, scan_decision.compare_aggregations(outside, splits=("external",))])
-        patients = scan_decision.per_patient(outside, settings["aggregation"])
+        patients = patient_level.per_patient(outside, settings["aggregation"])
         right = int(((patients["prob"] >= settings["threshold"]) == patients["y_true"].astype(bool)).sum())
         print(f"external patients decided right at the scan threshold: {right} of {len(patients)} "
               f"({', '.join(f'{p.patient_id} {p.prob:.2f}' for p in patients.itertuples())})")

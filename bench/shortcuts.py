@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from core.data import splits
 from core.data import datasets
 from core.evaluation import classification
 from core.base import paths
@@ -49,9 +50,9 @@ def main() -> None:
         model = LogisticRegression().fit(properties.loc[train, columns], index.y[train])
         scores = {split: roc_auc_score(index.y[index.split == split],
                                        model.predict_proba(properties.loc[index.split == split, columns])[:, 1])
-                  for split in datasets.SPLITS}
+                  for split in splits.SPLITS}
         print(f"  {' + '.join(columns):<18} " + ", ".join(f"{s} {a:.3f}" for s, a in scores.items()))
-    for split in datasets.SPLITS:
+    for split in splits.SPLITS:
         rows = index.split == split
         median = properties[rows].groupby(index.label[rows]).log_pixels.median()
         print(f"  median pixels, {split}: " + ", ".join(f"{c} {np.exp(v):,.0f}" for c, v in median.items()))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.evaluation import tables
 from core.evaluation import classification  # noqa: E402
 from core.cli.main import build_parser  # noqa: E402
 from core.cli.training import config_from_args  # noqa: E402
@@ -35,7 +36,7 @@ def main() -> None:
     shown = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_dir", "weights")}
     print(f"config: {json.dumps(shown)}")
     print(f"threshold {metrics['threshold']['value']:.3f} chosen on {metrics['threshold']['chosen_on']}")
-    print(classification.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
+    print(tables.metrics_table(metrics, "test", "at_threshold").to_string(float_format="%.3f"))
     print(f"wall-clock {seconds / 60:.1f} min, peak memory {peak_gb:.2f} GB")
     test = metrics["test"]["at_threshold"]
     # One machine-readable line for bench/compare.py.

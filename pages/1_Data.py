@@ -6,6 +6,7 @@ import streamlit as st
 
 import ui
 from core.data import audit
+from core.data import splits
 from core.data import datasets
 from core.base import paths
 
@@ -23,7 +24,7 @@ if problems:  # files core.data.datasets.index_dataset refused: unreadable, or l
 # --- Counts: images and patients per split and class ------------------------
 counts = datasets.split_counts(index)
 patients = (index.groupby(["split", "label"])["patient_id"].nunique()
-            .unstack().reindex([s for s in datasets.SPLITS if s in counts.index]))
+            .unstack().reindex([s for s in splits.SPLITS if s in counts.index]))
 left, right = st.columns(2)
 with left:
     st.subheader("Images per split")
@@ -64,7 +65,7 @@ left, right = st.columns(2)
 labels = sorted(index["label"].unique())
 label = left.segmented_control("Class", labels, default=labels[0], required=True,
                                key="gallery_label", persist_state="session")
-split = right.segmented_control("Split", list(datasets.SPLITS), default="train", required=True,
+split = right.segmented_control("Split", list(splits.SPLITS), default="train", required=True,
                                 key="gallery_split", persist_state="session")
 shown = index[(index["label"] == label) & (index["split"] == split)].reset_index(drop=True)
 n_pages = max(1, -(-len(shown) // GALLERY_PAGE))

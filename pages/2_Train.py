@@ -16,7 +16,7 @@ import ui
 from core.runs import lock
 from core.jobs import background
 from core.training import presets
-from core.training import fit
+from core.training import pipeline
 from core.runs.train_config import TrainConfig, load_default_config, promoted_from, reset_default
 from core.data.images import model_input
 
@@ -101,7 +101,7 @@ config = TrainConfig(**values)
 
 problems = config.problems()
 try:  # problems() does not check the augmentation strengths; Keras does, building the layers
-    fit.augmentation(config)
+    pipeline.augmentation(config)
 except ValueError as error:
     problems.append(f"augmentation: {error}")
 if problems:
@@ -136,7 +136,7 @@ def augmentation_preview(config: TrainConfig):
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:
-        augment = fit.augmentation(config, seed=draw)
+        augment = pipeline.augmentation(config, seed=draw)
         augmented = keras.ops.convert_to_numpy(augment(images.astype("float32"), training=True))
     except ValueError as error:  # Keras refuses e.g. a contrast factor above 1
         st.info(f"No preview with these augmentation settings: {error}")

@@ -9,11 +9,12 @@ import scan_ui
 import ui
 from core.inference import calibration
 from core.inference import deploy
+from core.evaluation import tables
 from core.evaluation import classification
 from core.inference import external
 from core.jobs import background
 from core.runs import catalogue
-from core.inference import scan_decision
+from core.evaluation import patient_level
 
 ui.page_setup("Evaluate")
 run = ui.pick_run()
@@ -34,13 +35,13 @@ if len(test) < deploy.MIN_TEST_IMAGES:
 NAMES = {"accuracy": "Accuracy", "precision": "Precision (PPV)", "recall": "Sensitivity (recall)",
          "specificity": "Specificity", "f1": "F1", "roc_auc": "ROC-AUC",
          "pr_auc": "PR-AUC (average precision)"}
-table = classification.metrics_table(metrics).rename(index=NAMES)
+table = tables.metrics_table(metrics).rename(index=NAMES)
 table.insert(1, "95% CI", [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
                            zip(table["ci_low"], table["ci_high"])])
 scan_settings = scan_ui.settings(run)
 per_patient = scan_settings.get("test_patients")
 if per_patient:  # patients known from the dataset's metadata: the same metrics per patient
-    patients = classification.metrics_table({"test": {"at_threshold": per_patient}}).rename(index=NAMES)
+    patients = tables.metrics_table({"test": {"at_threshold": per_patient}}).rename(index=NAMES)
     table["per patient"] = patients["value"]
     table["per patient 95% CI"] = [f"{ui.fmt(low)} – {ui.fmt(high)}" for low, high in
                                    zip(patients["ci_low"], patients["ci_high"])]
@@ -52,7 +53,7 @@ with left:
                                        "per patient": st.column_config.NumberColumn(format="%.3f")})
     st.caption("Per slice: at the validation-chosen threshold; CIs: percentile bootstrap over the test images."
                + (f" Per patient: the {per_patient['n']} test patients, each scored by the "
-                  f"{scan_decision.AGGREGATIONS[scan_settings['aggregation']]}, decided at the scan threshold "
+                  f"{patient_level.AGGREGATIONS[scan_settings['aggregation']]}, decided at the scan threshold "
                   f"{scan_settings['threshold']:.3f} chosen on the {scan_settings['val_patients']} validation "
                   "patients (as Predict decides a whole scan); CIs resample patients." if per_patient else ""))
 
@@ -77,7 +78,7 @@ INSIDE_BOTTOM_RIGHT = dict(x=0.98, y=0.02, xanchor="right", yanchor="bottom",
                            bgcolor="rgba(0,0,0,0.3)")
 roc_column, pr_column, matrix_column = st.columns(3)
 with roc_column:
-    roc = classification.roc_points(y, prob)
+    roc = tables.roc_points(y, prob)
     figure = go.Figure(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", showlegend=False,
                                   customdata=roc["threshold"],
                                   hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<br>threshold %{customdata:.3f}"))
@@ -93,7 +94,7 @@ with roc_column:
                          legend=INSIDE_BOTTOM_RIGHT)
     st.plotly_chart(figure)
 with pr_column:
-    pr = classification.pr_points(y, prob)
+    pr = tables.pr_points(y, prob)
     figure = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", showlegend=False,
                                   line_shape="hv"))
     figure.add_hline(y=y.mean(), line_dash="dot", line_color="gray",
@@ -104,7 +105,7 @@ with pr_column:
                          xaxis_title="recall", yaxis_title="precision", showlegend=False)
     st.plotly_chart(figure)
 with matrix_column:
-    matrix = classification.confusion_frame(y, prob, threshold, labels=(negative, positive))
+    matrix = tables.confusion_frame(y, prob, threshold, labels=(negative, positive))
     figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
     figure.update_layout(title=f"Confusion matrix at {threshold:.3f}", height=400,
                          coloraxis_showscale=False)
@@ -196,7 +197,7 @@ if complete:
         st.plotly_chart(ui.roc_figure({"internal test": (y, prob),
                                        f"{name} (slices)": (rows["y_true"], rows["prob"])}))
     with matrix_column:
-        matrix = classification.confusion_frame(rows["y_true"], rows["prob"], chosen_set["threshold"],
+        matrix = tables.confusion_frame(rows["y_true"], rows["prob"], chosen_set["threshold"],
                                           labels=(negative, positive))
         figure = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
         figure.update_layout(title=f"{name}: slices at {chosen_set['threshold']:.3f}", height=400,

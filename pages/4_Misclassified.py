@@ -4,7 +4,7 @@ are shared with Evaluate (session state), so a click there lands here."""
 import streamlit as st
 
 import ui
-from core.evaluation import classification
+from core.evaluation import tables
 from core.inference.calibration import percent
 
 PER_PAGE = 4  # Grad-CAM costs about a second per image on CPU
@@ -28,7 +28,7 @@ split = middle.selectbox("Cases from", list(sets), format_func=sets.get, key="re
 method = right.segmented_control("Heatmap", list(ui.CAM_METHODS), format_func=ui.CAM_METHODS.get,
                                  required=True, key="cam_method", persist_state="session")
 
-rows = classification.cell_rows(ui.review_predictions(run, split), threshold, cell)
+rows = tables.cell_rows(ui.review_predictions(run, split), threshold, cell)
 what = {"fp": f"{negative} predicted as {positive}", "fn": f"{positive} predicted as {negative}",
         "tp": f"{positive} predicted as {positive}", "tn": f"{negative} predicted as {negative}"}[cell]
 st.caption(f"{len(rows)} {ui.CELLS[cell].lower()} in {sets[split]} at threshold "

@@ -16,7 +16,7 @@ import ui
 from core.inference import deploy
 from core.inference import external
 from core.runs import catalogue
-from core.data import scans
+from core.data.scans import group_uploads
 from core.inference.calibration import percent
 from core.inference.ood import REFUSAL
 
@@ -80,7 +80,7 @@ if not uploads:
     st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
     st.stop()
 
-scans, singles = scans.group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
 for scan_name, files in scans:
     scan_ui.show_scan(run, scan_name, files, opacity)
 

@@ -11,7 +11,7 @@ import ui
 from core.runs import lock
 from core.jobs import background
 from core.training import search_space
-from core.training import tune
+from core.training import studies
 from core.runs.train_config import TRAIN_FROM, TrainConfig, load_default_config
 
 ui.page_setup("Hyperparameter search")
@@ -35,19 +35,19 @@ if problems:
              + "\n".join(f"- {p}" for p in problems))
 st.page_link(ui.TRAIN, label="Settings: the Train page's form", icon=ui.icon(ui.TRAIN))
 
-studies = tune.list_studies()
+existing = studies.list_studies()
 left, right = st.columns([3, 1])
-study_name = left.text_input("Study", value=studies[-1] if studies else "search", key="study_name",
+study_name = left.text_input("Study", value=existing[-1] if existing else "search", key="study_name",
                              persist_state="session",
-                             help=f"Existing: {', '.join(studies) or 'none yet'}. "
+                             help=f"Existing: {', '.join(existing) or 'none yet'}. "
                                   "Letters, digits, '.', '_', '-'.").strip()
 n_trials = int(right.number_input("Trials in total", min_value=1, max_value=1000, value=20, step=1,
                                   key="study_trials", persist_state="session",
                                   help="Finished (completed or pruned) trials wanted in the study; "
                                        "a continued search runs only the missing ones."))
-exists = study_name in studies
+exists = study_name in existing
 try:
-    tune.check_study_name(study_name)
+    studies.check_study_name(study_name)
 except ValueError as error:
     st.error(str(error))
     study_name = ""
@@ -107,11 +107,11 @@ def styled_trials(table, best):
 def search_results(name: str, worker_at_start: bool):
     """The study's trials (the best in colour), a chart, Stop and Promote."""
     try:
-        study = tune.load_study(name)
+        study = studies.load_study(name)
     except ValueError:
         st.info("No study by this name yet: choose the space and start one.")
         return
-    table, best, worker = tune.trials_table(study), tune.best_trial(study), background.search_worker(name)
+    table, best, worker = studies.trials_table(study), studies.best_trial(study), background.search_worker(name)
     if worker_at_start and not worker:
         st.rerun()  # the search ended: redraw the page once, without refreshing
     finished = int(table["state"].isin(["complete", "pruned"]).sum()) if len(table) else 0
@@ -136,10 +136,10 @@ def search_results(name: str, worker_at_start: bool):
         if st.button("Promote best to default", help="The Train form and `python -m core train` start from "
                                                      "this trial's settings (undo: 'Back to the project's "
                                                      "defaults')."):
-            tune.promote_best(name)
+            studies.promote_best(name)
             ui.forget_train_form()
             st.rerun()
-    log = tune.log_path(name)
+    log = studies.log_path(name)
     if log.exists():
         with st.expander("End of the search log"):
             st.code("\n".join(log.read_text(errors="replace").splitlines()[-20:]) or "(empty)", language=None)

@@ -23,6 +23,8 @@ import ui
 from core.inference import calibration
 from core.inference import deploy
 from core.jobs import background
+from core.evaluation import tables
+from core.evaluation import folds
 from core.evaluation import classification
 from core.runs import lock
 from core.inference import ood
@@ -168,7 +170,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
                                runs_root=runs_root)
         files.write_csv(run_dir / "predictions.csv", half)
         storage.set_status(run_dir, "completed")
-    summary = classification.cross_validation_summary(halves, seed=config["seed"])
+    summary = folds.cross_validation_summary(halves, seed=config["seed"])
 
     at = open_page(ui.EVALUATE)
     assert_no_exception(at)
@@ -519,6 +521,6 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     at = cases.set_value("external:SY575-COVID19-CT").run()
     assert_no_exception(at)
     rows = external.read_predictions(run_dir, "SY575-COVID19-CT")
-    expected = classification.cell_rows(rows, stored["threshold"], at.session_state["cell"])
+    expected = tables.cell_rows(rows, stored["threshold"], at.session_state["cell"])
     (caption,) = [c.value for c in at.caption if " at threshold " in c.value]
     assert caption.startswith(f"{len(expected)} ") and "in external: SY575-COVID19-CT" in caption

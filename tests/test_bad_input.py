@@ -19,7 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from core.data import datasets
 from core.base.paths import data_dir
-from core.data.images import ImageReadError, MIN_IMAGE_SIDE, load_image
+from core.data.images import load_image
+from core.data.limits import ImageReadError, MIN_IMAGE_SIDE
 
 
 def encode(image, format="PNG", **options):

@@ -19,7 +19,7 @@ from core.runs import storage
 from core.inference.explain import Explainer
 from core.models.resnet import CTWindow, build_model, frozen_boundary, load_model, predict_proba, set_trainable
 from core.models.ct_backbone_checkpoint import CheckpointError, _rebuild_tensor, bfloat16_to_float32, read_checkpoint
-from core.data.images import load_images
+from core.data.image_cache import cache_images
 
 
 def write_checkpoint(path, pickled: bytes, storages: dict[str, bytes] = {}) -> None:
@@ -199,7 +199,7 @@ def test_keras_backbone_matches_a_numpy_torchvision_forward_pass(ct_weights_cach
     state = ct_backbone.state_dict(ct_backbone.joined_checkpoint(tmp_path))
     model = build_model("ct-resnet152", input_size=64, weights="ct")
     index = datasets.index_dataset(data_dir)
-    image = load_images(index.path[:1], 64).astype("float32")
+    image = cache_images(index.path[:1], 64).array().astype("float32")
     features = keras.Model(model.input, model.get_layer("conv5_block3_out").output).predict_on_batch(image)[0]
     recipe = np.asarray(model.get_layer("ct_window")(image))[0]
     expected = torchvision_resnet152(recipe.transpose(2, 0, 1).astype("float64"), state).transpose(1, 2, 0)
@@ -221,7 +221,7 @@ def batchnorm_agreement(backbone: keras.Model, images: np.ndarray) -> np.ndarray
 def test_converted_weights_agree_with_their_batchnorm_statistics_on_ct(ct_weights_cache, data_dir):
     size = 128  # mean agreement 0.953 on these slices, 0.724 on noise (0.962 and 0.717 at 160 px)
     index = datasets.index_dataset(data_dir)
-    slices = load_images(index[index.split == "train"].sample(8, random_state=0).path, size)
+    slices = cache_images(index[index.split == "train"].sample(8, random_state=0).path, size).array()
     noise = np.random.default_rng(0).uniform(0, 255, slices.shape)
     model = build_model("ct-resnet152", input_size=size, weights="ct")
     on_ct = batchnorm_agreement(model, slices.astype("float32")).mean()
@@ -269,7 +269,7 @@ def test_tiny_training_predicts_explains_and_reloads_in_safe_mode(ct_weights_cac
     assert model.get_layer("ct_window").transpose
     predictions = storage.read_predictions(run_dir)
     test = predictions[predictions.split == "test"]
-    images = load_images([data_dir / p for p in test.path], 64).astype("float32")
+    images = cache_images([data_dir / p for p in test.path], 64).array().astype("float32")
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=config.flip_tta), test.prob, atol=1e-5)
 
     heatmaps = Explainer(model).heatmaps(images[:2], method="gradcam++")

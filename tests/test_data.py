@@ -13,11 +13,13 @@ import pytest
 from dicom_factory import ct_dataset
 from PIL import Image
 
+from core.data import splits
 from core.data import datasets
 from core.base.paths import data_dir
 from core.data.audit import audit_duplicates
 from core.data.image_cache import cache_images
-from core.data.images import ImageReadError, image_sizes, load_image, load_images, resize_image
+from core.data.images import image_sizes, load_image, resize_image
+from core.data.limits import ImageReadError
 from core.training.pipeline import augmentation_layers, make_dataset
 
 ROOT = data_dir()
@@ -63,7 +65,7 @@ def test_cross_validation_folds_validate_each_image_once_and_keep_patients_toget
     pool = index.split != "test"
     validates = pd.Series(0, index=index.index)
     for fold in range(5):
-        regrouped = datasets.cross_validation_split(index, 5, fold, seed=0)
+        regrouped = splits.cross_validation_split(index, 5, fold, seed=0)
         assert (regrouped.loc[~pool, "split"] == "test").all()  # test stays aside
         assert set(regrouped.loc[pool, "split"]) == {"train", "val"}
         assert regrouped[pool].groupby("patient_id")["split"].nunique().max() == 1
@@ -74,7 +76,7 @@ def test_cross_validation_folds_validate_each_image_once_and_keep_patients_toget
     assert (validates[pool] == 1).all() and (validates[~pool] == 0).all()
     assert (index.split[pool] != "test").all()  # the caller's index is left as it was
     with pytest.raises(ValueError, match="fold 5 of 5"):
-        datasets.cross_validation_split(index, 5, 5)
+        splits.cross_validation_split(index, 5, 5)
 
 
 @needs_real_data
@@ -120,7 +122,7 @@ def test_generated_split_is_grouped_stratified_and_seeded(tmp_path):
     assert (index["y"] == (index["label"] == "Sick")).all()
 
     assert index.groupby("patient_id")["split"].nunique().max() == 1
-    assert set(index["split"]) == set(datasets.SPLITS)
+    assert set(index["split"]) == set(splits.SPLITS)
     assert (pd.crosstab(index["split"], index["label"]) > 0).all().all()
 
     pd.testing.assert_frame_equal(index, datasets.index_dataset(root, positive_class="Sick", seed=0))
@@ -289,12 +291,12 @@ def test_missing_file_raises_image_read_error(tmp_path):
 
 
 @needs_real_data
-def test_load_images_resizes_and_reports_progress(official_index):
+def test_cached_images_are_resized_and_report_progress(official_index):
     paths = official_index["path"].iloc[[0, 400, 745]]
     calls = []
-    images = load_images(paths, size=32, progress=lambda i, n: calls.append((i, n)))
+    images = cache_images(paths, size=32, progress=lambda i, n: calls.append((i, n))).array()
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert calls[-1] == (3, 3)
     np.testing.assert_array_equal(images[1], resize_image(load_image(paths.iloc[1]), 32))
 
 

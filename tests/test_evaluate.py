@@ -13,7 +13,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core.evaluation.classification import (METRICS, _weighted_metrics, binary_metrics, bootstrap_ci, choose_threshold, confusion_frame, cross_validation_summary, evaluate_predictions, metrics_table, pr_points, resolution_bias, roc_points)
+from core.evaluation.classification import METRICS, _weighted_metrics, binary_metrics, bootstrap_ci, choose_threshold, evaluate_predictions, resolution_bias
+from core.evaluation.folds import cross_validation_summary
+from core.evaluation.tables import confusion_frame, metrics_table, pr_points, roc_points
 
 # Ten hand-made cases; at threshold 0.5: tp=3 (0.9, 0.8, 0.6), fn=2 (0.4, 0.2),
 # fp=1 (0.7), tn=4 (0.1, 0.3, 0.45, 0.05).

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.evaluation import patient_level
 from core.evaluation import classification
 from core.inference import external
 from core.jobs import background
@@ -54,12 +55,12 @@ def test_patient_sub_folders_are_read_as_patients(sy575):
 def test_patient_probability_is_the_mean_of_its_slices_and_mixed_labels_are_refused():
     slices = pd.DataFrame({"patient_id": ["a", "a", "b", "b", "b"], "y_true": [1, 1, 0, 0, 0],
                            "prob": [0.2, 0.6, 0.1, 0.2, 0.9]})
-    patients = classification.patient_predictions(slices)
+    patients = patient_level.per_patient(slices)
     assert patients[["patient_id", "y_true", "slices"]].to_dict("list") == {
         "patient_id": ["a", "b"], "y_true": [1, 0], "slices": [2, 3]}
     assert patients["prob"].tolist() == pytest.approx([0.4, 0.4])
     with pytest.raises(ValueError, match="patient 'a' has slices of both classes"):
-        classification.patient_predictions(slices.assign(y_true=[1, 0, 0, 0, 0]))
+        patient_level.per_patient(slices.assign(y_true=[1, 0, 0, 0, 0]))
 
 
 def test_bootstrap_by_patient_resamples_whole_patients():
@@ -93,7 +94,7 @@ def test_external_evaluation_is_stored_in_the_run(trained_run, sy575, tmp_path):
     expected = classification.binary_metrics(predictions["y_true"], predictions["prob"], threshold)
     assert {k: at[k] for k in expected} == pytest.approx(expected)
     assert metrics["patient"]["n"] == 4 and metrics["patient"]["aggregation"] == "mean"
-    patient = classification.patient_predictions(predictions)
+    patient = patient_level.per_patient(predictions)
     assert metrics["patient"]["at_threshold"]["tp"] + metrics["patient"]["at_threshold"]["fn"] == 2
     assert metrics["patient"]["at_threshold"]["accuracy"] == pytest.approx(
         ((patient["prob"] >= threshold) == patient["y_true"]).mean())

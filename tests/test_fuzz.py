@@ -14,7 +14,8 @@ from PIL import Image
 from core.data import datasets
 from core.runs import catalogue
 from core.cli.main import main
-from core.data.images import ImageReadError, check_image, load_image
+from core.data.images import check_image, load_image
+from core.data.limits import ImageReadError
 
 CPU_SECONDS = 3.0  # per input; the largest, 2 MB of DICOM header, takes about 1 s
 rng = np.random.default_rng(19)

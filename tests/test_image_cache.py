@@ -12,7 +12,8 @@ from PIL import Image
 
 from core.data import image_cache
 from core.data.image_cache import cache_images
-from core.data.images import ImageReadError, load_image, resize_image
+from core.data.images import load_image, resize_image
+from core.data.limits import ImageReadError
 from core.training.pipeline import make_dataset, reading_errors
 
 

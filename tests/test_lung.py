@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from core.data import lung
-from core.data.images import load_image, load_images
+from core.data.images import load_image
+from core.data.image_cache import cache_images
 
 
 def phantom(size: int = 256) -> np.ndarray:
@@ -64,7 +65,7 @@ def test_training_prediction_and_gradcam_see_the_same_crop(trained_run, data_dir
     path = sorted((data_dir / "NonCOVID").glob("*.jpg"))[0]
     image = load_image(path)
     expected = cv2.resize(lung.crop_to_lungs(image), (64, 64), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(load_images([path], 64, lung_crop=True)[0], expected)
+    assert np.array_equal(cache_images([path], 64, lung_crop=True).array()[0], expected)
 
     predictor = Predictor.from_run(trained_run)
     predictor.lung_crop = True

@@ -21,8 +21,9 @@ from core.cli import main
 from core.data import images
 from core.base import files
 from core.data import scans
+from core.evaluation import patient_level
 from core.inference import scan_decision
-from core.data.images import ImageReadError
+from core.data.limits import ImageReadError
 
 SIDE = 96  # px: small slices, large enough for the lung mask
 
@@ -251,12 +252,12 @@ def test_nifti_in_a_zip(grey_slices):
 
 def test_aggregations():
     p = [0.1, 0.9, 0.2, 0.8, 0.5]
-    assert scan_decision.aggregate(p, "mean") == pytest.approx(0.5)
-    assert scan_decision.aggregate(p, "top3") == pytest.approx((0.9 + 0.8 + 0.5) / 3)
-    assert scan_decision.aggregate(p, "noisy_or") == pytest.approx(1 - 0.9 * 0.1 * 0.8 * 0.2 * 0.5)
-    assert scan_decision.aggregate([0.3], "top3") == pytest.approx(0.3)
+    assert patient_level.aggregate(p, "mean") == pytest.approx(0.5)
+    assert patient_level.aggregate(p, "top3") == pytest.approx((0.9 + 0.8 + 0.5) / 3)
+    assert patient_level.aggregate(p, "noisy_or") == pytest.approx(1 - 0.9 * 0.1 * 0.8 * 0.2 * 0.5)
+    assert patient_level.aggregate([0.3], "top3") == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown aggregation 'max'"):
-        scan_decision.aggregate(p, "max")
+        patient_level.aggregate(p, "max")
 
 
 def test_only_slices_that_show_lung_are_scored(grey_slices):
@@ -299,7 +300,7 @@ def test_aggregation_and_threshold_are_chosen_on_validation_patients():
     val = pd.DataFrame(settings["comparison"]).query("split == 'val'").set_index("method")
     assert settings["aggregation"] == val["roc_auc"].idxmax() != "mean"
     assert settings["val_patients"] == 20 and settings["val_multi_slice_patients"] == 20
-    patients = scan_decision.per_patient(frame[frame.split == "val"], settings["aggregation"])
+    patients = patient_level.per_patient(frame[frame.split == "val"], settings["aggregation"])
     positives, negatives = patients.query("y_true == 1").prob, patients.query("y_true == 0").prob
     assert negatives.max() < settings["threshold"] <= positives.min()
     assert settings["test_patients"]["n"] == 20  # reported on test, at the validation threshold

@@ -14,7 +14,7 @@ from core.models.resnet import load_model
 from core.runs.train_config import TrainConfig
 from core.runs.dataset import select_images
 from core.training.fit import train
-from core.data.images import load_images
+from core.data.image_cache import cache_images
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
@@ -46,7 +46,7 @@ def test_saved_model_reproduces_the_predictions(trained_run, data_dir):
 
     model = load_model(trained_run / "model.keras")
     predictions = pd.read_csv(trained_run / "predictions.csv").head(4)
-    images = load_images([str(data_dir / p) for p in predictions.path], 64)
+    images = cache_images([str(data_dir / p) for p in predictions.path], 64).array()
     np.testing.assert_allclose(predict_proba(model, images, flip_tta=True), predictions.prob, atol=1e-4)
 
 

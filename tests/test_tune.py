@@ -27,6 +27,7 @@ from core.runs import catalogue
 from core.runs import storage
 from core.base import files
 from core.training import search_space
+from core.training import studies
 from core.training import tune
 from core.cli.main import build_parser, main
 from core.cli.training import config_from_args
@@ -42,7 +43,7 @@ def quiet(line):
 
 
 def finished(study):
-    return [t for t in study.get_trials() if t.state in tune.FINISHED]
+    return [t for t in study.get_trials() if t.state in studies.FINISHED]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def wait_for(condition, alive, timeout=180):
 def training_trial(name: str):
     """A running trial whose run has started training (train()'s handlers are in place)."""
     try:
-        study = tune.load_study(name)
+        study = studies.load_study(name)
     except ValueError:  # not created yet
         return None
     for trial in study.get_trials(states=(TrialState.RUNNING,)):
@@ -102,7 +103,7 @@ def training_trial(name: str):
 # ---------------------------------------------------------------------------
 
 def test_a_three_trial_search_makes_a_run_per_trial(small):
-    study = tune.load_study("small")
+    study = studies.load_study("small")
     trials = finished(study)
     assert [t.number for t in trials] == [0, 1, 2]
     space = study.user_attrs["space"]
@@ -126,7 +127,7 @@ def test_a_three_trial_search_makes_a_run_per_trial(small):
 
 def test_resuming_runs_only_the_missing_trials(small):
     root, first_run = small
-    study = tune.load_study("small")
+    study = studies.load_study("small")
     assert study.trials[0].user_attrs["run"] == first_run
     trial_runs = [p.name for p in (root / "runs").iterdir() if "-small-t" in p.name]
     assert len(trial_runs) == 3  # trial 0 was not trained again when the search resumed
@@ -134,7 +135,7 @@ def test_resuming_runs_only_the_missing_trials(small):
     lines = []
     tune.run_search("small", 3, report=lines.append)
     assert "nothing to do" in lines[-1]
-    assert len(finished(tune.load_study("small"))) == 3
+    assert len(finished(studies.load_study("small"))) == 3
 
 
 def test_a_pruned_trial_counts_as_finished_and_its_run_reads_pruned(tmp_path, monkeypatch, data_dir, weights):
@@ -167,7 +168,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     study = tune.run_search("flaky", 2, base=TINY, report=quiet)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["note"] == "RuntimeError: out of memory"
-    assert tune.trials_table(study)["note"].iloc[0] == "RuntimeError: out of memory"
+    assert studies.trials_table(study)["note"].iloc[0] == "RuntimeError: out of memory"
 
     def broken_train(config, run_dir, **kwargs):
         raise RuntimeError("no GPU memory left")
@@ -175,7 +176,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     monkeypatch.setattr(tune, "train", broken_train)
     with pytest.raises(RuntimeError, match="3 trials failed in a row, the last with RuntimeError: no GPU memory"):
         tune.run_search("flaky", 10, report=quiet)
-    assert len(tune.load_study("flaky").trials) == 6
+    assert len(studies.load_study("flaky").trials) == 6
 
 
 def test_a_killed_worker_leaves_a_failed_trial_that_the_next_session_clears(small, tmp_path):
@@ -185,14 +186,14 @@ def test_a_killed_worker_leaves_a_failed_trial_that_the_next_session_clears(smal
     finally:
         worker.kill()  # SIGKILL: no handler runs, the trial stays RUNNING in the study
         worker.wait()
-    assert tune.load_study("small").trials[trial.number].state == TrialState.RUNNING
+    assert studies.load_study("small").trials[trial.number].state == TrialState.RUNNING
 
     lines = []
     tune.run_search("small", 3, report=lines.append)  # the worker's process is gone: its trial failed
     assert "nothing to do" in lines[-1]
-    study = tune.load_study("small")
+    study = studies.load_study("small")
     assert study.trials[trial.number].state == TrialState.FAIL
-    assert tune.trials_table(study)["note"].iloc[trial.number] == "its worker died"
+    assert studies.trials_table(study)["note"].iloc[trial.number] == "its worker died"
     assert storage.read_status(storage.run_path(trial.user_attrs["run"]))["state"] == "interrupted"
     assert len(finished(study)) == 3
 
@@ -213,12 +214,12 @@ def test_stop_cancels_the_trial_in_progress_and_releases_the_lock(small):
     finally:
         if alive():
             os.kill(pid, signal.SIGKILL)
-    stopped = tune.load_study("small").trials[trial.number]
+    stopped = studies.load_study("small").trials[trial.number]
     assert stopped.state == TrialState.FAIL
     assert stopped.user_attrs["note"] == "RunCancelled: stopped by SIGTERM"
     assert storage.read_status(storage.run_path(stopped.user_attrs["run"]))["state"] == "cancelled"
     assert lock.active_training() is None and background.search_worker("small") is None
-    assert "interrupted" in tune.log_path("small").read_text()
+    assert "interrupted" in studies.log_path("small").read_text()
 
 
 def test_two_worker_processes_share_one_study(tmp_path, monkeypatch, data_dir, weights):
@@ -234,7 +235,7 @@ def test_two_worker_processes_share_one_study(tmp_path, monkeypatch, data_dir, w
         for worker in (first, locals().get("second")):
             if worker and worker.poll() is None:
                 worker.kill()
-    study = tune.load_study("shared")
+    study = studies.load_study("shared")
     assert sorted(t.number for t in study.trials) == [0, 1, 2]  # the target, no trial twice
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert {t.user_attrs["worker"]["pid"] for t in study.trials} == {first.pid, second.pid}
@@ -249,7 +250,7 @@ def test_two_worker_processes_share_one_study(tmp_path, monkeypatch, data_dir, w
 def test_promote_makes_the_best_trial_the_default_until_reset(small, capsys):
     assert main(["tune", "--study", "small", "--show", "--promote"]) == 0
     out = capsys.readouterr().out
-    study = tune.load_study("small")
+    study = studies.load_study("small")
     best = study.best_trial
     assert f"best: trial {best.number} complete" in out and "promoted" in out
     expected = TrainConfig.from_dict({**study.user_attrs["base"], **search_space.settings(best.params)})
@@ -358,7 +359,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
     at = open_page(ui.SEARCH)
     at.text_input(key="study_name").set_value("small").run()
     assert not at.exception and not at.error, texts(at.error)
-    study = tune.load_study("small")
+    study = studies.load_study("small")
     best = study.best_trial
     table = at.dataframe[-1].value
     assert {t.number for t in finished(study)} <= set(table["trial"])

@@ -42,7 +42,7 @@ def studies_dir() -> Path:
 
 
 def default_config_path() -> Path:
-    """The training defaults promoted from a search (core.training.tune.promote_best)."""
+    """The training defaults promoted from a search (core.training.studies.promote_best)."""
     return artifacts_dir() / "default_config.json"
 
 

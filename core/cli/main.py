@@ -15,6 +15,7 @@ from core.cli.common import EXIT_BAD_INPUT, PROGRESS_FROM, image_files, report, 
 
 
 def cmd_evaluate(args) -> int:
+    from core.evaluation import tables
     from core.evaluation import classification
     from core.inference import external
     from core.runs import checks
@@ -33,7 +34,7 @@ def cmd_evaluate(args) -> int:
     for at in ("at_0.5", "at_threshold"):
         if "test" in metrics:
             print(f"\ntest, {at.replace('_', ' ')}:")
-            print(classification.metrics_table(metrics, "test", at).to_string(float_format="%.3f"))
+            print(tables.metrics_table(metrics, "test", at).to_string(float_format="%.3f"))
     return 0
 
 
@@ -51,7 +52,8 @@ def cmd_predict(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from core.data.images import ImageReadError, load_image
+    from core.data.images import load_image
+    from core.data.limits import ImageReadError
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be at least 1")

@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from core.evaluation import classification
+    from core.evaluation import folds
     from core.base import files
     from core.runs import storage
     from core.runs.train_config import TrainConfig
@@ -82,7 +82,7 @@ def cmd_cv(args) -> int:
         partner = fold_runs([run_dir_for(run_id) for run_id in args.ensemble_with])
         predictions = averaged_folds([predictions, {fold: storage.read_predictions(d) for fold, d in partner.items()}])
         names = {fold: f"{name} + {partner[fold].name}" for fold, name in names.items()}
-    summary = classification.cross_validation_summary(list(predictions.values()), seed=config.seed)
+    summary = folds.cross_validation_summary(list(predictions.values()), seed=config.seed)
 
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
@@ -98,7 +98,7 @@ def cmd_cv(args) -> int:
         baseline_runs = fold_runs([run_dir_for(run_id) for run_id in args.against])
         baseline = {fold: storage.read_predictions(d) for fold, d in baseline_runs.items()}
         check_same_folds(predictions, baseline)
-        scored = classification.cross_validation_summary(list(baseline.values()), seed=config.seed)
+        scored = folds.cross_validation_summary(list(baseline.values()), seed=config.seed)
         difference, standard_error = paired_difference(dict(zip(predictions, summary["fold_roc_auc"])),
                                                        dict(zip(baseline, scored["fold_roc_auc"])))
         print(f"against {' '.join(d.name for d in baseline_runs.values())} (mean {fmt(scored['mean_roc_auc'])}): "
@@ -147,6 +147,7 @@ def _space_changes(args) -> dict | None:
 def cmd_tune(args) -> int:
     from core.runs import train_config
     from core.base import paths
+    from core.training import studies
     from core.training import tune
 
     if args.reset_default:
@@ -158,15 +159,15 @@ def cmd_tune(args) -> int:
         study = tune.run_search(args.study, args.trials, base=given_settings(args), space=_space_changes(args),
                                 timeout=args.timeout, storage=args.storage, report=report)
     elif args.show or args.promote:
-        study = tune.load_study(args.study, args.storage)
+        study = studies.load_study(args.study, args.storage)
     else:
         raise ValueError("give --trials N (finished trials wanted in the study), --show or --promote")
 
-    table = tune.trials_table(study)
+    table = studies.trials_table(study)
     print(table.to_string(index=False, float_format="%.4g", na_rep="") if len(table) else "no trials yet")
-    best = tune.best_trial(study)
-    print(f"best: {tune.describe(best)}" if best else "best: none yet (no completed trial)")
+    best = studies.best_trial(study)
+    print(f"best: {studies.describe(best)}" if best else "best: none yet (no completed trial)")
     if args.promote:
-        tune.promote_best(args.study, args.storage)
+        studies.promote_best(args.study, args.storage)
         print(f"promoted trial {best.number}'s config to the defaults: {paths.default_config_path()}")
     return 0

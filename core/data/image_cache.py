@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from core.base import paths
-from core.data.images import ImageReadError, in_threads, load_image, model_input
+from core.data.images import in_threads, load_image, model_input
+from core.data.limits import ImageReadError
 
 # Bump when decoding, cropping or resizing changes what an entry holds.
 FORMAT_VERSION = 1

@@ -11,7 +11,6 @@ import contextlib
 import io
 import os
 import re
-import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,30 +20,13 @@ import numpy as np
 import pandas as pd
 import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.pixels import apply_modality_lut, get_decoder
 
 from core.data import lung
+from core.data.dicom import (LUNG_WINDOW, apply_window, decode_dicom, gray_to_rgb, looks_like_dicom, open_dicom,
+                             scale_to_uint8)
+from core.data.limits import MAX_FILE_BYTES, ImageReadError, check_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-
-
-class ImageReadError(ValueError):
-    """Raised with a message "<file name>: <what is wrong>" (e.g. "scan.png: not a readable image (plain text)")."""
-
-
-# Limits checked from the header, before any pixel is decoded. The smallest
-# COVID-CT image is 115x61 and the largest 1671x1225 (2 megapixels).
-MIN_IMAGE_SIDE = 16  # px; smaller is an icon or a thumbnail, not a CT slice
-MAX_IMAGE_PIXELS = 50_000_000  # 50 megapixels: ~150 MB as RGB; more is a mistake or a decompression bomb
-DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# Bounded work per input: a file is identified from its first bytes, and only
-# a known format is parsed. MAX_FILE_BYTES caps what is read into memory (a
-# 50 MP 16-bit DICOM is 100 MB); MAX_DICOM_HEADER_BYTES caps the DICOM elements
-# parsed before the pixel data (a few kB in a CT slice; 1 s of CPU for 2 MB of
-# the worst case, 8-byte empty elements); decoding is capped by MAX_IMAGE_PIXELS.
-MAX_FILE_BYTES = 256 * 2**20
-MAX_DICOM_HEADER_BYTES = 2 * 2**20
-LUNG_WINDOW = (1500, -600)  # (width, level) in HU: air black, lung grey, soft tissue and bone white
 
 
 def load_image(source, name: str | None = None, window=LUNG_WINDOW) -> np.ndarray:
@@ -78,14 +60,14 @@ def open_image(source, name: str | None = None):
 def decode_image(opened, name: str, window=LUNG_WINDOW) -> np.ndarray:
     """The pixels of what open_image returned, as load_image gives them."""
     if isinstance(opened, pydicom.Dataset):
-        return _decode_dicom(opened, name, window)
+        return decode_dicom(opened, name, window)
     with _pillow_errors(name), opened as image:
         return _decode_with_pillow(image)
 
 
 def lung_window(hounsfield: np.ndarray, window=LUNG_WINDOW) -> np.ndarray:
     """Hounsfield units -> uint8 grey through `window` (width, level), as DICOM CT slices are shown."""
-    return _apply_window(np.asarray(hounsfield, dtype=np.float64), window)
+    return apply_window(np.asarray(hounsfield, dtype=np.float64), window)
 
 
 def check_image(source, name: str | None = None) -> None:
@@ -126,12 +108,12 @@ def _open(data: bytes, name: str):
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
     if data[128:132] == b"DICM":
-        return _open_dicom(data, name)
+        return open_dicom(data, name)
     image = _open_with_pillow(data, name)
     if image is not None:
         return image
-    if _looks_like_dicom(data):  # a DICOM without its preamble
-        return _open_dicom(data, name)
+    if looks_like_dicom(data):  # a DICOM without its preamble
+        return open_dicom(data, name)
     raise ImageReadError(f"{name}: not a readable image ({_describe_content(data)})")
 
 
@@ -159,23 +141,12 @@ def _open_with_pillow(data: bytes, name: str) -> Image.Image | None:
             frames = getattr(image, "n_frames", 1)
     except UnidentifiedImageError:
         return None
-    _check_size(name, *image.size)
+    check_size(name, *image.size)
     # MPO (phone JPEGs) keeps the photo itself as its first frame.
     if frames > 1 and image.format != "MPO":
         raise ImageReadError(f"{name}: animated or multi-page {image.format} ({frames} frames); "
                              "save the one slice to classify as PNG or JPEG")
     return image
-
-
-def _check_size(name: str, width: int, height: int, frames: int = 1) -> None:
-    megapixels = width * height * frames / 1e6
-    if megapixels > MAX_IMAGE_PIXELS / 1e6:
-        raise ImageReadError(f"{name}: image too large ({width}x{height} px"
-                             f"{f' x {frames} frames' if frames > 1 else ''} = {megapixels:.0f} "
-                             f"megapixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f})")
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise ImageReadError(f"{name}: image too small ({width}x{height} px; a CT slice needs "
-                             f"at least {MIN_IMAGE_SIDE} px a side)")
 
 
 def _verify(image: Image.Image) -> None:
@@ -192,155 +163,13 @@ def _decode_with_pillow(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit / 32-bit grey: use the full 8-bit range for the values present.
-        return _gray_to_rgb(_scale_to_uint8(np.asarray(image, dtype=np.float64)))
+        return gray_to_rgb(scale_to_uint8(np.asarray(image, dtype=np.float64)))
     if image.has_transparency_data:
         # Transparent areas become black, like the background of a CT.
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _looks_like_dicom(data: bytes) -> bool:
-    """A DICOM data set without its preamble starts with an element of the
-    file meta group (0002) or of the identifying group (0008); nothing else is
-    parsed (a forced parse of 50 MB of zeros took 45 s). The first 64 kB must
-    then parse as elements naming a modality or SOP class, or reach pixel data."""
-    if data[:2] not in (b"\x02\x00", b"\x08\x00"):
-        return False
-    try:
-        header, pixels_at = _dicom_header(data[:2**16])
-    except Exception:  # force=True parsing of non-DICOM bytes can fail in many ways
-        return False
-    return "Modality" in header or "SOPClassUID" in header or pixels_at is not None
-
-
-def _dicom_header(data: bytes) -> tuple[pydicom.Dataset, int | None]:
-    """The elements before the pixel data, and where the pixel data element
-    starts (None if `data` has none)."""
-    buffer = io.BytesIO(data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # forced parsing of damaged bytes warns a lot
-        header = pydicom.dcmread(buffer, force=True, stop_before_pixels=True)
-    at = buffer.tell()
-    # Group 7FE0 (pixel data), little or big endian.
-    return header, at if data[at:at + 2] in (b"\xe0\x7f", b"\x7f\xe0") else None
-
-
-def _dicom_element_end(data: bytes, at: int, header: pydicom.Dataset) -> int:
-    """Where the element starting at `at` (the pixel data) ends: what follows
-    it is not parsed, as a file padded with megabytes of junk after its
-    pixels would take as long as the forced parse above."""
-    implicit, little = getattr(header, "original_encoding", (False, True))
-    order = "<" if little is not False else ">"
-    if implicit:
-        start, (length,) = at + 8, struct.unpack(order + "I", data[at + 4:at + 8])
-    else:  # pixel data VRs (OB, OW, OF, OD) have a 4-byte length after 2 reserved bytes
-        start, (length,) = at + 12, struct.unpack(order + "I", data[at + 8:at + 12])
-    if length == 0xFFFFFFFF:  # encapsulated frames, up to the sequence delimiter
-        end = data.find(b"\xfe\xff\xdd\xe0" if order == "<" else b"\xff\xfe\xe0\xdd", start)
-        return len(data) if end < 0 else end + 8
-    return min(len(data), start + length)
-
-
-def _open_dicom(data: bytes, name: str) -> pydicom.Dataset:
-    """The dataset, with pixel data that an installed decoder reads and a size
-    within the limits; pixels not decoded yet."""
-    try:
-        header, pixels_at = _dicom_header(data[:MAX_DICOM_HEADER_BYTES])
-        if pixels_at is None:
-            if len(data) > MAX_DICOM_HEADER_BYTES:
-                raise ImageReadError(f"{name}: no DICOM pixel data in the first "
-                                     f"{MAX_DICOM_HEADER_BYTES // 2**20} MB (the header of a CT slice is a few kB)")
-            raise ImageReadError(f"{name}: DICOM file has no pixel data")
-        end = _dicom_element_end(data, pixels_at, header)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(io.BytesIO(data[:end]), force=True)
-    except ImageReadError:
-        raise
-    except Exception as error:
-        raise ImageReadError(f"{name}: not a readable DICOM file ({error})") from error
-    if not any(tag in dataset for tag in DICOM_PIXEL_TAGS):
-        raise ImageReadError(f"{name}: DICOM file has no pixel data")
-    syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
-    if syntax is not None and not _can_decode(syntax):
-        raise ImageReadError(f"{name}: unsupported DICOM transfer syntax {syntax.name!r} "
-                             f"({syntax}): no decoder for it is installed")
-    if "Rows" not in dataset or "Columns" not in dataset:
-        raise ImageReadError(f"{name}: DICOM file has no image size (Rows, Columns)")
-    with _dicom_value_errors(name, "image size"):
-        _check_size(name, int(dataset.Columns), int(dataset.Rows), int(dataset.get("NumberOfFrames") or 1))
-    return dataset
-
-
-@contextlib.contextmanager
-def _dicom_value_errors(name: str, what: str):
-    """A tag whose value does not convert (a RescaleSlope of "abc", a Rows of
-    -1) as ImageReadError naming the file; pydicom raises many kinds."""
-    try:
-        yield
-    except ImageReadError:
-        raise
-    except Exception as error:
-        raise ImageReadError(f"{name}: DICOM {what} unreadable ({type(error).__name__}: {error})") from error
-
-
-def _can_decode(syntax) -> bool:
-    try:
-        return get_decoder(syntax).is_available
-    except (NotImplementedError, ValueError):  # e.g. MPEG video, or not a UID: no decoder at all
-        return False
-
-
-def _decode_dicom(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
-    with _dicom_value_errors(name, "pixel values"):
-        return _dicom_to_rgb(dataset, name, window)
-
-
-def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # e.g. corrupt compressed data
-        syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", "unknown")
-        raise ImageReadError(
-            f"{name}: cannot decode DICOM pixel data (transfer syntax {syntax}): {error}") from error
-
-    if int(dataset.get("SamplesPerPixel", 1)) == 3:
-        if pixels.ndim == 4:
-            pixels = pixels[len(pixels) // 2]
-        return pixels if pixels.dtype == np.uint8 else _scale_to_uint8(pixels.astype(np.float64))
-
-    if pixels.ndim == 3:  # a multi-frame series: show its middle slice
-        pixels = pixels[len(pixels) // 2]
-    is_ct = dataset.get("Modality") == "CT" or (
-        "Modality" not in dataset and "RescaleIntercept" in dataset)
-    if is_ct and window is not None:
-        hounsfield = apply_modality_lut(pixels, dataset).astype(np.float64)
-        gray = _apply_window(hounsfield, window)
-    else:
-        gray = _scale_to_uint8(pixels.astype(np.float64))
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-        gray = 255 - gray  # MONOCHROME1 stores white as the lowest value
-    return _gray_to_rgb(gray)
-
-
-def _apply_window(hounsfield: np.ndarray, window) -> np.ndarray:
-    width, level = window
-    low = level - width / 2
-    scaled = (hounsfield - low) / width * 255.0
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
-
-
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 def _describe_content(data: bytes) -> str:
@@ -365,20 +194,6 @@ def model_input(image: np.ndarray, size: int, lung_crop: bool = False) -> np.nda
     """What a model sees of a decoded scan: its lung fields (core.data.lung, when
     the run crops to them), resized to size x size (uint8)."""
     return resize_image(lung.crop_to_lungs(image) if lung_crop else image, size)
-
-
-def load_images(paths, size: int, progress=None, lung_crop: bool = False) -> np.ndarray:
-    """Decode, crop (lung_crop) and resize once: uint8 array N x size x size x 3.
-
-    progress(done, total) is called after each image.
-    """
-    paths = list(paths)
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        images[i] = model_input(load_image(path), size, lung_crop)
-        if progress is not None:
-            progress(i + 1, len(paths))
-    return images
 
 
 def in_threads(function, *iterables):

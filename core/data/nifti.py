@@ -15,8 +15,9 @@ import cv2
 import nibabel as nib
 import numpy as np
 
+from core.data import limits
 from core.data import images
-from core.data.images import ImageReadError
+from core.data.limits import ImageReadError
 
 
 
@@ -94,9 +95,9 @@ def _nifti_kind(head: bytes):
 
 def _check_size(shape: tuple[int, int, int], slice_axis: int, name: str, max_slices: int, max_voxels: int) -> None:
     slices, side = shape[slice_axis], min(n for axis, n in enumerate(shape) if axis != slice_axis)
-    if side < images.MIN_IMAGE_SIDE:
+    if side < limits.MIN_IMAGE_SIDE:
         raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))}: its axial slices are under "
-                             f"{images.MIN_IMAGE_SIDE} px a side, too small for a CT slice")
+                             f"{limits.MIN_IMAGE_SIDE} px a side, too small for a CT slice")
     if slices > max_slices:
         raise ImageReadError(f"{name}: NIfTI volume {' x '.join(map(str, shape))} has {slices} axial slices, "
                              f"more than the {max_slices} a scan may have")

@@ -3,7 +3,7 @@
 A scan comes as (a) several DICOM files of one series, (b) a .zip of such
 files or of slice images, (c) a NIfTI volume (.nii, .nii.gz) or (d) a folder
 of slice images. Every slice is shown through the lung window that single
-DICOM slices get (core.data.images.LUNG_WINDOW), from Hounsfield units: DICOM's
+DICOM slices get (core.data.dicom.LUNG_WINDOW), from Hounsfield units: DICOM's
 RescaleSlope/Intercept, or a NIfTI volume's values (scl_slope/inter applied
 by nibabel).
 
@@ -26,7 +26,7 @@ import pydicom
 
 from core.data import images
 from core.data import nifti
-from core.data.images import ImageReadError
+from core.data.limits import ImageReadError
 
 # A thin-slice chest CT (0.625 mm over 40 cm) has about 650 slices; more is a whole-body scan or a mistake.
 MAX_SLICES = 1000

@@ -27,7 +27,7 @@ N_BOOT = 1000
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
 
-def _as_arrays(y_true, prob):
+def as_arrays(y_true, prob):
     """Labels as a flat int array, probabilities as a flat float array."""
     y_true = np.asarray(y_true).astype(int).ravel()
     prob = np.asarray(prob, dtype=float).ravel()
@@ -36,7 +36,7 @@ def _as_arrays(y_true, prob):
     return y_true, prob
 
 
-def _has_both_classes(y_true) -> bool:
+def has_both_classes(y_true) -> bool:
     return len(np.unique(y_true)) == 2
 
 
@@ -47,10 +47,10 @@ def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict:
     roc_auc, pr_auc (average precision), tn, fp, fn, tp, threshold, n} as
     plain floats/ints. roc_auc and pr_auc are None when only one class is present.
     """
-    y_true, prob = _as_arrays(y_true, prob)
+    y_true, prob = as_arrays(y_true, prob)
     y_pred = (prob >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
-    both_classes = _has_both_classes(y_true)
+    both_classes = has_both_classes(y_true)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "precision": float(precision_score(y_true, y_pred, zero_division=0)),
@@ -131,7 +131,7 @@ def bootstrap_ci(y_true, prob, threshold: float = 0.5, n_boot: int | None = None
     when None); those with a single class are skipped for the AUCs; [None,
     None] when no resample could be used.
     """
-    y_true, prob = _as_arrays(y_true, prob)
+    y_true, prob = as_arrays(y_true, prob)
     rng = np.random.default_rng(seed)
     if groups is None:
         groups = np.arange(y_true.size)
@@ -190,38 +190,12 @@ def choose_threshold(y_val, p_val, method: str = THRESHOLD_RULE) -> float:
     """
     if method not in THRESHOLD_RULES:
         raise ValueError(f"Unknown threshold method {method!r}: use {' or '.join(map(repr, THRESHOLD_RULES))}")
-    y_val, p_val = _as_arrays(y_val, p_val)
-    if not _has_both_classes(y_val):
+    y_val, p_val = as_arrays(y_val, p_val)
+    if not has_both_classes(y_val):
         return 0.5
     threshold = _best_threshold(*THRESHOLD_RULES[method](y_val, p_val))
     # Probabilities can saturate at exactly 0 or 1; keep the threshold strictly inside.
     return float(np.clip(threshold, 1e-6, 1 - 1e-6))
-
-
-def roc_points(y_true, prob) -> pd.DataFrame:
-    """ROC curve with columns fpr, tpr, threshold (NaN for the 'nothing positive' start)."""
-    fpr, tpr, thresholds = roc_curve(*_as_arrays(y_true, prob))
-    thresholds = np.where(np.isfinite(thresholds), thresholds, np.nan)
-    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
-
-
-def pr_points(y_true, prob) -> pd.DataFrame:
-    """Precision-recall curve with columns recall, precision, threshold
-    (NaN for the final recall=0 point, which sklearn gives no threshold)."""
-    precision, recall, thresholds = precision_recall_curve(*_as_arrays(y_true, prob))
-    thresholds = np.append(thresholds, np.nan)
-    return pd.DataFrame({"recall": recall, "precision": precision, "threshold": thresholds})
-
-
-def confusion_frame(y_true, prob, threshold, labels=("NonCOVID", "COVID")) -> pd.DataFrame:
-    """2x2 confusion matrix: index "true <label>", columns "predicted <label>"."""
-    y_true, prob = _as_arrays(y_true, prob)
-    matrix = confusion_matrix(y_true, (prob >= threshold).astype(int), labels=[0, 1])
-    return pd.DataFrame(
-        matrix,
-        index=[f"true {label}" for label in labels],
-        columns=[f"predicted {label}" for label in labels],
-    )
 
 
 def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, seed: int = 0,
@@ -240,7 +214,7 @@ def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, s
     val = predictions[predictions["split"] == "val"]
     test = predictions[predictions["split"] == "test"]
 
-    if _has_both_classes(val["y_true"]):
+    if has_both_classes(val["y_true"]):
         threshold = choose_threshold(val["y_true"], val["prob"], method=threshold_method)
         chosen_on = "val"
     else:
@@ -256,17 +230,6 @@ def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, s
         result["test"] = {at: metrics_at(test["y_true"], test["prob"], t, n_boot=n_boot, seed=seed)
                           for at, t in operating_points.items()}
     return result
-
-
-def metrics_table(metrics: dict, split: str = "test", at: str = "at_threshold") -> pd.DataFrame:
-    """One row per name in METRICS with columns value, ci_low, ci_high (NaN when unknown)."""
-    chosen = metrics[split][at]
-    ci = chosen.get("ci", {})
-    rows = []
-    for name in METRICS:
-        low, high = ci.get(name, [None, None])
-        rows.append({"value": chosen[name], "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, index=list(METRICS), dtype=float)
 
 
 def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
@@ -289,60 +252,9 @@ def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cross_validation_summary(predictions: list[pd.DataFrame], n_boot: int | None = None, seed: int = 0) -> dict:
-    """Score a recipe from its k cross-validation runs (core.training.cross_validation.cross_validate):
-    each run's validation ROC-AUC, their mean and standard deviation, and the
-    ROC-AUC of all out-of-fold predictions pooled, with a bootstrap 95% CI.
-    The mean over folds is the recipe's score (as scikit-learn's
-    cross_val_score); the pooled figure also asks that the fold models'
-    probabilities be alike, as one model's would be. Test predictions are
-    left out: recipes are chosen here."""
-    folds = [frame[frame["split"] == "val"] for frame in predictions]
-    pooled = pd.concat(folds, ignore_index=True)
-    repeated = pooled["path"][pooled["path"].duplicated()]
-    if len(repeated):
-        raise ValueError(f"{repeated.iloc[0]} validates in more than one fold: these runs are not one "
-                         "cross-validation")
-    fold_auc = [float(roc_auc_score(f["y_true"], f["prob"])) if _has_both_classes(f["y_true"]) else None
-                for f in folds]
-    scored = [auc for auc in fold_auc if auc is not None]
-    return {
-        "fold_roc_auc": fold_auc,
-        "mean_roc_auc": float(np.mean(scored)) if scored else None,
-        "std_roc_auc": float(np.std(scored, ddof=1)) if len(scored) > 1 else None,
-        "pooled_roc_auc": float(roc_auc_score(pooled["y_true"], pooled["prob"]))
-        if _has_both_classes(pooled["y_true"]) else None,
-        "pooled_ci": bootstrap_ci(pooled["y_true"], pooled["prob"], n_boot=n_boot, seed=seed)["roc_auc"],
-        "n_images": len(pooled),
-    }
-
-
-def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient: patient_id, y_true, prob (the mean of the
-    patient's slice probabilities) and slices. The mean treats every slice
-    as one vote of equal weight, so one odd slice moves the patient little.
-    A patient whose slices carry both labels is a labelling error: ValueError."""
-    grouped = predictions.groupby("patient_id", sort=True)
-    mixed = grouped["y_true"].nunique()
-    if (mixed > 1).any():
-        raise ValueError(f"patient {mixed[mixed > 1].index[0]!r} has slices of both classes")
-    return pd.DataFrame({"y_true": grouped["y_true"].first(), "prob": grouped["prob"].mean(),
-                         "slices": grouped.size()}).reset_index()
-
-
 def metrics_at(y_true, prob, threshold: float, n_boot: int | None = None, seed: int = 0, groups=None) -> dict:
     """binary_metrics at `threshold` with their bootstrap CIs ("ci"), resampled by `groups` when given."""
     return {**binary_metrics(y_true, prob, threshold),
             "ci": bootstrap_ci(y_true, prob, threshold, n_boot=n_boot, seed=seed, groups=groups)}
 
 
-def cell_rows(rows: pd.DataFrame, threshold: float, cell: str) -> pd.DataFrame:
-    """The predictions in one confusion-matrix cell ("fp", "fn", "tp", "tn"),
-    most confident first (confidence = probability of the predicted class)."""
-    predicted = rows["prob"] >= threshold
-    actual = rows["y_true"] == 1
-    wanted = {"fp": predicted & ~actual, "fn": ~predicted & actual,
-              "tp": predicted & actual, "tn": ~predicted & ~actual}[cell]
-    chosen = rows[wanted].copy()
-    chosen["confidence"] = np.where(chosen["prob"] >= threshold, chosen["prob"], 1 - chosen["prob"])
-    return chosen.sort_values("confidence", ascending=False, ignore_index=True)

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.data import metadata
 from core.data import datasets
+from core.evaluation import patient_level
 from core.evaluation import classification
 from core.runs import storage
 from core.base import files
@@ -91,7 +93,7 @@ def index_external(data_dir, negative: str, positive: str, class_map: dict | Non
         raise ValueError(f"{root}: none of its {len(problems)} images can be read (e.g. "
                          f"{next(iter(problems.values()))})")
     index["y"] = index["label"].map(y_of).astype(int)
-    index["patient_id"] = datasets.patient_ids(root, index)
+    index["patient_id"] = metadata.patient_ids(root, index)
     index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
     return index
 
@@ -169,7 +171,7 @@ def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | 
                                                   n_boot=n_boot, seed=seed, groups=predictions["patient_id"])}
     patients = None
     if slices["patients"] < len(predictions):
-        per_patient = classification.patient_predictions(predictions)
+        per_patient = patient_level.per_patient(predictions)
         patients = {"n": len(per_patient), "aggregation": "mean",
                     "at_threshold": classification.metrics_at(per_patient["y_true"], per_patient["prob"], threshold,
                                                         n_boot=n_boot, seed=seed)}

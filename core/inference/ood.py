@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from core.base import files
+from core.runs import dataset
 from core.data.images import load_image
 
 FEATURES_FILE = "ood.npz"
@@ -97,24 +98,15 @@ class Guard:
         return cls(reference=reference, threshold=float(summary["threshold"]), k=int(summary.get("k", K)))
 
 
-def run_images(run_dir) -> dict:
-    """{split: list of image paths} of the train and val splits the run used."""
-    from core.runs import dataset  # TensorFlow: only for building a reference
-    from core.runs.train_config import TrainConfig
-
-    index = dataset.run_index(TrainConfig.from_dict(files.read_json(Path(run_dir) / "config.json", {})))
-    return {split: index[index.split == split].path.tolist() for split in ("train", "val")}
-
-
 def build_reference(predictor, report=lambda line: None) -> dict:
     """Features of the run's training and validation scans through its model,
     the refusal threshold, stored in the run folder. Returns the summary."""
     run_dir = Path(predictor.run_dir)
     features = {}
-    for split, files in run_images(run_dir).items():
-        report(f"out-of-distribution reference: {len(files)} {split} scans")
-        # Through predictor.prepare, as every scan it predicts: the reference sees what the model sees.
-        images = [predictor.prepare(load_image(path)) for path in files]
+    for split, image_paths in dataset.run_images(run_dir, ("train", "val")).items():
+        report(f"out-of-distribution reference: {len(image_paths)} {split} slices")
+        # Through predictor.prepare, as every slice it predicts: the reference sees what the model sees.
+        images = [predictor.prepare(load_image(path)) for path in image_paths]
         features[split] = (predictor.features(np.stack(images)) if images
                            else np.zeros((0, predictor.model.get_layer("head_pool").output.shape[-1])))
     # Stored as float16 (half the file); the threshold is measured against what is stored.

@@ -27,10 +27,12 @@ import pandas as pd
 
 from core.inference import calibration
 from core.evaluation import classification
+from core.evaluation.patient_level import AGGREGATIONS, aggregate, per_patient
 from core.data import lung
 from core.runs import storage
 from core.base import files
 from core.data.scans import Scan
+from core.runs import dataset
 
 # The 1st percentile of COVID-CT's slices' lung area is 3.5% (98.8% get a lung mask): a slice with less
 # lung than 3% is an apex or base cut unlike anything the model was trained on, or no lung at all.
@@ -39,26 +41,9 @@ LUNG_MASK_SIDE = 256  # px: masks computed on slices scaled to this, 4x faster a
 # Slices closer than this are taken to show the same opacities (assumed to span more than 5 mm along the
 # body): scoring every slice of a thin-slice scan doubles or quadruples the time (docs/scan-level.md).
 MIN_SPACING_MM = 5.0
-TOP_K = 3  # COVID-19 lesions show on some slices: the mean of the 3 most suspicious is less swayed by one odd slice
-AGGREGATIONS = {"mean": "mean of the slices", "top3": f"mean of the {TOP_K} most suspicious slices",
-                "noisy_or": "noisy-OR (1 − ∏(1 − p))"}
 FALLBACK = "mean"
 SCAN_FILE = "scan.json"
 BATCH_SIZE = 32  # slices decoded into one model call
-
-
-def aggregate(probabilities, method: str) -> float:
-    """One probability from a scan's slice probabilities."""
-    p = np.sort(np.asarray(probabilities, dtype=float))[::-1]
-    if p.size == 0:
-        raise ValueError("no slice probability to aggregate")
-    if method == "mean":
-        return float(p.mean())
-    if method == "top3":
-        return float(p[:TOP_K].mean())
-    if method == "noisy_or":  # "at least one slice is positive", slices taken as independent
-        return float(1 - np.prod(1 - np.clip(p, 0, 1)))
-    raise ValueError(f"unknown aggregation {method!r}: use one of {', '.join(AGGREGATIONS)}")
 
 
 def lung_fraction(image: np.ndarray) -> float:
@@ -153,13 +138,10 @@ def score_scan(predictor, scan: Scan, settings: dict, progress=None) -> ScanResu
 
 def patient_frame(run_dir) -> pd.DataFrame:
     """The run's predictions.csv with the calibrated probability (prob) and
-    each scan's patient (patient_id, from the run's dataset index)."""
-    from core.runs import dataset  # TensorFlow and the dataset: only when patients are needed
-    from core.runs.train_config import TrainConfig
-
+    each slice's patient (patient_id, from the run's dataset index)."""
     run_dir = Path(run_dir)
     frame = storage.read_predictions(run_dir)
-    index = dataset.run_index(TrainConfig.from_dict(files.read_json(run_dir / "config.json", {})))
+    index = dataset.run_index_of(run_dir)
     patients = dict(zip(index["relpath"], index["patient_id"]))
     missing = frame.loc[~frame["path"].isin(patients), "path"]
     if len(missing):
@@ -167,16 +149,6 @@ def patient_frame(run_dir) -> pd.DataFrame:
                          "its dataset any more")
     return frame.assign(prob=calibration.for_run(run_dir).apply(frame["prob"]),
                         patient_id=frame["path"].map(patients))
-
-
-def per_patient(frame: pd.DataFrame, method: str) -> pd.DataFrame:
-    """One row per patient: patient_id, y_true, prob (aggregated by `method`), slices."""
-    grouped = frame.groupby("patient_id", sort=True)
-    if (grouped["y_true"].nunique() > 1).any():
-        raise ValueError("a patient has slices of both classes")
-    return pd.DataFrame({"y_true": grouped["y_true"].first(),
-                         "prob": grouped["prob"].agg(lambda p: aggregate(p, method)),
-                         "slices": grouped.size()}).reset_index()
 
 
 def compare_aggregations(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0,

@@ -79,9 +79,9 @@ def launch_search(name: str, n_trials: int, base: dict | None = None, space: dic
     refused at once. The worker holds the training lock while it lives: no
     other training starts from the app or `python -m core train` meanwhile
     (workers started from the command line do not take it)."""
-    from core.training import tune  # Optuna and TensorFlow: only when a search starts
+    from core.training import studies  # Optuna: only when a search starts
 
-    tune.open_study(name, base, space)
+    studies.open_study(name, base, space)
     worker = search_worker(name)
     if worker:
         raise TrainingBusy(f"study {name} is already being searched (process {worker['pid']}); "
@@ -89,8 +89,8 @@ def launch_search(name: str, n_trials: int, base: dict | None = None, space: dic
     lock_name = f"search-{name}"
     acquire_training_lock(lock_name)
     args = ["tune", "--study", name, "--trials", str(n_trials)] + (["--timeout", str(timeout)] if timeout else [])
-    pid = start_with_lock(args, tune.log_path(name), lock_name)
-    files.write_json(tune.worker_path(name), {"pid": pid, "trials": n_trials,
+    pid = start_with_lock(args, studies.log_path(name), lock_name)
+    files.write_json(studies.worker_path(name), {"pid": pid, "trials": n_trials,
                                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
     return pid
 
@@ -127,9 +127,9 @@ def launch_external(run_dir, data_dir, name: str | None = None, class_map_text: 
 
 def search_worker(name: str) -> dict | None:
     """The live background worker of a study ({pid, trials, started_at}), None if there is none."""
-    from core.training import tune
+    from core.training import studies  # Optuna: only when a search is asked about
 
-    worker = files.read_json(tune.worker_path(name))
+    worker = files.read_json(studies.worker_path(name))
     return worker if worker and storage.pid_alive(worker.get("pid")) else None
 
 

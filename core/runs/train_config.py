@@ -224,7 +224,7 @@ class TrainConfig:
         return self
 
 
-# Defaults promoted from a hyperparameter search (core.training.tune.promote_best).
+# Defaults promoted from a hyperparameter search (core.training.studies.promote_best).
 
 def load_default_config() -> TrainConfig:
     """TrainConfig with the promoted defaults when a search's best was

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.data import datasets
-from core.evaluation import classification
+from core.evaluation import folds
 from core.runs import catalogue
 from core.base import files
 from core.runs import storage
@@ -22,7 +22,7 @@ from core.training.fit import train
 def cross_validate(config: TrainConfig, name: str | None = None, report=print, runs_root=None) -> list[Path]:
     """One run per fold of config.cv_folds (at least 2), each validating on
     its own fold of train + val; returns their folders, to be scored with
-    classification.cross_validation_summary. A failed fold stops the rest (the
+    folds.cross_validation_summary. A failed fold stops the rest (the
     finished folds stay as runs)."""
     if config.cv_folds < 2:
         raise ValueError(f"cross-validation needs cv_folds of at least 2, got {config.cv_folds}")
@@ -55,7 +55,7 @@ def leave_one_source_out(config: TrainConfig, name: str | None = None, report=pr
 
 def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     """One row per cross-validated recipe found among the runs
-    (catalogue.cross_validation_groups), scored by classification.cross_validation_summary
+    (catalogue.cross_validation_groups), scored by folds.cross_validation_summary
     over the folds trained so far: the mean fold ROC-AUC is the recipe's score.
     Folds differ in difficulty far more than recipes do, so a recipe is also
     compared with the project defaults fold by fold, on the same folds
@@ -65,7 +65,7 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     for group in catalogue.cross_validation_groups(all_runs):
         config = group[0]["config"]
         try:
-            summary = classification.cross_validation_summary([storage.read_predictions(run["path"]) for run in group],
+            summary = folds.cross_validation_summary([storage.read_predictions(run["path"]) for run in group],
                                                         seed=config.get("seed", 0))
         except (OSError, ValueError, KeyError) as error:  # a deleted or edited predictions.csv
             summary = error
@@ -154,11 +154,11 @@ def averaged_predictions(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def averaged_folds(recipes: list[dict[int, pd.DataFrame]]) -> dict[int, pd.DataFrame]:
     """The fold predictions of an ensemble of recipes cross-validated on the
     same folds: in each fold, the average of the recipes' models of that fold."""
-    folds = [sorted(recipe) for recipe in recipes]
-    if any(other != folds[0] for other in folds[1:]):
-        numbered = [", ".join(str(fold + 1) for fold in recipe) for recipe in folds]
+    fold_lists = [sorted(recipe) for recipe in recipes]
+    if any(other != fold_lists[0] for other in fold_lists[1:]):
+        numbered = [", ".join(str(fold + 1) for fold in recipe) for recipe in fold_lists]
         raise ValueError(f"the recipes' fold runs are of other folds: {' against '.join(numbered)}")
-    return {fold: averaged_predictions([recipe[fold] for recipe in recipes]) for fold in folds[0]}
+    return {fold: averaged_predictions([recipe[fold] for recipe in recipes]) for fold in fold_lists[0]}
 
 
 def check_same_folds(predictions: dict[int, pd.DataFrame], baseline: dict[int, pd.DataFrame]) -> None:

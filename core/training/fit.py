@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from core.training import checkpoint
-from core.data import datasets
+from core.data.splits import SPLITS
 from core.training import distribute
 from core.evaluation import classification
 from core.inference import external
@@ -30,48 +30,13 @@ from core.runs import storage
 from core.base import files
 from core.runs.dataset import run_index
 from core.runs.train_config import TrainConfig
+from core.training.progress import RunProgress
 from core.training.frozen_cache import cached_datasets, fits_budget, remove_cache
 from core.data.image_cache import CachedImages, cache_images
 from core.models.resnet import build_model, frozen_boundary, load_model, predict_proba, set_trainable
-from core.training.pipeline import (augmentation_layers, balanced_class_weights, distributed_training_dataset, make_dataset, reading_errors)
+from core.training.pipeline import (augmentation, balanced_class_weights, distributed_training_dataset, make_dataset, reading_errors)
 
 SCORE_CHUNK = 512  # images scored per chunk after training: memory bounded by it, not by the split
-
-class RunProgress(keras.callbacks.Callback):
-    """Keeps status.json up to date, reports epochs, and stops on request.
-
-    Cancellation is a file (`cancel` in the run folder) so the app can ask a
-    training process it does not own to stop at the next batch."""
-
-    def __init__(self, run_dir: Path, phase: str, epochs: int, steps: int, report):
-        super().__init__()
-        self.run_dir, self.phase, self.epochs, self.steps, self.report = run_dir, phase, epochs, steps, report
-        self.epoch = 0
-        self.last_write = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self._write(batch=0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.run_dir / "cancel").exists():
-            self.model.stop_training = True
-            raise lock.RunCancelled("cancelled by the user")
-        if time.monotonic() - self.last_write > 2.0:  # don't hammer the disk
-            self._write(batch=batch + 1)
-        checkpoint.kill_point(f"{self.phase} epoch {self.epoch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
-        self._write(batch=self.steps, last_logs=logs)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
-                          ("loss", "auc", "val_loss", "val_auc", "val_accuracy"))
-        self.report(f"[{self.phase}] epoch {epoch + 1}/{self.epochs}  {shown}")
-
-    def _write(self, batch: int, **extra):
-        self.last_write = time.monotonic()
-        storage.set_status(self.run_dir, "running", phase=self.phase, epoch=self.epoch + 1,
-                        epochs=self.epochs, batch=batch, steps=self.steps, **extra)
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> None:
@@ -199,7 +164,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     report(f"images: {len(index)} ({', '.join(f'{s} {n}' for s, n in index.split.value_counts().items())})")
 
     started = time.monotonic()
-    images, labels = decode_splits(index, config, datasets.SPLITS, run_dir)
+    images, labels = decode_splits(index, config, SPLITS, run_dir)
     report(f"decoded and resized to {config.input_size} px in {time.monotonic() - started:.0f} s "
            f"(image cache: {image_cache.cache_root()})")
 
@@ -256,11 +221,6 @@ def score(model: keras.Model, images: CachedImages, config: TrainConfig) -> np.n
         parts = [predict_proba(model, chunk.array(), config.batch_size, config.flip_tta)
                  for chunk in images.chunks(SCORE_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros((0,), "float32")
-
-
-def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
-    """The config's training augmentation (core.training.pipeline.augmentation_layers)."""
-    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
 
 
 def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, report, callbacks=()) -> keras.Model:

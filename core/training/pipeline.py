@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from core.data.image_cache import CachedImages
-from core.data.images import ImageReadError
+from core.data.limits import ImageReadError
+from core.runs.train_config import TrainConfig
 
 
 def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: float = 0.1,
@@ -122,3 +123,8 @@ def reading_errors(*image_sets: CachedImages):
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     counts = np.bincount(labels, minlength=2)
     return {c: float(len(labels) / (2 * max(counts[c], 1))) for c in (0, 1)}
+
+
+def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
+    """The config's training augmentation (core.training.pipeline.augmentation_layers)."""
+    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
