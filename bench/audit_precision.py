@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--originals", type=int, default=150)
     parser.add_argument("--copies", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-distance", type=int, default=6, help="of the 64-bit candidate stage")
+    parser.add_argument("--max-distance", type=int, default=audit.MAX_DISTANCE, help="of the 64-bit candidate stage")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         index, truth = build_set(Path(folder), args.originals, args.copies, args.seed)

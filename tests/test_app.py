@@ -71,7 +71,7 @@ def run_id(trained_artifacts, trained_run):
 @pytest.fixture
 def deployed(run_id, trained_run):
     """The tiny run deployed despite being a smoke run, its guard's feature
-    check off: 8 validation scans give no meaningful 99th percentile, and
+    check off: 8 validation slices give no meaningful 99th percentile, and
     these tests are about what an accepted scan shows (the photo test below
     is refused by the image checks, test_deploy.py tests the feature check)."""
     deploy.deploy(run_id, force=True)
@@ -267,7 +267,7 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
     assert shown_percent(probabilities[0]) == pytest.approx(expected, abs=1.0)
     captions = [c for image in at.image for c in image.captions]
     assert captions.count("Grad-CAM") == 2 and captions.count("Grad-CAM++") == 2
-    # A colour bar under each scan's maps, for the class each decision chose.
+    # A colour bar under each slice's maps, for the class each decision chose.
     decisions = [m.value for m in at.markdown if m.value.startswith("Decision:")]
     for decision in decisions:
         label = "COVID" if "red-badge[COVID]" in decision else "NonCOVID"
@@ -286,7 +286,7 @@ def test_predict_refuses_a_photo_until_asked(deployed):
     at = open_page(ui.PREDICT)
     at.file_uploader(key="uploads").set_value([("flower.png", buffer.getvalue(), "image/png")]).run()
     assert_no_exception(at)
-    assert "Not like the training scans — no prediction: a colour image" in texts(at.warning)
+    assert "Not like the training slices — no prediction: a colour image" in texts(at.warning)
     assert not [m for m in at.metric if m.label == "Probability of COVID"]
 
     at.checkbox(key="show_anyway_0").check().run()  # the user may still ask

@@ -99,7 +99,7 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             deploy_button.click()
             expect(page.get_by_text("now answers on Predict")).to_be_visible(timeout=SLOW)
             assert deploy.deployed_record()["run"] == trained_run.name
-            # The tiny run's 8 validation scans give no meaningful 99th percentile: its feature
+            # The tiny run's 8 validation slices give no meaningful 99th percentile: its feature
             # check is turned off, so the photo below is refused by the image checks alone.
             summary = files.read_json(trained_run / ood.SUMMARY_FILE)
             files.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
@@ -135,9 +135,9 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             with Image.open(download.value.path()) as overlay:
                 assert overlay.format == "PNG" and overlay.size == Image.open(scan).size
 
-            # A photo is not like the training scans: no prediction.
+            # A photo is not like the training slices: no prediction.
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(photo))
-            expect(page.get_by_text("Not like the training scans — no prediction: a colour image")).to_be_visible(
+            expect(page.get_by_text("Not like the training slices — no prediction: a colour image")).to_be_visible(
                 timeout=SLOW)
             # The uploader adds the photo to the scan: the scan keeps its metric, the photo gets none.
             expect(page.get_by_test_id("stMetric")).to_have_count(1, timeout=SLOW)

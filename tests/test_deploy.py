@@ -1,7 +1,7 @@
 """The deployed model (core.inference.deploy) and the out-of-distribution guard
 (core.inference.ood): a smoke run is refused with its reasons unless forced; deploying
 builds the guard; the CLI predicts with the deployed model, in batches, from
-folders and globs, into a CSV, refusing scans unlike the training scans."""
+folders and globs, into a CSV, refusing scans unlike the training slices."""
 import os
 import shutil
 from pathlib import Path
@@ -60,7 +60,7 @@ def test_guard_refuses_features_far_from_the_training_scans():
     near, far = train[0] * 1.01, np.r_[np.zeros(15), 1.0]
     scan = np.full((64, 64, 3), 100, np.uint8)
     passed, refused = guard.problems([scan, scan], np.stack([near, far]))
-    assert passed == [] and len(refused) == 1 and "far from every training scan" in refused[0]
+    assert passed == [] and len(refused) == 1 and "far from every training slice" in refused[0]
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_smoke_run_is_refused_then_forced_and_the_cli_uses_it(artifacts_copy, da
     assert photo_row.decision == "refused" and photo_row.ood and "colour" in photo_row.reason
     assert table.probability.between(0, 1).all()
     printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 5 and any("not like the training scans" in line for line in printed)
+    assert len(printed) == 5 and any("not like the training slices" in line for line in printed)
 
 
 def test_cli_is_quiet_and_refuses_an_empty_glob(tmp_path):

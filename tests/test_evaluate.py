@@ -195,7 +195,7 @@ def test_resolution_bias_is_measured_within_each_class():
                                                           ("val", 1, 20)]
     np.testing.assert_allclose(bias.rho[:2], -1.0)
     assert (bias.rho[2:].abs() < 0.5).all()
-    # One size for every scan: no correlation to speak of, not an error.
+    # One size for every slice: no correlation to speak of, not an error.
     assert resolution_bias(predictions, np.full(80, 5e4)).rho.isna().all()
 
 

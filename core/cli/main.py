@@ -62,7 +62,7 @@ def cmd_predict(args) -> int:
     from core.inference.predict import Predictor
     predictor = Predictor.from_run(run_dir_for(args.run))
     rows, failures = [], 0
-    with tqdm(total=len(files), unit="scan", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
+    with tqdm(total=len(files), unit="slice", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
         for start in range(0, len(files), args.batch_size):
             images, names = [], []
             for path in files[start:start + args.batch_size]:  # decode a batch, then one model call
@@ -119,7 +119,7 @@ def cmd_audit(args) -> int:
     several = index["source"].nunique() > 1
     if several:
         print("\nper source:\n" + datasets.source_counts(index).to_string())
-    pairs = audit_duplicates(index, max_distance=args.max_distance)
+    pairs = audit_duplicates(index, **({} if args.max_distance is None else {"max_distance": args.max_distance}))
     print(f"\n{len(pairs)} duplicate pair(s) across splits, classes or sources "
           f"({int(pairs.cross_class.sum()) if len(pairs) else 0} across classes"
           + (f", {int(pairs.cross_source.sum()) if len(pairs) else 0} across sources" if several else "") + "):")
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "validation-chosen threshold, per slice and per patient, and store the result in the run "
                     "under external/NAME.")
     evaluate.add_argument("--run", default="latest", help="run id or folder (default: newest completed)")
-    evaluate.add_argument("--n-boot", type=int, help="bootstrap resamples (default 1000)")
+    evaluate.add_argument("--n-boot", type=int,
+                          help="bootstrap resamples (default: core.evaluation.classification.N_BOOT)")
     evaluate.add_argument("--data", help="external validation: a labelled dataset folder the run never saw")
     evaluate.add_argument("--name", help="name of the external result (default: the folder's name)")
     evaluate.add_argument("--class-map",
@@ -235,25 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = commands.add_parser(
         "deploy", help="make a run the model behind Predict and predict/explain",
         description="Refuses a run trained on a subset, not completed, or below the quality floor "
-                    "(test ROC-AUC's 95%% CI lower bound above 0.5 on at least 50 test scans), naming why, "
+                    "(test ROC-AUC's 95%% CI lower bound above 0.5 on at least 50 test slices), naming why, "
                     "unless --force. Builds the run's calibration and out-of-distribution reference.")
     deploy.add_argument("run", help="run id (python -m core runs lists them)")
     deploy.add_argument("--force", action="store_true", help="deploy despite the reasons given")
     deploy.set_defaults(func=cmd_deploy)
 
     predict = commands.add_parser(
-        "predict", help="calibrated probability of the positive class for scans (PNG, JPEG, DICOM)",
-        description="Prints path, probability, decision (or 'refused' for a scan not like the training "
-                    "scans) per scan, in batches, with a progress bar on stderr from 20 files on.")
+        "predict", help="calibrated probability of the positive class for slices (PNG, JPEG, DICOM)",
+        description="Prints path, probability, decision (or 'refused' for a slice not like the training "
+                    "slices) per slice, in batches, with a progress bar on stderr from 20 files on.")
     predict.add_argument("images", nargs="+", help="files, folders (every image inside) or quoted glob patterns")
     predict.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
-    predict.add_argument("--batch-size", type=int, default=32, help="scans per model call (default 32)")
+    predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
     predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
     predict.set_defaults(func=cmd_predict)
 
     scans.add_parser(commands)  # predict-scan: its own module, as this one is long enough
 
-    explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one scan")
+    explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one slice")
     explain.add_argument("image")
     explain.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     explain.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
@@ -265,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--data", default=str(paths.data_dir()),
                        help=f"dataset folder, or several sources joined with {os.pathsep!r}")
     audit.add_argument("--positive-class", default="COVID")
-    audit.add_argument("--max-distance", type=int, default=6, help="perceptual-hash Hamming distance")
+    audit.add_argument("--max-distance", type=int,
+                       help="perceptual-hash Hamming distance (default: core.data.audit.MAX_DISTANCE)")
     audit.add_argument("--csv", help="also write the pairs to this CSV file")
     audit.set_defaults(func=cmd_audit)
 

@@ -15,12 +15,14 @@ from core.data import near_duplicates
 from core.data.images import in_threads, load_image
 
 # A candidate pair is confirmed on a finer hash of the lung-aligned slices:
-# cropping both to their lung fields undoes the different figure crops of one scan.
+# cropping both to their lung fields undoes the different figure crops of one slice.
+# Candidates: 64-bit pHashes of the lung crops at most this many bits apart (docs/duplicate-audit.md).
+MAX_DISTANCE = 6
 FINE_HASH_SIZE = 16       # 256-bit pHash
 FINE_MAX_DISTANCE = 40    # of 256 bits; docs/duplicate-audit.md gives the separation it rests on
 
 
-def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) -> pd.DataFrame:
+def audit_duplicates(index: pd.DataFrame, max_distance: int = MAX_DISTANCE, progress=None) -> pd.DataFrame:
     """Duplicate pairs that cross splits, classes or sources (the ones that
     leak or conflict), cross-class pairs first: exact copies (same sha256 of
     the bytes) and near copies (64-bit pHash of the slices cropped to their
@@ -33,7 +35,7 @@ def audit_duplicates(index: pd.DataFrame, max_distance: int = 6, progress=None) 
     a, b, distance = near_duplicates.hamming_pairs(codes, max_distance)
     labels, splits = index["label"].to_numpy(), index["split"].to_numpy()
     sources = index["source"].to_numpy() if "source" in index else np.zeros(len(index), dtype=object)
-    # The same scan in two sources (public collections re-share each other's images) leaks just the same.
+    # The same slice in two sources (public collections re-share each other's images) leaks just the same.
     crosses = (labels[a] != labels[b]) | (splits[a] != splits[b]) | (sources[a] != sources[b])
     a, b, distance = a[crosses], b[crosses], distance[crosses]
     exact = digests[a] == digests[b]
@@ -80,6 +82,6 @@ def fine_distances(fine_codes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.n
 
 
 def _lung_view(image: np.ndarray) -> Image.Image:
-    """The grey slice cropped to its lungs with a tight margin: the same scan cut
+    """The grey slice cropped to its lungs with a tight margin: the same slice cut
     from two figures with different borders (or a cropped copy) then lines up."""
     return Image.fromarray(lung.crop_to_lungs(image, margin=0.02)).convert("L")

@@ -191,7 +191,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def model_input(image: np.ndarray, size: int, lung_crop: bool = False) -> np.ndarray:
-    """What a model sees of a decoded scan: its lung fields (core.data.lung, when
+    """What a model sees of a decoded slice: its lung fields (core.data.lung, when
     the run crops to them), resized to size x size (uint8)."""
     return resize_image(lung.crop_to_lungs(image) if lung_crop else image, size)
 

@@ -4,24 +4,18 @@ raises, naming the file and the problem."""
 from __future__ import annotations
 
 
-
 class ImageReadError(ValueError):
-    """Raised with a message "<file name>: <what is wrong>" (e.g. "scan.png: not a readable image (plain text)")."""
+    """Raised with a message "<file name>: <what is wrong>" (e.g. "slice.png: not a readable image (plain text)")."""
 
 
-# Limits checked from the header, before any pixel is decoded. The smallest
-# COVID-CT image is 115x61 and the largest 1671x1225 (2 megapixels).
+# Limits checked from the header, before any pixel is decoded (docs/reliability.md).
 MIN_IMAGE_SIDE = 16  # px; smaller is an icon or a thumbnail, not a CT slice
-
-
 MAX_IMAGE_PIXELS = 50_000_000  # 50 megapixels: ~150 MB as RGB; more is a mistake or a decompression bomb
 
 
 # Bounded work per input: a file is identified from its first bytes, and only
-# a known format is parsed. MAX_FILE_BYTES caps what is read into memory (a
-# 50 MP 16-bit DICOM is 100 MB); MAX_DICOM_HEADER_BYTES caps the DICOM elements
-# parsed before the pixel data (a few kB in a CT slice; 1 s of CPU for 2 MB of
-# the worst case, 8-byte empty elements); decoding is capped by MAX_IMAGE_PIXELS.
+# a known format is parsed. MAX_FILE_BYTES caps what is read into memory;
+# core.data.dicom caps the DICOM header parsed; decoding is capped by MAX_IMAGE_PIXELS.
 MAX_FILE_BYTES = 256 * 2**20
 
 

@@ -3,7 +3,7 @@ image processing and crop the slice to them.
 
 COVID-CT's images are figures cut from papers: borders, captions, arrows and
 the patient table differ by class and become features a network can learn.
-Cropping every scan to its lung fields, the same way in training, evaluation,
+Cropping every slice to its lung fields, the same way in training, evaluation,
 prediction and Grad-CAM, takes most of them out of the picture. No trained
 model is needed, so the crop works on any source.
 
@@ -19,7 +19,7 @@ tissue and bone bright):
    reaching down to the body's back.
 When no lung is found (not a lung-window chest slice, or an odd figure:
 too little or too much "lung", or too little contrast with the tissue),
-the scan is left whole: a crop that cut the wrong thing would be worse.
+the slice is left whole: a crop that cut the wrong thing would be worse.
 """
 from __future__ import annotations
 

@@ -233,12 +233,12 @@ def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, s
 
 
 def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
-    """Does the model lean on a scan's resolution? Spearman correlation of
-    the predicted probability with the scan's pixel count (width x height of
+    """Does the model lean on a slice's resolution? Spearman correlation of
+    the predicted probability with the slice's pixel count (width x height of
     the file), within each split and true class, so that a class that just
     happens to come at another resolution does not count. Near 0: no lean;
-    negative: low-resolution scans look more positive. COVID-CT invites
-    this shortcut: its training split's COVID scans have half the pixels of
+    negative: low-resolution slices look more positive. COVID-CT invites
+    this shortcut: its training split's COVID slices have half the pixels of
     the others, its test split's slightly more. Columns split, y_true, n, rho."""
     from scipy.stats import spearmanr  # scikit-learn's own dependency
 

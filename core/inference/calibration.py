@@ -1,6 +1,6 @@
-"""Calibrated probabilities: what a model's "70%" means on scans like the test split's.
+"""Calibrated probabilities: what a model's "70%" means on slices like the test split's.
 
-A fine-tuned ResNet's softmax is over-confident: COVID-CT scans come out at
+A fine-tuned ResNet's softmax is over-confident: COVID-CT slices come out at
 0.000 or 1.000, and its decision threshold chosen on validation can sit at
 0.15, so "19% -> COVID" reads as a contradiction. Calibration maps the stored
 probability p through sigmoid(a * logit(p) + b), fitted on the validation
@@ -87,10 +87,6 @@ class Calibration:
         """(low, high) on the calibrated scale: a probability inside is too close to call."""
         low, high = self.apply(self.borderline_raw)
         return float(low), float(high)
-
-    def is_borderline(self, calibrated_prob: float) -> bool:
-        low, high = self.borderline
-        return low <= calibrated_prob <= high
 
     def to_dict(self) -> dict:
         return {**asdict(self), "threshold": self.threshold, "borderline": list(self.borderline)}
@@ -220,7 +216,7 @@ def for_run(run_dir) -> Calibration:
 
 def percent(prob: float) -> str:
     """A calibrated probability as people read it: whole percents, and never
-    "0%" or "100%", which no model fitted on ~100 validation scans can claim."""
+    "0%" or "100%", which no model fitted on ~100 validation slices can claim."""
     if prob < 0.01:
         return "<1%"
     if prob > 0.99:

@@ -21,8 +21,8 @@ from core.runs import storage
 FILE = "deployed.json"
 MIN_TEST_IMAGES = 50
 # The quality floor: a model whose test ROC-AUC could be chance (the lower end of its
-# 95% bootstrap CI at or below 0.5), or that was tested on too few scans to know.
-FLOOR = (f"test ROC-AUC's 95% CI must lie above 0.5, on at least {MIN_TEST_IMAGES} test scans")
+# 95% bootstrap CI at or below 0.5), or that was tested on too few slices to know.
+FLOOR = (f"test ROC-AUC's 95% CI must lie above 0.5, on at least {MIN_TEST_IMAGES} test slices")
 
 
 class DeployRefused(ValueError):
@@ -60,7 +60,7 @@ def problems(run: dict) -> list[str]:
     elif test:
         low = (test.get("ci") or {}).get("roc_auc", [None])[0]
         if test.get("n", 0) < MIN_TEST_IMAGES:
-            found.append(f"its test set has {test.get('n', 0)} scans, fewer than {MIN_TEST_IMAGES}")
+            found.append(f"its test set has {test.get('n', 0)} slices, fewer than {MIN_TEST_IMAGES}")
         if low is None or low <= 0.5:
             low_text = "unknown" if low is None else f"{low:.2f}"
             found.append(f"its test ROC-AUC could be chance (95% CI lower bound {low_text} ≤ 0.5)")
@@ -88,7 +88,7 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     calibration.for_run(run_dir)
     report("choosing the scan-level aggregation and threshold on the validation patients…")
     scan_decision.settings_for_run(run_dir)
-    report("building the out-of-distribution reference (features of the training scans)…")
+    report("building the out-of-distribution reference (features of the training slices)…")
     ood.build_reference(Predictor.from_run(run_dir), report)
     record = {"run": run_id, "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "confirmed_despite": found}

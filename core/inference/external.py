@@ -1,7 +1,7 @@
 """External validation: score a trained run on a labelled dataset from
 another source, at the threshold the run chose on its own validation split.
 
-A model that scores well on its own test split can be near chance on scans
+A model that scores well on its own test split can be near chance on slices
 from a hospital it never saw (Roberts et al., Nature Machine Intelligence,
 2021, found that failure in all 62 COVID imaging models they reviewed). This
 module measures it. A result is stored in the run folder:

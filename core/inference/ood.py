@@ -1,19 +1,16 @@
-"""Out-of-distribution guard: is an input like the scans the model was trained on?
+"""Out-of-distribution guard: is an input like the slices the model was trained on?
 
 A classifier answers every input, a holiday photo or a CT crop of the spine
 included. Before a prediction is shown, the input must pass:
 
-1. Image checks, set from the COVID-CT images themselves (docs/trust.md):
-   grey (at most MAX_COLOUR_SHARE of its pixels coloured; the most colourful
-   COVID-CT scan has 8%, photos 26-74%) and at least MIN_SIDE pixels on its
-   short side (COVID-CT's smallest is 61). A "dark background around a bright
-   body" check was measured and left out: 40% of COVID-CT's scans are tight
-   crops from papers with under 1% dark pixels.
+1. Image checks, set from the COVID-CT images themselves (docs/trust.md gives
+   the figures they rest on): grey (at most MAX_COLOUR_SHARE of its pixels
+   coloured) and at least MIN_SIDE pixels on its short side.
 2. Backbone features: the mean cosine distance from its pooled last-stage
-   features (what the head classifies) to its K nearest training scans must
-   be at most the PERCENTILE-th percentile of the validation scans' distances
+   features (what the head classifies) to its K nearest training slices must
+   be at most the PERCENTILE-th percentile of the validation slices' distances
    (held-out patients, so their distances are those of new in-distribution
-   scans; training scans' own would be too small).
+   slices; training slices' own would be too small).
 
 The reference (training features and the threshold) is built once per run,
 when it is deployed (core.inference.deploy), and stored with it: ood.npz and ood.json.
@@ -37,15 +34,15 @@ PERCENTILE = 99.0
 MIN_SIDE = 48               # px on the short side
 COLOUR_SPREAD = 40          # a pixel whose channels differ by more than this (0..255) is coloured
 MAX_COLOUR_SHARE = 0.15     # share of coloured pixels above which an image is a photo, not a CT slice
-REFUSAL = "not like the training scans — no prediction"
+REFUSAL = "not like the training slices — no prediction"
 
 
 def image_problems(image: np.ndarray) -> list[str]:
-    """Reasons a decoded scan (uint8 H x W x 3) is not a CT slice like COVID-CT's; [] if none."""
+    """Reasons a decoded slice (uint8 H x W x 3) is not a CT slice like COVID-CT's; [] if none."""
     problems = []
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE:
-        problems.append(f"too small ({width} × {height} px; the training scans are at least {MIN_SIDE} px)")
+        problems.append(f"too small ({width} × {height} px; the training slices are at least {MIN_SIDE} px)")
     spread = image.max(axis=2).astype(int) - image.min(axis=2)
     coloured = float((spread > COLOUR_SPREAD).mean())
     if coloured > MAX_COLOUR_SHARE:
@@ -60,7 +57,7 @@ def _normalise(features) -> np.ndarray:
 
 @dataclass
 class Guard:
-    """The training scans' features and the distance above which an input is refused."""
+    """The training slices' features and the distance above which an input is refused."""
     reference: np.ndarray  # L2-normalised training features (N, D)
     threshold: float
     k: int = K
@@ -69,20 +66,20 @@ class Guard:
         self._neighbours = NearestNeighbors(n_neighbors=min(self.k, len(self.reference))).fit(self.reference)
 
     def distance(self, features) -> np.ndarray:
-        """Mean distance to the k nearest training scans (1 - cosine similarity)."""
+        """Mean distance to the k nearest training slices (1 - cosine similarity)."""
         euclidean, _ = self._neighbours.kneighbors(_normalise(features))
         return (euclidean ** 2 / 2).mean(axis=1)  # unit vectors: |u - v|^2 = 2 (1 - cos)
 
     def problems(self, images: list[np.ndarray], features) -> list[list[str]]:
-        """Why each scan is refused ([] when it passes), given their backbone
+        """Why each slice is refused ([] when it passes), given their backbone
         features (N x D): one neighbour search for the whole batch."""
         distances = self.distance(np.asarray(features)) if len(images) else []
         found = []
         for image, distance in zip(images, distances):
             problems = image_problems(image)
             if distance > self.threshold:
-                problems.append(f"its image features are far from every training scan's (distance {distance:.3f}, "
-                                f"above the {PERCENTILE:g}th percentile of validation scans', {self.threshold:.3f})")
+                problems.append(f"its image features are far from every training slice's (distance {distance:.3f}, "
+                                f"above the {PERCENTILE:g}th percentile of validation slices', {self.threshold:.3f})")
             found.append(problems)
         return found
 
@@ -99,7 +96,7 @@ class Guard:
 
 
 def build_reference(predictor, report=lambda line: None) -> dict:
-    """Features of the run's training and validation scans through its model,
+    """Features of the run's training and validation slices through its model,
     the refusal threshold, stored in the run folder. Returns the summary."""
     run_dir = Path(predictor.run_dir)
     features = {}

@@ -20,7 +20,7 @@ from core.inference.calibration import Calibration, for_run
 from core.inference.explain import Explainer, overlay
 from core.models.resnet import features_model, load_model, predict_proba
 from core.inference.ood import Guard, image_problems
-from core.data.images import load_image, model_input
+from core.data.images import model_input
 
 
 def latest_completed_run(runs_root=None) -> Path:
@@ -34,7 +34,7 @@ def latest_completed_run(runs_root=None) -> Path:
 @dataclass
 class Prediction:
     name: str
-    image: np.ndarray        # the scan as decoded, uint8 HxWx3 at its own size
+    image: np.ndarray        # the slice as decoded, uint8 HxWx3 at its own size
     probability: float       # of the positive class, calibrated (core.inference.calibration)
     threshold: float         # on the calibrated scale
     positive_class: str
@@ -42,7 +42,7 @@ class Prediction:
     raw_probability: float | None = None  # the model's own output; None: same as probability
     raw_threshold: float | None = None
     borderline_band: tuple[float, float] | None = None  # calibrated (low, high): too close to call
-    ood_problems: list[str] = field(default_factory=list)  # why the scan is refused; [] passes
+    ood_problems: list[str] = field(default_factory=list)  # why the slice is refused; [] passes
     guarded: bool = False     # False: the run has no out-of-distribution reference (not deployed)
 
     @property
@@ -77,7 +77,7 @@ class Predictor:
     positive_class: str
     negative_class: str
     flip_tta: bool = False
-    lung_crop: bool = False  # the run's models see each scan cropped to its lung fields
+    lung_crop: bool = False  # the run's models see each slice cropped to its lung fields
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
     batch_size: int = 32
@@ -104,12 +104,12 @@ class Predictor:
         return model_input(image, self.input_size, self.lung_crop).astype("float32")
 
     def view(self, image: np.ndarray) -> np.ndarray:
-        """The part of a decoded scan the model sees, at its own resolution:
+        """The part of a decoded slice the model sees, at its own resolution:
         the lung fields where the run crops to them, else the whole scan."""
         return lung.crop_to_lungs(image) if self.lung_crop else image
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(raw probabilities, pooled backbone features) of prepared scans, in one pass."""
+        """(raw probabilities, pooled backbone features) of prepared slices, in one pass."""
         with self._lock:  # built once, lazily: it shares the model's layers
             if self._features_model is None:
                 self._features_model = features_model(self.model)
@@ -117,11 +117,11 @@ class Predictor:
                              with_features=True)
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """Pooled backbone features of prepared (resized) scans, N x D."""
+        """Pooled backbone features of prepared (resized) slices, N x D."""
         return self._forward(np.asarray(batch, dtype="float32"))[1]
 
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
-        """Decoded scans (any size) -> one Prediction each, in one batch:
+        """Decoded slices (any size) -> one Prediction each, in one batch:
         calibrated probability, decision, and the out-of-distribution check."""
         if not images:
             return []
@@ -134,11 +134,6 @@ class Predictor:
                            ood_problems=problems, guarded=self.guard is not None)
                 for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
 
-    def predict_file(self, source, name: str | None = None) -> Prediction:
-        """A path or uploaded bytes -> Prediction; ImageReadError names a bad file."""
-        name = name or Path(str(source)).name
-        return self.predict_images([load_image(source, name=name)], [name])[0]
-
     @property
     def explainer(self) -> Explainer:
         with self._lock:  # its Grad-CAM models share the model's layers: build them once, lazily
@@ -147,11 +142,11 @@ class Predictor:
         return self._explainer
 
     def gradcam(self, image: np.ndarray, method: str = "gradcam", class_index: int = 1) -> np.ndarray:
-        """Heatmap in [0, 1] at the model's input size for one decoded scan:
+        """Heatmap in [0, 1] at the model's input size for one decoded slice:
         evidence for the positive class (1) or the negative one (0)."""
         return self.explainer.heatmaps(self.prepare(image)[None], method=method, class_index=class_index)[0]
 
     def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4,
                         class_index: int = 1) -> np.ndarray:
-        """The scan (as the model sees it: view) at its own size with the Grad-CAM heatmap blended over it."""
+        """The slice (as the model sees it: view) at its own size with the Grad-CAM heatmap blended over it."""
         return overlay(self.view(image), self.gradcam(image, method, class_index), alpha=alpha)

@@ -34,12 +34,12 @@ from core.base import files
 from core.data.scans import Scan
 from core.runs import dataset
 
-# The 1st percentile of COVID-CT's slices' lung area is 3.5% (98.8% get a lung mask): a slice with less
-# lung than 3% is an apex or base cut unlike anything the model was trained on, or no lung at all.
+# A slice with less lung than this is an apex or base cut unlike anything the model was trained on, or no
+# lung at all (docs/scan-level.md: where COVID-CT's slices lie).
 MIN_LUNG_AREA = 0.03
-LUNG_MASK_SIDE = 256  # px: masks computed on slices scaled to this, 4x faster at 512 px and the same fractions
+LUNG_MASK_SIDE = 256  # px: masks computed on slices scaled to this: faster, and the same fractions
 # Slices closer than this are taken to show the same opacities (assumed to span more than 5 mm along the
-# body): scoring every slice of a thin-slice scan doubles or quadruples the time (docs/scan-level.md).
+# body): scoring every slice of a thin-slice scan would cost time for no new evidence (docs/scan-level.md).
 MIN_SPACING_MM = 5.0
 FALLBACK = "mean"
 SCAN_FILE = "scan.json"
@@ -151,7 +151,7 @@ def patient_frame(run_dir) -> pd.DataFrame:
                         patient_id=frame["path"].map(patients))
 
 
-def compare_aggregations(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+def compare_aggregations(frame: pd.DataFrame, n_boot: int | None = None, seed: int = 0,
                          splits=("val", "test")) -> pd.DataFrame:
     """Patient-level ROC-AUC with its bootstrap 95% CI (patients resampled) of
     each aggregation, per split present: columns split, method, patients,
@@ -172,7 +172,8 @@ def compare_aggregations(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     return pd.DataFrame(rows)
 
 
-def choose_settings(frame: pd.DataFrame, threshold_method: str = "youden", n_boot: int = 1000,
+def choose_settings(frame: pd.DataFrame, threshold_method: str = classification.THRESHOLD_RULE,
+                    n_boot: int | None = None,
                     seed: int = 0) -> dict:
     """The aggregation with the best validation-patient ROC-AUC (ties go to
     the mean, the simplest) and its threshold chosen on the validation
@@ -206,7 +207,7 @@ def fallback_settings(run_dir, reason: str) -> dict:
             "comparison": [], "test_patients": None}
 
 
-def settings_for_run(run_dir, n_boot: int = 1000) -> dict:
+def settings_for_run(run_dir, n_boot: int | None = None) -> dict:
     """The run's scan settings: RUN/scan.json, or chosen now (and stored) when
     it has none or one older than its predictions or calibration."""
     run_dir = Path(run_dir)

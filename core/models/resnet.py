@@ -159,14 +159,14 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
     """Positive-class probability for a batch of 0..255 images (N, S, S, 3).
 
     Test-time augmentation (`flip_tta`) averages with the left-right mirrored
-    scan, a view the model was trained on. The views of a few images go
+    slice, a view the model was trained on. The views of a few images go
     through the model as one batch of at most `batch_size` (one call for a
     single upload). Uses predict_on_batch, Keras' compiled forward pass:
     model.predict builds a tf.data pipeline per call, and an eager model(x)
-    dispatches ResNet's ~180 layers one by one (0.25 s for a single scan).
+    dispatches ResNet's ~180 layers one by one (0.25 s for a single slice).
 
     with_features: `model` is a features_model; returns (probabilities,
-    pooled backbone features of each scan itself, not of its views), at no
+    pooled backbone features of each slice itself, not of its views), at no
     extra forward pass."""
     images = np.asarray(images, dtype="float32")
     if not len(images):
@@ -188,12 +188,12 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 32, 
 def features_model(model: keras.Model) -> keras.Model:
     """The same model (shared layers and weights) with a second output: the
     globally average-pooled last conv stage, what the head classifies (what
-    core.inference.ood compares with the training scans')."""
+    core.inference.ood compares with the training slices')."""
     return keras.Model(model.inputs, [model.output, model.get_layer("head_pool").output])
 
 
 def tta_view_count(flip: bool) -> int:
-    """How many views tta_views returns: the scan, and its mirror with `flip`."""
+    """How many views tta_views returns: the slice, and its mirror with `flip`."""
     return 1 + flip
 
 

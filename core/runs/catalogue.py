@@ -13,6 +13,7 @@ from core.base import paths
 from core.data import datasets
 from core.runs import checks
 from core.runs.storage import live_state
+from core.runs.train_config import folds_of, recipe_of
 
 
 def load_run(run_dir) -> dict:
@@ -45,7 +46,7 @@ def list_runs(runs_root=None) -> list[dict]:
 
 def cross_validation_groups(all_runs: list[dict]) -> list[list[dict]]:
     """Completed cross-validation runs (cv_folds >= 2) grouped by recipe: runs
-    whose settings agree in everything but the fold they validate on. A group
+    of one recipe on the same folds, each validating on another fold. A group
     holds one run per fold in fold order (the newest, where a fold was trained
     twice); it can lack folds not trained yet. Groups come newest first."""
     groups: dict[str, dict[int, dict]] = {}
@@ -53,7 +54,7 @@ def cross_validation_groups(all_runs: list[dict]) -> list[list[dict]]:
         config = run["config"]
         if run["status"].get("state") != "completed" or (config.get("cv_folds") or 0) < 2:
             continue
-        recipe = json.dumps({k: v for k, v in config.items() if k != "cv_fold"}, sort_keys=True)
+        recipe = json.dumps([recipe_of(config), folds_of(config)], sort_keys=True)
         groups.setdefault(recipe, {}).setdefault(config.get("cv_fold", 0), run)
     return [[folds[f] for f in sorted(folds)] for folds in groups.values()]
 

@@ -31,7 +31,7 @@ STRATEGIES = ("default", "mirrored", "multiworker")  # core.training.distribute
 # now trains with: an old run's config.json naming them still loads.
 RETIRED = {"precision": "float32", "optimizer": "adam", "train_batchnorm": False, "cache_frozen": True,
            "cached_views": 4, "label_smoothing": 0.0, "mixup": 0.0, "class_weights": True,
-           "fill_mode": "reflect", "blur": 0.0, "ema": 0.0, "rotate_zoom_tta": False, "n_boot": 1000,
+           "fill_mode": "reflect", "blur": 0.0, "ema": 0.0, "rotate_zoom_tta": False, "n_boot": classification.N_BOOT,
            "cpu_devices": 0}
 
 
@@ -108,10 +108,10 @@ class TrainConfig:
         "Image size (px)", "Images are resized to this square size (pixels).", allowed=Range(32, 1024),
         search=[160, 224, 288]))
     lung_crop: bool = field(default=False, metadata=setting(
-        "Crop to the lung fields", "Crop each scan to its lung fields (core.data.lung) before resizing, in "
+        "Crop to the lung fields", "Crop each slice to its lung fields (core.data.lung) before resizing, in "
         "training, evaluation, prediction and Grad-CAM alike."))
     batch_size: int = field(default=32, metadata=setting(
-        "Scans per training step", "More scans per step: faster epochs, more memory (per replica).",
+        "Slices per training step", "More slices per step: faster epochs, more memory (per replica).",
         allowed=Range(1, 1024), search=[16, 32, 64]))
     dropout: float = field(default=0.3, metadata=setting(
         "Dropout before the classifier", "Share of features dropped at random while training, against "
@@ -146,8 +146,8 @@ class TrainConfig:
         "Halve the learning rate after this many epochs without progress",
         "Halve the learning rate after this many epochs without a better validation AUC.", allowed=NOT_NEGATIVE))
     flip_tta: bool = field(default=True, metadata=setting(
-        "Also predict on the mirrored scan",
-        "Average each prediction with that of the mirrored scan (test-time augmentation)."))
+        "Also predict on the mirrored slice",
+        "Average each prediction with that of the mirrored slice (test-time augmentation)."))
     threshold_method: str = field(default=classification.THRESHOLD_RULE, metadata=setting(
         "Threshold rule", "How the operating threshold is chosen on validation: Youden's J or best F1.",
         choices=classification.THRESHOLD_RULES))
@@ -254,8 +254,22 @@ def reset_default() -> bool:
     return existed
 
 
-# Where a run's data and weights sit, and which fold it validates on, do not make another recipe.
-_NOT_RECIPE = ("data_dir", "weights", "cv_folds", "cv_fold", "seed", "holdout_source")
+# What a run's settings say besides its recipe: where its data and weights are, how this machine
+# trains it, and which folds and seed it draws. Recipes are compared, grouped and promoted without them.
+NOT_RECIPE = ("data_dir", "holdout_source", "weights", "strategy", "cv_folds", "cv_fold", "seed")
+# Runs with the same values of these draw the same cross-validation folds (data.splits).
+FOLDS_DRAWN_BY = ("data_dir", "holdout_source", "cv_folds", "seed")
+
+
+def recipe_of(config: dict) -> dict:
+    """A run's settings less NOT_RECIPE: what makes it the recipe it is."""
+    return {key: value for key, value in config.items() if key not in NOT_RECIPE}
+
+
+def folds_of(config: dict) -> tuple:
+    """What decides a cross-validated run's folds (FOLDS_DRAWN_BY), with TrainConfig's defaults."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return tuple(config.get(key, defaults[key]) for key in FOLDS_DRAWN_BY)
 
 
 def recipe_changes(config: dict) -> str:
@@ -263,6 +277,6 @@ def recipe_changes(config: dict) -> str:
     (TrainConfig's defaults, and the values of the retired settings), e.g.
     "train_from=conv2, input_size=160"."""
     defaults = {**RETIRED, **dataclasses.asdict(TrainConfig())}
-    changed = [f"{key}={value}" for key, value in config.items()
-               if key not in _NOT_RECIPE and key in defaults and value != defaults[key]]
+    changed = [f"{key}={value}" for key, value in recipe_of(config).items()
+               if key in defaults and value != defaults[key]]
     return ", ".join(changed) or "project defaults"

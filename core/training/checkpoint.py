@@ -6,8 +6,8 @@ loss, the machine stopped) resumes with `python -m core resume RUN` and ends
 with the model, history and metrics an uninterrupted run would have made:
 
   phase       makes                                 committed by                        on resume
-  loading     the decoded, resized images           nothing (memory only)               redone
-  caching     the frozen stages' activations        nothing (memory only)               redone, same values (seeded)
+  loading     the decoded, resized images           each image cache entry's rename     kept: only missing entries decoded
+  caching     the frozen stages' activations        nothing (a folder in the run)       redone, same values (seeded)
   head        the head warm-up, epoch by epoch      checkpoints/head/latest.json        continues after its last
   finetune    fine-tuning, epoch by epoch           checkpoints/finetune/latest.json    committed epoch, or skipped
   saving      model.keras                           the rename of model.keras           skipped

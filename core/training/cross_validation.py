@@ -15,7 +15,7 @@ from core.evaluation import folds
 from core.runs import catalogue
 from core.base import files
 from core.runs import storage
-from core.runs.train_config import TrainConfig, recipe_changes
+from core.runs.train_config import TrainConfig, folds_of, recipe_changes
 from core.training.fit import train
 
 
@@ -71,13 +71,10 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
             summary = error
         scored.append((recipe_changes(config), config, group, summary))
 
-    def same_folds(config):
-        return config.get("data_dir"), config["cv_folds"], config.get("seed", 0)
-
     def fold_scores(group, summary):
         return dict(zip([run["config"]["cv_fold"] for run in group], summary["fold_roc_auc"]))
 
-    defaults = {same_folds(config): fold_scores(group, summary) for recipe, config, group, summary in scored
+    defaults = {folds_of(config): fold_scores(group, summary) for recipe, config, group, summary in scored
                 if recipe == "project defaults" and isinstance(summary, dict)}
     rows = []
     for recipe, config, group, summary in scored:
@@ -86,7 +83,7 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
         if not isinstance(summary, dict):
             rows.append({**row, "problem": f"{type(summary).__name__}: {summary}", "runs": fold_runs})
             continue
-        baseline = None if recipe == "project defaults" else defaults.get(same_folds(config))
+        baseline = None if recipe == "project defaults" else defaults.get(folds_of(config))
         difference, standard_error = paired_difference(fold_scores(group, summary), baseline)
         low, high = summary["pooled_ci"]
         rows.append({

@@ -6,11 +6,9 @@ each training image, and only the trained stages run each epoch.
 The cache is a float16 file in the run folder, read a batch at a time, so it
 costs disk, not memory. It is used only when it fits the budget
 (paths.frozen_cache_budget: $COVIDCT_FROZEN_CACHE_GB, at most half the free
-disk): at 224 px and train_from conv3 a view is 56 x 56 x 256 values, 1.6 MB,
-so 4 views of COVID-CT's 425 training scans take 2.7 GB, and of 40,000 scans
-257 GB. A run over the budget trains end to end on the streamed images
-instead; which one a run took is in its log. docs/data-at-scale.md compares
-the two.
+disk); a run over the budget trains end to end on the streamed images
+instead. Which one a run took, with the arithmetic, is in its log;
+docs/data-at-scale.md gives the sizes and compares the two.
 """
 from __future__ import annotations
 
@@ -25,11 +23,12 @@ import numpy as np
 from core.training import checkpoint
 from core.base import paths
 from core.runs import storage
+from core.runs.train_config import RETIRED
 from core.models.resnet import split_at
 from core.training.pipeline import balanced_class_weights, make_dataset, reading_errors
 
-# Augmented views per training image in the cache.
-CACHED_VIEWS = 4
+# Augmented views per training image in the cache (a retired setting: every run uses this value).
+CACHED_VIEWS = RETIRED["cached_views"]
 CACHE_FOLDER = "frozen_cache"  # in the run folder, removed when training ends
 
 

@@ -1,21 +1,20 @@
 """Ready-made training settings, and what a run of given settings will cost.
 
-The estimate scales the runs measured in docs/benchmarks.md (2 CPU cores): the
-default recipe trains in 17.9 min with 18 epochs (early stopping ended it
-before its 25). Its cache of frozen activations (2.7 GB) is on disk
-(core.training.frozen_cache), so memory is a base that grows with batch x pixels
-(3.8 GB measured for the default, docs/data-at-scale.md), and the cache is
-disk. Time grows with the training images, the epochs, the pixels and the
-backbone's compute. It is rough (other work on the machine changes it), and
-an upper bound for time where early stopping ends a run sooner.
+The estimate scales the default recipe's runs measured on 2 CPU cores
+(docs/benchmarks.md, docs/data-at-scale.md): time grows with the training
+images, the epochs, the pixels and the backbone's compute; memory is a base
+that grows with batch x pixels; the frozen-stage cache
+(core.training.frozen_cache) is disk, not memory. It is rough (other work on
+the machine changes it), and an upper bound for time where early stopping
+ends a run sooner. Free of TensorFlow: the Train page estimates as you type.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from core.training.frozen_cache import CACHED_VIEWS
+from core.runs.train_config import RETIRED
 
-REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training scans at 224 px, ResNet-50
+REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training slices at 224 px, ResNet-50
 REFERENCE_TRAIN_IMAGES = 425
 OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
 BASE_GB = 1.5            # TensorFlow and the model
@@ -42,7 +41,7 @@ def preset_config(name: str, defaults) -> dict:
 
 def estimate(config, n_train: int) -> dict:
     """{"minutes", "gigabytes" (memory), "cache_gigabytes" (disk)} for
-    training `config` on n_train training scans (before max_images_per_split)."""
+    training `config` on n_train training slices (before max_images_per_split)."""
     if config.max_images_per_split:
         n_train = min(n_train, config.max_images_per_split)
     pixels = (config.input_size / 224) ** 2
@@ -54,6 +53,6 @@ def estimate(config, n_train: int) -> dict:
     if config.train_from in CACHED_ACTIVATION:
         side, channels = CACHED_ACTIVATION[config.train_from]
         per_scan = (config.input_size * side) ** 2 * channels * 2  # float16
-        cache = CACHED_VIEWS * n_train * per_scan / 1e9
+        cache = RETIRED["cached_views"] * n_train * per_scan / 1e9
     gigabytes = BASE_GB + ACTIVATIONS_GB * config.batch_size / 32 * pixels * compute
     return {"minutes": minutes, "gigabytes": gigabytes, "cache_gigabytes": cache}

@@ -18,13 +18,10 @@ from optuna.trial import TrialState
 
 from core.base import files, paths
 from core.runs.storage import pid_alive
-from core.runs.train_config import TrainConfig, load_default_config
+from core.runs.train_config import TrainConfig, load_default_config, recipe_of
 from core.training.search_space import make_space, settings
 
 
-# Where the data is, how this machine trains and which cross-validation fold a
-# run validates on: not part of a promoted default.
-MACHINE_SETTINGS = ("data_dir", "strategy", "cv_folds", "cv_fold")
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -214,7 +211,7 @@ def promote_best(name: str, storage: str | None = None) -> dict:
     if best is None:
         raise ValueError(f"study {name!r} has no completed trial yet")
     config = asdict(TrainConfig.from_dict({**study.user_attrs["base"], **settings(best.params)}))
-    promoted = {"config": {k: v for k, v in config.items() if k not in MACHINE_SETTINGS},
+    promoted = {"config": recipe_of(config),
                 "promoted_from": {"study": name, "trial": best.number, "run": best.user_attrs.get("run"),
                                   "val_roc_auc": best.value,
                                   "at": datetime.now(UTC).isoformat(timespec="seconds")}}
