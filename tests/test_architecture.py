@@ -2,9 +2,9 @@
 imports itself back in a circle (docs/architecture.md).
 
 Function-local imports count as much as module-level ones: an import placed
-inside a function to dodge a circle is still an arrow. The few deliberate
-lazy imports (they keep TensorFlow out of a command that does not need it)
-are listed in LAZY with their reason, and even they must point down.
+inside a function to dodge a circle is still an arrow. The deliberate lazy
+imports (the CLI's commands load TensorFlow only when they need it) must
+point down like every other.
 """
 import ast
 from pathlib import Path
@@ -81,3 +81,20 @@ def test_no_module_is_over_the_size_limit(limit, folder):
     long = {str(p.relative_to(folder.parent)): n for p in folder.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > limit}
     assert not long, f"modules over {limit} lines: {long}"
+
+
+def test_core_imports_neither_streamlit_nor_the_app():
+    found = [f"{module_name(path)} imports {name}" for path in CORE.rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.Import, ast.ImportFrom))
+             for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+             if name.split(".")[0] in ("streamlit", "ui", "pages")]
+    assert not found, found
+
+
+def test_no_private_name_crosses_modules():
+    found = [f"{module_name(path)}:{node.lineno} imports {alias.name} from {node.module}"
+             for path in CORE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("core")
+             for alias in node.names if alias.name.startswith("_")]
+    assert not found, found
