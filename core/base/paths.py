@@ -27,6 +27,19 @@ def weights_path() -> str:
     return str(local) if local.exists() else "imagenet"
 
 
+# The labelled sets from other hospitals that every recipe comparison reports (core.inference.panel).
+PANEL_SETS = ("SY575-COVID19-CT", "COVID-CT-MD-sample")
+
+
+def panel_dirs() -> list[Path]:
+    """The external panel's folders: $COVIDCT_PANEL (folders joined with the
+    path separator), else PANEL_SETS under ../shared/data/external."""
+    given = os.environ.get("COVIDCT_PANEL", "")
+    if given.strip():
+        return [Path(part).expanduser() for part in given.split(os.pathsep) if part.strip()]
+    return [SHARED / "data" / "external" / name for name in PANEL_SETS]
+
+
 def artifacts_dir() -> Path:
     """Root of runs and models ($COVIDCT_ARTIFACTS, else ./artifacts)."""
     return Path(os.environ.get("COVIDCT_ARTIFACTS", PROJECT_ROOT / "artifacts"))

@@ -152,7 +152,7 @@ def cmd_runs(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from core.cli import training
     from core.base import paths
-    from core.cli import scans
+    from core.cli import scans, sites
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("runs", help="list runs with their settings and test metrics, and score "
                                   "each cross-validated recipe from its fold runs")
     listing.set_defaults(func=cmd_runs)
+    sites.add_parsers(commands)
     return parser
 
 

@@ -276,3 +276,8 @@ def _read(path: Path) -> dict | None:
 
 def read_predictions(run_dir, name: str) -> pd.DataFrame:
     return pd.read_csv(results_dir(run_dir, name) / "predictions.csv")
+
+
+def read_metrics(run_dir, name: str) -> dict | None:
+    """A stored external set's metrics.json (None while it is not complete)."""
+    return _read(results_dir(run_dir, name) / "metrics.json")
