@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+# Below this many patients a bootstrap resamples the same few again and again: its interval is not
+# drawn, and figures say "too few patients to estimate" (docs/site-adaptation.md).
+MIN_PATIENTS_FOR_CI = 10
+
 
 TOP_K = 3  # COVID-19 lesions show on some slices: the mean of the 3 most suspicious is less swayed by one odd slice
 
@@ -40,3 +44,8 @@ def per_patient(frame: pd.DataFrame, method: str = "mean") -> pd.DataFrame:
     return pd.DataFrame({"y_true": grouped["y_true"].first(),
                          "prob": grouped["prob"].agg(lambda p: aggregate(p, method)),
                          "slices": grouped.size()}).reset_index()
+
+
+def enough_patients(patients: pd.DataFrame) -> bool:
+    """Whether a per-patient frame has MIN_PATIENTS_FOR_CI patients, at least one of each class."""
+    return len(patients) >= MIN_PATIENTS_FOR_CI and patients["y_true"].nunique() == 2

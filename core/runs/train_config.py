@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core.data import datasets
 from core.evaluation import classification
-from core.base import paths
+from core.base import machine, paths
 from core.base import files
 
 # The names a run chooses from; core.models.resnet and core.training.distribute build what they
@@ -104,6 +104,10 @@ class TrainConfig:
     weights: str | None = field(default_factory=paths.weights_path, metadata=setting(
         "Starting weights file", "ImageNet weights file for the ImageNet ResNets (the CT ResNet loads its "
         "own); empty = random initialisation."))
+    start_from_run: str = field(default="", metadata=setting(
+        "Start from a trained run", "Fine-tune this run's model (a run id or folder) instead of the pretrained "
+        "backbone, as site adaptation does; its network and input must be this config's. Empty: the pretrained "
+        "weights."))
     input_size: int = field(default=224, metadata=setting(
         "Image size (px)", "Images are resized to this square size (pixels).", allowed=Range(32, 1024),
         search=[160, 224, 288]))
@@ -188,9 +192,31 @@ class TrainConfig:
         if self.head_epochs + self.finetune_epochs == 0:
             found.append("head_epochs + finetune_epochs must be at least 1")
         if here:
-            from core.base import machine  # TensorFlow: only when the machine itself is checked
-            found += machine.machine_problems(self.strategy) + self._data_problems()
+            found += machine.machine_problems(self.strategy) + self._data_problems() + self._start_problems()
         return found
+
+    def start_run_dir(self) -> Path | None:
+        """The folder of start_from_run: a run folder's path, or a run id under the runs folder."""
+        if not self.start_from_run:
+            return None
+        given = Path(self.start_from_run).expanduser()
+        return given if (given / "config.json").is_file() else paths.runs_dir() / files.check_name(
+            self.start_from_run, "run id")
+
+    def _start_problems(self) -> list[str]:
+        """A run to start from must have a model of this config's network and input."""
+        try:
+            folder = self.start_run_dir()
+        except ValueError as error:
+            return [f"start_from_run: {error}"]
+        if folder is None:
+            return []
+        if not (folder / "model.keras").is_file():
+            return [f"start_from_run {self.start_from_run!r}: no model.keras in {folder}"]
+        theirs = files.read_json(folder / "config.json", {})
+        return [f"start_from_run {self.start_from_run!r}: its {key} is {theirs.get(key)!r}, this config's "
+                f"{getattr(self, key)!r}" for key in ("backbone", "input_size", "lung_crop")
+                if theirs.get(key) != getattr(self, key)]
 
     def _data_problems(self) -> list[str]:
         try:

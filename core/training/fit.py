@@ -229,6 +229,8 @@ def fit_model(run_dir: Path, config: TrainConfig, images, labels, augment, repor
     committed phases made and continues after the last committed epoch
     (core.training.checkpoint lists the phases and their commits)."""
     model = build_model(config.backbone, config.input_size, config.weights, config.dropout, train_from="head")
+    if config.start_from_run:  # fine-tune a trained run's model (site adaptation), not the pretrained one
+        model.load_weights(config.start_run_dir() / "model.keras")
     if (run_dir / "model.keras").exists():  # the saving phase committed
         model.load_weights(run_dir / "model.keras")
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # if a kill came before their removal
