@@ -98,8 +98,8 @@ def time_server_side(scans: list[Path]) -> list[float]:
     """Seconds of the Predict page's script run for one upload, warm model."""
     from streamlit.testing.v1 import AppTest
 
-    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
-    app.switch_page("pages/5_Predict.py")
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()  # registers the pages
+    app.switch_page("pages/predict.py")
     app.run()
     timings = []
     for scan in scans:

@@ -92,8 +92,8 @@ def time_app(count: int, repeats: int) -> None:
     times = []
     for attempt in range(repeats + 1):
         files = series(count, seed=100 + attempt)
-        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=600)
-        at.switch_page("pages/5_Predict.py")
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=600).run()  # registers the pages
+        at.switch_page("pages/predict.py")
         at.run()
         at.file_uploader(key="uploads").set_value([(name, content, "application/dicom") for name, content in files])
         started = time.perf_counter()

@@ -19,7 +19,6 @@ from dicom_factory import ct_dataset, dicom_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import ui
 from core.inference import calibration
 from core.inference import deploy
 from core.jobs import background
@@ -34,19 +33,23 @@ from core.runs import storage
 from core.base import files
 from core.runs.train_config import TrainConfig, recipe_changes
 from core.data.images import image_sizes
+from ui import navigation
+from ui.formatting import upload_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # seconds per script run: the first one imports TensorFlow and loads a model
-PAGES = ["streamlit_app.py", ui.DATA, ui.TRAIN, ui.SEARCH, ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
-NEEDS_A_RUN = [ui.EVALUATE, ui.MISCLASSIFIED, ui.PREDICT]
+PAGES = ["streamlit_app.py", navigation.DATA, navigation.TRAIN, navigation.SEARCH, navigation.EVALUATE, navigation.MISCLASSIFIED, navigation.PREDICT]
+NEEDS_A_RUN = [navigation.EVALUATE, navigation.MISCLASSIFIED, navigation.PREDICT]
 
 
 def open_page(page: str) -> AppTest:
-    """Run `page` the way a browser session reaches it: through the entry point."""
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
+    """Run `page` the way a browser session reaches it: through the entry point.
+    AppTest finds a page by its file only among the pages st.navigation
+    registered (their URLs are not their file names): Home runs first."""
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run()
     if page != "streamlit_app.py":
-        at.switch_page(page)
-    return at.run()
+        at.switch_page(page).run()
+    return at
 
 
 def assert_no_exception(at: AppTest):
@@ -95,7 +98,7 @@ def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
     at = open_page(page)
     assert_no_exception(at)
     assert not at.error, texts(at.error)
-    if page == ui.PREDICT:
+    if page == navigation.PREDICT:
         assert "No model is deployed yet" in texts(at.info)
     elif page in NEEDS_A_RUN:
         assert "Train one first" in texts(at.info)
@@ -108,7 +111,7 @@ def test_page_without_the_dataset_says_so_instead_of_failing(page, empty_artifac
     monkeypatch.setenv("COVIDCT_DATA", str(tmp_path / "no-dataset-here"))
     at = open_page(page)
     assert_no_exception(at)
-    if page in (ui.DATA, "streamlit_app.py"):
+    if page in (navigation.DATA, "streamlit_app.py"):
         assert "The dataset cannot be read" in texts(at.error)
 
 
@@ -117,7 +120,7 @@ def test_page_renders_with_the_trained_run(page, run_id):
     at = open_page(page)
     assert_no_exception(at)
     assert not at.error, texts(at.error)
-    if page == ui.PREDICT:  # nothing deployed, and a smoke run is not offered
+    if page == navigation.PREDICT:  # nothing deployed, and a smoke run is not offered
         assert "No model is deployed yet" in texts(at.info)
         assert "No completed run is fit to deploy" in texts(at.markdown)
     elif page in NEEDS_A_RUN:
@@ -147,7 +150,7 @@ def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, tra
     root = Path(files.read_json(trained_run / "config.json")["data_dir"])
     sizes = image_sizes([root / path for path in test.path])
     bias = classification.resolution_bias(test, sizes.width * sizes.height)
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
     for rho in bias.rho:
         assert f"ρ = {rho:+.2f}" in caption
@@ -157,7 +160,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
     runs_root = tmp_path / "artifacts" / "runs"
     shutil.copytree(trained_run, runs_root / trained_run.name)  # a run for the page to show
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     assert "No cross-validation runs yet" in texts(at.info)
 
@@ -172,7 +175,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
         storage.set_status(run_dir, "completed")
     summary = folds.cross_validation_summary(halves, seed=config["seed"])
 
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     (table,) = [frame.value for frame in at.dataframe if "mean_roc_auc" in frame.value]
     assert table.loc[0, "folds"] == "2 of 2"
@@ -184,7 +187,7 @@ def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monk
 def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
     test = calibrated_predictions(trained_run).query("split == 'test'")
     chosen = calibration.for_run(trained_run).threshold  # the validation choice, on the calibrated scale
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     slider = at.slider(key=f"threshold_{run_id}")
     assert slider.value == pytest.approx(chosen)  # starts at the validation choice
 
@@ -209,7 +212,7 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
 
 def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id, trained_run):
     test = storage.read_predictions(trained_run).query("split == 'test'")
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     at.slider(key=f"threshold_{run_id}").set_value(0.0).run()  # every negative is a false positive
     at.button(key="open_fp").click().run()
     assert_no_exception(at)
@@ -225,7 +228,7 @@ def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id,
     assert captions.count("Grad-CAM") == len(shown) and captions.count("scan") == len(shown)
 
     # AppTest stays on the page it was sent to (a browser follows st.switch_page's URL).
-    at.switch_page(ui.MISCLASSIFIED)
+    at.switch_page(navigation.MISCLASSIFIED)
     at.segmented_control(key="cam_method").set_value("gradcam++").run()
     assert at.segmented_control(key="cell").value == "fp"
     assert_no_exception(at)
@@ -250,7 +253,7 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
                                                                         tmp_path):
     row = storage.read_predictions(trained_run).query("split == 'test'").iloc[0]
     png = shutil.copy(data_dir / row["path"], tmp_path / "slice.png")
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([
         ("slice.png", Path(png).read_bytes(), "image/png"),
         ("notes.png", b"these are my notes, not a scan", "image/png"),
@@ -283,7 +286,7 @@ def test_predict_refuses_a_photo_until_asked(deployed):
     photo = Image.fromarray(load_sample_image("flower.jpg"))
     buffer = __import__("io").BytesIO()
     photo.save(buffer, format="PNG")
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([("flower.png", buffer.getvalue(), "image/png")]).run()
     assert_no_exception(at)
     assert "Not like the training slices — no prediction: a colour image" in texts(at.warning)
@@ -295,7 +298,7 @@ def test_predict_refuses_a_photo_until_asked(deployed):
 
 
 def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_run):
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     assert "trained on a subset (8 images per split)" in texts(at.warning)
     assert button(at, "Use this model for predictions").disabled
@@ -306,16 +309,16 @@ def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_ru
     record = deploy.deployed_record()
     assert record["run"] == run_id and record["confirmed_despite"] == deploy.problems(catalogue.load_run(trained_run))
 
-    at = open_page(ui.EVALUATE)  # now it says so instead of offering it again
+    at = open_page(navigation.EVALUATE)  # now it says so instead of offering it again
     assert "This model answers on Predict" in texts(at.success)
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     assert run_id in texts(at.markdown) and "Deployed despite: it was trained on a subset" in texts(at.warning)
 
 
 def test_evaluate_shows_the_test_ece_before_and_after_calibration(run_id, trained_run):
     test = calibrated_predictions(trained_run).query("split == 'test'")
     raw = storage.read_predictions(trained_run).query("split == 'test'")
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     metrics = shown_metrics(at)
     after = calibration.expected_calibration_error(test.y_true, test.prob)
     assert metrics["Expected calibration error, calibrated"] == f"{after:.3f}"
@@ -326,13 +329,13 @@ def test_evaluate_shows_the_test_ece_before_and_after_calibration(run_id, traine
 def test_script_runs_keep_tensorflow_kernels(deployed, data_dir, monkeypatch):
     """Streamlit clears the Keras session after each script run, which throws
     away TensorFlow's compiled kernels (0.5 s per model call in the next run);
-    the app turns that off (ui._keep_tensorflow_kernels)."""
+    the app turns that off (ui.frame.keep_tensorflow_kernels)."""
     import keras
 
     cleared = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: cleared.append(1))
     scan = data_dir / "COVID" / "2020.03.13.20035212-p23-155.png"
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     for _ in range(2):
         at.file_uploader(key="uploads").set_value([(scan.name, scan.read_bytes(), "image/png")]).run()
         assert_no_exception(at)
@@ -349,7 +352,7 @@ def button(at: AppTest, label: str):
 
 
 def test_train_form_has_every_setting_and_reports_problems(empty_artifacts, data_dir):
-    at = open_page(ui.TRAIN)
+    at = open_page(navigation.TRAIN)
     for field in fields(TrainConfig):
         assert f"cfg_{field.name}" in at.session_state, field.name
     assert not at.error and not button(at, "Start training").disabled
@@ -377,7 +380,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
 
     monkeypatch.setattr(background, "launch_training", fake_launch)
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the page sets it for the child: undone after the test
-    at = open_page(ui.TRAIN)
+    at = open_page(navigation.TRAIN)
     at.number_input(key="cfg_input_size").set_value(64)
     at.text_input(key="run_name").set_value("from-the-app")
     button(at, "Start training").click().run()
@@ -400,7 +403,7 @@ def test_train_starts_refuses_a_second_run_and_cancels(empty_artifacts, data_dir
 
 
 def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_dir):
-    at = open_page(ui.TRAIN)
+    at = open_page(navigation.TRAIN)
     default_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
     at.button(key="preset_quick_look").click().run()
     assert_no_exception(at)
@@ -424,7 +427,7 @@ def test_start_while_another_process_trains_shows_training_busy(empty_artifacts,
     # The lock of a live training process (this one); the real launch_training refuses.
     lock.acquire_training_lock("someone-elses-run")
     try:
-        at = open_page(ui.TRAIN)
+        at = open_page(navigation.TRAIN)
         button(at, "Start training").click().run()
     finally:
         lock.release_training_lock()
@@ -449,7 +452,7 @@ def test_duplicate_audit_shows_the_pairs(tmp_path, monkeypatch, data_dir):
     monkeypatch.setenv("COVIDCT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
 
-    at = open_page(ui.DATA)
+    at = open_page(navigation.DATA)
     assert_no_exception(at)
     button(at, "Run the duplicate audit").click().run()
     assert_no_exception(at)
@@ -469,9 +472,7 @@ def test_duplicate_audit_shows_the_pairs(tmp_path, monkeypatch, data_dir):
     ("a_b-[x](y).png", "a\\_b\\-\\[x\\]\\(y\\).png"),  # no Markdown link survives
 ])
 def test_upload_names_cannot_point_at_paths_or_inject_markdown(crafted, shown):
-    import ui
-
-    assert ui.upload_name(crafted) == shown
+    assert upload_name(crafted) == shown
 
 
 def test_server_config_keeps_xsrf_protection_and_an_upload_limit():
@@ -497,7 +498,7 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     shutil.copytree(trained_run, run_dir)
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
 
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     folder = next(box for box in at.text_input if box.label == "Dataset folder")
     folder.set_value(str(tmp_path / "no-such-folder"))
@@ -506,7 +507,7 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
 
     external.evaluate_on(run_dir, sy575, n_boot=50, report=lambda line: None)
     stored = json.loads((run_dir / "external" / "SY575-COVID19-CT" / "metrics.json").read_text())
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     (table,) = [frame.value for frame in at.dataframe if "level" in frame.value.columns]
     patients = table[(table["set"] == "SY575-COVID19-CT") & (table["level"] == "patients")].iloc[0]
@@ -515,7 +516,7 @@ def test_evaluate_shows_external_results_and_misclassified_reviews_their_cases(t
     slices = table[(table["set"] == "SY575-COVID19-CT") & (table["level"] == "slices")].iloc[0]
     assert slices["n"] == 48 and slices["accuracy"] == pytest.approx(stored["slice"]["at_threshold"]["accuracy"])
 
-    at = open_page(ui.MISCLASSIFIED)
+    at = open_page(navigation.MISCLASSIFIED)
     assert_no_exception(at)
     cases = next(box for box in at.selectbox if box.label == "Cases from")
     at = cases.set_value("external:SY575-COVID19-CT").run()

@@ -11,8 +11,8 @@ from PIL import Image
 from test_app import assert_no_exception, deployed, open_page, run_id, texts  # noqa: F401 (fixtures)
 from test_scan import SIDE, dicom_slice, series
 
-import ui
 from core.inference import scan_decision
+from ui import navigation, scans
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def scan_metrics(at) -> list[str]:
 def test_a_dicom_series_gets_one_decision_a_curve_and_a_scroller(deployed, slices):  # noqa: F811
     blank = np.zeros((SIDE, SIDE), np.uint8)  # below the lungs: read, not scored
     files = series(slices + [blank], spacing=5.0)
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([(name, content, "application/dicom") for name, content in files])
     at.run()
     assert_no_exception(at)
@@ -65,7 +65,7 @@ def test_a_dicom_series_gets_one_decision_a_curve_and_a_scroller(deployed, slice
 
 def test_png_slices_are_single_unless_ticked_as_one_scan(deployed, slices):  # noqa: F811
     uploads = [(f"s{k}.png", png(grey), "image/png") for k, grey in enumerate(slices[:2])]
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value(uploads).run()
     assert_no_exception(at)
     assert not scan_metrics(at) and len([m for m in at.metric if m.label == "Probability of COVID"]) == 2
@@ -78,7 +78,7 @@ def test_a_bad_zip_is_named_and_a_good_slice_still_predicted(deployed, slices): 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("../../etc/evil.dcm", dicom_slice(slices[0], z=0))
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([("study.zip", buffer.getvalue(), "application/zip"),
                                                ("one.png", png(slices[1]), "image/png")]).run()
     assert_no_exception(at)
@@ -88,19 +88,18 @@ def test_a_bad_zip_is_named_and_a_good_slice_still_predicted(deployed, slices): 
 
 def test_a_run_without_scan_settings_says_its_threshold_is_the_slices(deployed, slices, monkeypatch):  # noqa: F811
     monkeypatch.setattr(scan_decision, "choose_settings", lambda *a, **k: (_ for _ in ()).throw(ValueError("none")))
-    import scan_ui
-    scan_ui._settings.clear()
+    scans._settings.clear()
     from core.inference import deploy
     (deploy.deployed_run()["path"] / scan_decision.SCAN_FILE).unlink(missing_ok=True)
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([(n, c, "application/dicom") for n, c in series(slices[:2])]).run()
     assert_no_exception(at)
     assert "the slice threshold, which was chosen for single slices, not scans" in texts(at.warning)
-    scan_ui._settings.clear()
+    scans._settings.clear()
 
 
 def test_evaluate_shows_test_patients_beside_test_slices(run_id, trained_run):  # noqa: F811
-    at = open_page(ui.EVALUATE)
+    at = open_page(navigation.EVALUATE)
     assert_no_exception(at)
     table = next(frame.value for frame in at.dataframe if "per patient" in frame.value.columns)
     expected = scan_decision.settings_for_run(trained_run)["test_patients"]
@@ -113,7 +112,7 @@ def test_a_crafted_member_name_cannot_inject_markdown(deployed):  # noqa: F811
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("![x](http://example.org/p.png).dcm", b"not a slice")
-    at = open_page(ui.PREDICT)
+    at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([("study.zip", buffer.getvalue(), "application/zip")]).run()
     assert_no_exception(at)
     assert len(at.error) == 1 and r"study.zip/\!\[x\]\(http://example.org/p.png\).dcm" in at.error[0].value

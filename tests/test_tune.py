@@ -19,7 +19,6 @@ import pytest
 from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
-import ui
 from core.runs import lock
 from core.jobs import background
 from core.base import paths
@@ -32,6 +31,7 @@ from core.training import tune
 from core.cli.main import build_parser, main
 from core.cli.training import config_from_args
 from core.runs.train_config import TrainConfig, load_default_config, reset_default
+from ui import navigation
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"input_size": 32, "max_images_per_split": 4, "head_epochs": 1, "finetune_epochs": 1}
@@ -315,7 +315,8 @@ def test_a_resumed_study_refuses_other_settings(small, capsys):
 # ---------------------------------------------------------------------------
 
 def open_page(page: str, at: AppTest | None = None) -> AppTest:
-    at = at or AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    # AppTest finds a page by its file among those st.navigation registered: a new session runs Home first.
+    at = at or AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
     at.switch_page(page)
     return at.run()
 
@@ -332,9 +333,9 @@ def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, 
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     started = []
     monkeypatch.setattr(background, "launch_search", lambda *args, **kwargs: started.append((args, kwargs)) or 4242)
-    at = open_page(ui.TRAIN)
+    at = open_page(navigation.TRAIN)
     at.number_input(key="cfg_max_images_per_split").set_value(4).run()  # the form the search starts from
-    open_page(ui.SEARCH, at)
+    open_page(navigation.SEARCH, at)
     assert not at.exception and not at.error, texts(at.error)
     assert "Hyperparameter search" in texts(at.title)
     assert "No study by this name yet" in texts(at.info)
@@ -356,7 +357,7 @@ def test_search_section_without_studies_starts_a_search_from_the_form(tmp_path, 
 
 
 def test_search_section_shows_the_study_and_promotes_its_best(small):
-    at = open_page(ui.SEARCH)
+    at = open_page(navigation.SEARCH)
     at.text_input(key="study_name").set_value("small").run()
     assert not at.exception and not at.error, texts(at.error)
     study = studies.load_study("small")
@@ -369,7 +370,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
     button(at, "Promote best to default").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert load_default_config().input_size == 32
-    open_page(ui.TRAIN, at)
+    open_page(navigation.TRAIN, at)
     assert at.number_input(key="cfg_input_size").value == 32  # the form shows the new defaults
     assert "Defaults promoted from study **small**" in texts(at.info)
 

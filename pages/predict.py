@@ -1,0 +1,102 @@
+"""Predict: upload CT slices (PNG, JPEG or DICOM) and get, from the deployed
+model (core.inference.deploy), the calibrated probability of COVID-19, the decision at
+its threshold (borderline when too close to call), and Grad-CAM and
+Grad-CAM++ maps of the evidence for that decision to download. A scan unlike
+the training scans (core.inference.ood) gets no prediction unless the user asks. A file
+that cannot be read gets an error naming it; the other uploads are still
+processed. A whole scan (several DICOM files of a series, a zip, a NIfTI
+volume, or slices ticked as one scan) gets one decision (ui.scans)."""
+from functools import partial
+from pathlib import Path
+
+import streamlit as st
+
+from core.data.scans import group_uploads
+from core.inference import deploy
+from core.inference.calibration import percent
+from core.inference.ood import REFUSAL
+from ui import frame, scans
+from ui.deployment import deployed_model_card, nothing_deployed
+from ui.formatting import upload_name
+from ui.model import (CAM_METHODS, UPLOAD_TYPES, gradcam_overlay, heatmap_colour_bar, png_bytes, predict_upload,
+                      predictor)
+from ui.runs import class_names
+
+
+def upload_controls():
+    """The uploader and how to read the uploads; returns (uploads, one_scan, opacity)."""
+    uploads = st.file_uploader("CT slices (PNG, JPEG or DICOM, one or several), or a whole scan: the DICOM files "
+                               "of a series, a .zip of them, or a NIfTI volume (.nii, .nii.gz)",
+                               type=UPLOAD_TYPES + scans.SCAN_TYPES, accept_multiple_files=True, key="uploads")
+    one_scan = st.checkbox("These slices are one scan (one patient)", key="one_scan",
+                           help="Ticked: PNG or JPEG slices uploaded together get one decision, as a series does.")
+    st.caption("Several DICOM files are read as one series, and a .zip or NIfTI file as one scan: one decision "
+               "for the patient, from the slices that show lung. PNG and JPEG slices are predicted one by one "
+               "unless ticked above.")
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity", persist_state="session")
+    return uploads, one_scan, opacity
+
+
+def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: float) -> None:
+    """One uploaded slice: its probability and decision, the scan, and both heatmaps to download;
+    a slice unlike the training scans only when asked for."""
+    name = upload_name(file_name)
+    with st.container(border=True):
+        try:
+            prediction = predict_upload(run, name, content)
+        except ValueError as error:  # ImageReadError: its message starts with the file name
+            st.error(f"Cannot use this file: {error}")
+            return
+        st.markdown(f"#### {name}")
+        if prediction.refused:
+            st.warning(f"{REFUSAL.capitalize()}: " + "; ".join(prediction.ood_problems) + ".",
+                       icon=":material/block:")
+            if not st.checkbox("Show the model's answer anyway", key=f"show_anyway_{i}"):
+                st.image(prediction.image, caption="scan", width=320)
+                return
+        details, scan, *heatmaps = st.columns([1.2, 2, 2, 2])
+        decision(run, details, prediction)
+        scan.image(prediction.image, caption="scan", width="stretch")
+        for column, method in zip(heatmaps, CAM_METHODS):
+            with column, st.spinner(f"{CAM_METHODS[method]}…"):
+                heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index)
+        heatmap_colour_bar(prediction.label)
+
+
+def decision(run: dict, column, prediction) -> None:
+    """The probability, the decision (borderline when too close to call) and the input size."""
+    positive = class_names(run)[1]
+    column.metric(f"Probability of {positive}", percent(prediction.probability))
+    color = "red" if prediction.label == positive else "blue"
+    column.markdown(f"Decision: :{color}-badge[{prediction.label}]"
+                    + (" :orange-badge[borderline]" if prediction.borderline else "")
+                    + f"  \nat the threshold {percent(prediction.threshold)}")
+    column.caption(f"{prediction.image.shape[1]} × {prediction.image.shape[0]} px, "
+                   f"resized to {predictor(run).input_size} px for the model.")
+
+
+def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method: str, opacity: float,
+            class_index: int) -> None:
+    """One heatmap overlay and its download (the PNG is encoded on click, not on every run)."""
+    image = gradcam_overlay(run, content, name, method, opacity, class_index=class_index)
+    st.image(image, caption=CAM_METHODS[method], width="stretch")
+    st.download_button(f"Download {CAM_METHODS[method]} PNG", partial(png_bytes, image),
+                       file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
+                       mime="image/png", key=f"download_{i}_{method}", on_click="ignore")
+
+
+frame.disclaimer_banner()
+run = deploy.deployed_run()
+if run is None:
+    nothing_deployed()
+    st.stop()
+deployed_model_card(run)
+uploads, one_scan, opacity = upload_controls()
+if not uploads:
+    st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
+    st.stop()
+whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+for scan_name, files in whole_scans:
+    scans.show_scan(run, scan_name, files, opacity)
+for i, (file_name, content) in enumerate(singles):
+    single_slice(run, i, file_name, content, opacity)

@@ -1,0 +1,116 @@
+"""Everything that needs TensorFlow, and so the only ui module that imports
+the core modules loading it: a run's model (loaded once, shared by every
+session), predictions on uploads, Grad-CAM overlays, and the table of
+cross-validated recipes (core.training.cross_validation loads TensorFlow too)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core.inference.explain import colour_bar, overlay
+from core.inference.predict import Prediction, Predictor
+from core.inference.scan_decision import ScanResult
+from core.runs import catalogue
+from core.training import cross_validation
+from ui.cache_keys import mtime
+from ui.dataset_cache import read_image
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
+CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _predictor(run_path: str, model_stamp: float) -> Predictor:
+    return Predictor.from_run(run_path)
+
+
+def model_stamp(run: dict) -> float:
+    """Changes when the model, its predictions (and so its calibration) or its
+    out-of-distribution reference (built when deployed) change."""
+    return max(mtime(run["path"] / name) for name in ("model.keras", "predictions.csv", "ood.json"))
+
+
+def predictor(run: dict) -> Predictor:
+    """The run's model, loaded once and shared by every session."""
+    return _predictor(str(run["path"]), model_stamp(run))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)  # a Prediction holds the decoded scan
+def _predict(run_path: str, model_stamp: float, content: bytes, name: str) -> Prediction:
+    return _predictor(run_path, model_stamp).predict_images([read_image(content, name)], [name])[0]
+
+
+def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
+    """Probability and decision for one uploaded file. A file that is not a
+    readable image raises core.data.limits.ImageReadError (a ValueError) whose message
+    starts with its name."""
+    return _predict(str(run["path"]), model_stamp(run), content, name)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _heatmap(run_path: str, model_stamp: float, source: str | bytes, name: str,
+             stamp: float, method: str, class_index: int = 1) -> np.ndarray:
+    image = read_image(source, name, stamp)
+    return _predictor(run_path, model_stamp).gradcam(image, method, class_index)
+
+
+def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gradcam",
+                    opacity: float = 0.4, class_index: int = 1) -> np.ndarray:
+    """The scan (a path or uploaded bytes) with its Grad-CAM (or Grad-CAM++)
+    heatmap of evidence for class_index (1: positive) blended over it. The
+    heatmap is cached per run, image, method and class (it is the slow part),
+    so changing the opacity costs only the blend."""
+    stamp = 0.0 if isinstance(source, bytes) else mtime(source)
+    source = source if isinstance(source, bytes) else str(source)
+    heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
+    return overlay(predictor(run).view(read_image(source, name, stamp)), heatmap, alpha=opacity)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _slice_heatmap(run_path: str, model_stamp: float, key: str, index: int, method: str, class_index: int,
+                   _predictor, _image: np.ndarray) -> np.ndarray:
+    return _predictor.gradcam(_image, method, class_index)
+
+
+def slice_overlay(run: dict, result: ScanResult, key: str, index: int, method: str, opacity: float,
+                  class_index: int) -> np.ndarray:
+    """Slice `index` (as the model sees it) with its Grad-CAM heatmap of evidence for
+    class_index; the heatmap is cached, so moving the opacity costs only the blend."""
+    image, model = result.scan.rgb(index), predictor(run)
+    heatmap = _slice_heatmap(str(run["path"]), model_stamp(run), key, index, method, class_index,
+                             model, image)
+    return overlay(model.view(image), heatmap, alpha=opacity)
+
+
+def heatmap_colour_bar(class_name: str) -> None:
+    """The heatmaps' colour scale and what it means. Each map is scaled on its
+    own scan (tf-keras-vis normalises it): colours say where the evidence for
+    the class is, not how strong it is; the probability says that."""
+    st.image(colour_bar(), width=480,
+             caption=f"Heatmap colours: blue = no evidence for {class_name}, red = the strongest evidence "
+                     f"for {class_name} in this scan. Each map is scaled to its own scan, so red marks where "
+                     "the model found the evidence, not how much there was; a map that stays blue found none.")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An overlay encoded as PNG, for its download button."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
+def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
+    return cross_validation.cross_validation_table([catalogue.load_run(path) for path in run_paths])
+
+
+def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
+    """cross_validation.cross_validation_table over the completed fold runs, cached until
+    one of their predictions changes or a fold is added."""
+    folds = [run for group in catalogue.cross_validation_groups(all_runs) for run in group]
+    return _cross_validation(tuple(str(run["path"]) for run in folds),
+                             tuple(mtime(run["path"] / "predictions.csv") for run in folds))

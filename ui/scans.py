@@ -1,0 +1,129 @@
+"""The Predict page's whole scans: cached reading and scoring of an uploaded
+scan (core.data.scans, core.inference.scan_decision), and its card: the
+scan's decision, the per-slice probability curve (ui.charts), and a slice
+scroller with each slice's Grad-CAM overlay (ui.model).
+
+A scored scan holds every decoded slice of the series: it is a
+resource (st.cache_resource, returned as is, never copied), keyed by the
+run, its model and a digest of the uploaded files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import streamlit as st
+
+from core.data import scans
+from core.evaluation import patient_level
+from core.inference import scan_decision
+from core.inference.calibration import percent
+from core.inference.scan_decision import ScanResult
+from ui import charts
+from ui.formatting import plain, upload_name
+from ui.model import model_stamp, predictor, slice_overlay
+from ui.runs import class_names
+
+SCAN_TYPES = ["zip", "nii", "gz"]  # a .nii.gz ends in .gz: Streamlit checks the end of the name
+
+
+def files_key(files: list[tuple[str, bytes]]) -> str:
+    """A digest of the files' names and contents: the cache key of one uploaded scan."""
+    digest = hashlib.sha256()
+    for name, content in files:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(content).digest())
+    return digest.hexdigest()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _settings(run_path: str, stamp: float) -> dict:
+    return scan_decision.settings_for_run(run_path)
+
+
+def settings(run: dict) -> dict:
+    """The run's scan aggregation and threshold (RUN/scan.json, chosen on its validation patients)."""
+    return _settings(str(run["path"]), model_stamp(run))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _scored(run_path: str, stamp: float, key: str, name: str, settings_text: str, _files: tuple,
+            _predictor) -> ScanResult:
+    return scan_decision.score_scan(_predictor, scans.read_files(list(_files), name), json.loads(settings_text))
+
+
+def score_upload(run: dict, name: str, files: list[tuple[str, bytes]]) -> ScanResult:
+    """The uploaded scan read and scored; ImageReadError (a ValueError) names a bad file.
+    Scored again when the run's scan settings change (a fallback replaced by a choice)."""
+    return _scored(str(run["path"]), model_stamp(run), files_key(files), name,
+                   json.dumps(settings(run), sort_keys=True), tuple(files), predictor(run))
+
+
+def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float) -> None:
+    """One uploaded scan: its probability and decision, the per-slice curve, and a
+    slice scroller with the Grad-CAM overlay, the most suspicious slice first."""
+    shown_name, key = upload_name(name), files_key(files)[:16]
+    with st.container(border=True):
+        try:
+            with st.spinner(f"Reading and scoring {shown_name}…"):
+                result = score_upload(run, name, files)
+        except ValueError as error:  # ImageReadError: its message names the file
+            st.error(f"Cannot use this scan: {plain(str(error))}")
+            return
+        st.markdown(f"#### {shown_name}")
+        _decision(result)
+        top = result.most_suspicious
+        count = len(result.scan.slices)
+        index = (st.slider("Slice", 1, count, (top or 0) + 1, key=f"slice_{key}",
+                           help="Starts at the most suspicious slice.") if count > 1 else 1) - 1
+        st.plotly_chart(charts.scan_probability_curve(result, index), key=f"curve_{key}")
+        _slice(run, result, key, index, opacity)
+
+
+def _decision(result: ScanResult) -> None:
+    """How many slices were read, scored and counted; the scan's decision; its caveats and notes."""
+    st.caption(f"{result.scan.kind}: {len(result.scan.slices)} slices read, {len(result.scored)} scored "
+               f"(showing lung), {len(result.counted)} counted.")
+    if result.scan_probability is None:
+        st.warning("No scored slice is like the training scans: no prediction for this scan.",
+                   icon=":material/block:")
+    else:
+        _probability(result)
+    if result.settings.get("caveat"):
+        st.warning(plain(result.settings["caveat"].capitalize()) + ".", icon=":material/warning:")
+    if result.notes:
+        st.info("\n".join(f"- {plain(note)}" for note in result.notes), icon=":material/info:")
+
+
+def _probability(result: ScanResult) -> None:
+    """The scan's probability and decision at the scan threshold, and how that threshold was chosen."""
+    chosen = result.settings
+    left, right = st.columns([1, 3])
+    left.metric(f"Scan probability of {result.positive_class}", percent(result.scan_probability))
+    color = "red" if result.decision == result.positive_class else "blue"
+    right.markdown(f"Decision: :{color}-badge[{result.decision}] at the scan threshold "
+                   f"{percent(chosen['threshold'])}")
+    how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
+           f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
+           "the fallback")
+    right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
+                  "A research figure, not a diagnosis.")
+
+
+def _slice(run: dict, result: ScanResult, key: str, index: int, opacity: float) -> None:
+    """The slice shown and, when it was scored, its Grad-CAM of evidence for the scan's decision."""
+    image_column, cam_column = st.columns(2)
+    name = upload_name(result.scan.slice_names[index])
+    lung = f"lung {result.lung_fraction[index]:.0%} of the slice"
+    if index in result.probability:
+        image_column.image(result.scan.rgb(index), width="stretch",
+                           caption=f"slice {index + 1}: {name}, P {percent(result.probability[index])}, {lung}")
+        class_index = int(result.decision == result.positive_class)
+        with cam_column, st.spinner("Grad-CAM…"):
+            cam_column.image(slice_overlay(run, result, key, index, "gradcam", opacity, class_index),
+                             width="stretch", caption=f"Grad-CAM: evidence for {class_names(run)[class_index]}")
+        if result.refusals[index]:
+            image_column.caption("Not like the training scans (left out of the scan's probability): "
+                                 + "; ".join(result.refusals[index]))
+    else:
+        image_column.image(result.scan.rgb(index), width="stretch",
+                           caption=f"slice {index + 1}: {name}, not scored ({lung})")
