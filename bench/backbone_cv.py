@@ -29,7 +29,7 @@ from core.evaluation import folds
 from core.inference import external
 from core.runs import storage  # noqa: E402
 from core.cli.common import run_dir_for  # noqa: E402
-from core.training.cross_validation import averaged_folds, check_same_folds, fold_runs, paired_difference  # noqa: E402
+from core.runs.recipes import averaged_folds, check_same_folds, fold_runs, paired_difference  # noqa: E402
 
 
 def fold_scores(predictions: dict[int, pd.DataFrame], split: str) -> dict[int, float]:

@@ -12,9 +12,8 @@ from ui.deployment import deploy_controls
 from ui.external import external_section
 from ui.formatting import fmt
 from ui.metrics_table import metrics_table
-from ui.model import cross_validation_table
-from ui.runs import (CELLS, chosen_threshold, class_names, history, pick_run, pixel_counts, predictions,
-                     recipes_table, run_calibration, runs_table, threshold_slider)
+from ui.runs import (CELLS, chosen_threshold, class_names, cross_validation_table, history, pick_run,
+                     pixel_counts, predictions, recipes_table, run_calibration, runs_table, threshold_slider)
 
 OPERATING_POINT = (("recall", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
                    ("f1", "F1"), ("accuracy", "Accuracy"))

@@ -14,7 +14,8 @@ import streamlit as st
 from core.data.images import model_input
 from core.jobs import background
 from core.runs import lock
-from core.runs.train_config import TrainConfig, promoted_from, reset_default
+from core.runs.train_config import TrainConfig
+from core.runs.promoted import promoted_from, reset_default
 from core.training import pipeline, presets
 from ui.cache_keys import mtime
 from ui.dataset_cache import load_index, read_image

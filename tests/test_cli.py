@@ -190,7 +190,7 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
     assert "a second run of fold 1" in capsys.readouterr().err
 
     # Rows are matched by image, not by position.
-    from core.training.cross_validation import averaged_predictions
+    from core.runs.recipes import averaged_predictions
 
     frame = storage.read_predictions(storage.run_path(ct[0]))
     pd.testing.assert_frame_equal(averaged_predictions([frame.iloc[::-1], frame]).sort_values(["split", "path"],

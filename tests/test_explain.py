@@ -8,7 +8,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from core.inference.explain import Explainer, overlay  # noqa: E402
+from core.inference.explain import Explainer
+from core.inference.heatmaps import overlay  # noqa: E402
 
 SIZE, SQUARE = 32, 8
 

@@ -245,7 +245,7 @@ def test_cross_validation_table_scores_each_recipe_over_its_trained_folds(tmp_pa
 
     from sklearn.metrics import roc_auc_score
 
-    from core.training.cross_validation import cross_validation_table
+    from core.runs.recipes import cross_validation_table
 
     rng = np.random.default_rng(0)
 

@@ -30,7 +30,8 @@ from core.training import studies
 from core.training import tune
 from core.cli.main import build_parser, main
 from core.cli.training import config_from_args
-from core.runs.train_config import TrainConfig, load_default_config, reset_default
+from core.runs.train_config import TrainConfig
+from core.runs.promoted import load_default_config, reset_default
 from ui import navigation
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,15 +7,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.inference.explain import colour_bar, overlay
+from core.inference.heatmaps import colour_bar, overlay
 from core.inference.predict import Prediction, Predictor
 from core.inference.scan_decision import ScanResult
-from core.runs import catalogue
-from core.training import cross_validation
 from ui.cache_keys import mtime
 from ui.dataset_cache import read_image
 
@@ -101,16 +98,3 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
-def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
-    return cross_validation.cross_validation_table([catalogue.load_run(path) for path in run_paths])
-
-
-def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
-    """cross_validation.cross_validation_table over the completed fold runs, cached until
-    one of their predictions changes or a fold is added."""
-    folds = [run for group in catalogue.cross_validation_groups(all_runs) for run in group]
-    return _cross_validation(tuple(str(run["path"]) for run in folds),
-                             tuple(mtime(run["path"] / "predictions.csv") for run in folds))

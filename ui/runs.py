@@ -10,7 +10,7 @@ import streamlit as st
 from core.base import paths
 from core.data import images
 from core.inference import calibration, deploy
-from core.runs import catalogue, storage
+from core.runs import catalogue, recipes, storage
 from ui import navigation
 from ui.cache_keys import mtime
 from ui.formatting import fmt
@@ -150,15 +150,15 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
     })
 
 
-def recipes_table(recipes: pd.DataFrame) -> None:
-    """The cross-validated recipes (ui.model.cross_validation_table), fold by
+def recipes_table(table: pd.DataFrame) -> None:
+    """The cross-validated recipes (cross_validation_table), fold by
     fold against the project defaults, and how to read them; or how to get some."""
-    if not len(recipes):
+    if not len(table):
         st.info("No cross-validation runs yet: on the Train page set *Cv folds* and train one run per *Cv fold*, "
                 "or run `python -m core cv`. The folds of each recipe are scored here together.")
         return
-    scores = [c for c in recipes if c.endswith(("roc_auc", "_ci_low", "_ci_high"))]
-    st.dataframe(recipes, hide_index=True, column_config={
+    scores = [c for c in table if c.endswith(("roc_auc", "_ci_low", "_ci_high"))]
+    st.dataframe(table, hide_index=True, column_config={
         **{c: st.column_config.NumberColumn(format="%.3f") for c in scores},
         "vs_defaults": st.column_config.NumberColumn("vs defaults", format="%+.3f",
                                                      help="Mean fold-by-fold difference from the project "
@@ -173,3 +173,16 @@ def recipes_table(recipes: pd.DataFrame) -> None:
                "The pooled figure ranks all folds' scans together and also asks that the fold models' "
                "probabilities agree. Test predictions stay out: recipes are chosen here, test is reported "
                "for the chosen one.")
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring the cross-validated recipes…")
+def _cross_validation(run_paths: tuple, stamps: tuple) -> pd.DataFrame:
+    return recipes.cross_validation_table([catalogue.load_run(path) for path in run_paths])
+
+
+def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
+    """recipes.cross_validation_table over the completed fold runs, cached until
+    one of their predictions changes or a fold is added."""
+    folds = [run for group in catalogue.cross_validation_groups(all_runs) for run in group]
+    return _cross_validation(tuple(str(run["path"]) for run in folds),
+                             tuple(mtime(run["path"] / "predictions.csv") for run in folds))

@@ -8,7 +8,8 @@ import dataclasses
 
 import streamlit as st
 
-from core.runs.train_config import TrainConfig, load_default_config
+from core.runs.train_config import TrainConfig
+from core.runs.promoted import load_default_config
 
 # Three columns of sections; a TrainConfig field missing here lands in "Other".
 LAYOUT = [

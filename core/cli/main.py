@@ -132,7 +132,7 @@ def cmd_audit(args) -> int:
 
 def cmd_runs(args) -> int:
     from core.runs import catalogue
-    from core.training.cross_validation import cross_validation_table
+    from core.runs.recipes import cross_validation_table
 
     all_runs = catalogue.list_runs()
     table = catalogue.compare_runs(all_runs)

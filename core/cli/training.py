@@ -40,7 +40,7 @@ def given_settings(args) -> dict:
 
 def config_from_args(args):
     """The default config (promoted from a search, if one was) with the options given."""
-    from core.runs.train_config import load_default_config
+    from core.runs.promoted import load_default_config
 
     return dataclasses.replace(load_default_config(), **given_settings(args)).validate()
 
@@ -63,7 +63,8 @@ def cmd_cv(args) -> int:
     from core.base import files
     from core.runs import storage
     from core.runs.train_config import TrainConfig
-    from core.training.cross_validation import (averaged_folds, check_same_folds, cross_validate, fold_runs, paired_difference)
+    from core.training.cross_validation import cross_validate
+    from core.runs.recipes import averaged_folds, check_same_folds, fold_runs, paired_difference
 
     if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
         if given_settings(args):
@@ -145,13 +146,13 @@ def _space_changes(args) -> dict | None:
 
 
 def cmd_tune(args) -> int:
-    from core.runs import train_config
+    from core.runs import promoted
     from core.base import paths
     from core.training import studies
     from core.training import tune
 
     if args.reset_default:
-        print("defaults reset to the project's recipe" if train_config.reset_default() else "no promoted defaults to reset")
+        print("defaults reset to the project's recipe" if promoted.reset_default() else "no promoted defaults to reset")
         return 0
     if not args.study:
         raise ValueError("give --study NAME")

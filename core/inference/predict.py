@@ -17,7 +17,8 @@ from core.runs import storage
 from core.runs import catalogue
 from core.base import files
 from core.inference.calibration import Calibration, for_run
-from core.inference.explain import Explainer, overlay
+from core.inference.explain import Explainer
+from core.inference.heatmaps import overlay
 from core.models.resnet import features_model, load_model, predict_proba
 from core.inference.ood import Guard, image_problems
 from core.data.images import model_input

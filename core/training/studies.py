@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 
 from core.base import files, paths
 from core.runs.storage import pid_alive
-from core.runs.train_config import TrainConfig, load_default_config, recipe_of
+from core.runs.train_config import TrainConfig, recipe_of
+from core.runs.promoted import load_default_config
 from core.training.search_space import make_space, settings
 
 
