@@ -1,5 +1,5 @@
 """Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | predict-scan
-| explain | audit | runs.
+| explain | audit | runs | site-check | site-profile.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -102,7 +102,9 @@ def cmd_predict(args) -> int:
     files = image_files(args.images)
     # TensorFlow only now: a mistyped path is refused at once, without its start-up lines on stderr.
     from core.predict import Predictor
-    predictor = Predictor.from_run(_run_dir(args.run))
+    predictor = Predictor.from_run(_run_dir(args.run), site=args.site)
+    if predictor.site:
+        print(f"calibration and threshold: site profile {predictor.site}", file=sys.stderr)
     rows, failures = [], 0
     with tqdm(total=len(files), unit="scan", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
         for start in range(0, len(files), args.batch_size):
@@ -192,7 +194,7 @@ def cmd_runs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core import cli_training, paths, scan_cli
+    from core import cli_training, paths, scan_cli, site_cli
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict.add_argument("--batch-size", type=int, default=32, help="scans per model call (default 32)")
     predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
+    predict.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     predict.set_defaults(func=cmd_predict)
 
     scan_cli.add_parser(commands)  # predict-scan: its own module, as this one is long enough
+    site_cli.add_parsers(commands)  # site-check, site-profile
 
     explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one scan")
     explain.add_argument("image")

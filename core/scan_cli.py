@@ -22,6 +22,7 @@ def add_parser(commands) -> None:
     predict_scan.add_argument("scans", nargs="+", help="one scan each: a folder, a .zip, a .nii or .nii.gz")
     predict_scan.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
+    predict_scan.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     predict_scan.set_defaults(func=cmd_predict_scan)
 
 
@@ -48,13 +49,16 @@ def result_line(row: dict) -> str:
 def cmd_predict_scan(args) -> int:
     import pandas as pd
 
-    from core import runs, scan, scan_level
+    from core import runs, scan, scan_level, site_profile
     from core.cli import EXIT_BAD_INPUT, _run_dir
     from core.predict import Predictor
 
     run_dir = _run_dir(args.run)
-    predictor = Predictor.from_run(run_dir)
-    settings = scan_level.settings_for_run(run_dir)
+    predictor = Predictor.from_run(run_dir, site=args.site)
+    # A site's slices are calibrated by its profile: its scan threshold is on that scale too.
+    settings = site_profile.scan_settings(run_dir, args.site) if args.site else scan_level.settings_for_run(run_dir)
+    if args.site:
+        print(f"calibration and thresholds: site profile {args.site}", file=sys.stderr)
     if settings.get("caveat"):
         print(f"warning: {settings['caveat']}", file=sys.stderr)
     rows, failures = [], 0
