@@ -71,7 +71,7 @@ REFERENCE_FILE = "site_reference.npz"
 ALPHA = 0.05
 MIN_AUC = 0.8         # a difference this large (or larger) is one that breaks the model's figures
 N_PERMUTATIONS = 200  # p-values down to 1/201: enough to decide at ALPHA
-FOLDS = 5             # grouped cross-validation folds (fewer when a side has fewer patients)
+FOLDS = 5             # cross-validation folds of patients (fewer when a side has fewer patients)
 N_COMPONENTS = 20     # principal components the classifier sees: a shift between the sides adds
                       # variance along its direction, so the leading components hold it
 MIN_PATIENTS = 3
@@ -279,8 +279,7 @@ def figures_table(result: dict) -> pd.DataFrame:
     test, mmd = result.get("classifier"), result.get("mmd")
     if test:
         rows += [("classifier ROC-AUC, site vs validation", round(test["roc_auc"], 3), 0.5,
-                  f"{_p_text(test)} (decides: different at p < {ALPHA} and ROC-AUC ≥ {MIN_AUC}; "
-                  "0.5: cannot tell apart)"),
+                  f"{_p_text(test)} (decides: different at p < {ALPHA} and ROC-AUC ≥ {MIN_AUC}; 0.5: cannot tell apart)"),
                  ("MMD², site vs validation", round(mmd["mmd2"], 4), 0.0, f"{_p_text(mmd)} (reported only)")]
     guard = result.get("guard")
     if guard and guard["guarded"]:
@@ -323,7 +322,8 @@ def site_files(folder) -> tuple[list[str], list[str | None]]:
         table = pd.read_csv(manifest, dtype=str)
         if {"path", "patient"} <= set(table.columns):
             table = table.dropna(subset=["path"])
-            return [str(root / p) for p in table["path"]], table["patient"].where(table["patient"].notna(), None).tolist()
+            patients = [None if pd.isna(patient) else patient for patient in table["patient"]]
+            return [str(root / path) for path in table["path"]], patients
     files = []
     for path in sorted(root.rglob("*")):
         hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
@@ -405,9 +405,10 @@ def check_site(run_dir, sources, patients=None, names=None, n_permutations: int 
                seed: int = 0, report=lambda line: None, predictor=None) -> dict:
     """Check a site's slices against run_dir's validation slices.
 
-    sources: paths, bytes or decoded uint8 images (a folder's files, a PACS
-    query's, the app's uploads); patients: one id per source (None: each its
-    own); names: for messages (default: the paths). Returns compare_features'
+    sources: paths, bytes, file-likes or decoded uint8 images (a folder's
+    files, a PACS query's, the app's uploads); patients: one id per source
+    (None: each its own); names: for messages (default: the paths);
+    predictor: the run's, with its own calibration (default: loaded). Returns compare_features'
     dict with "run", "guard" ({"refused", "slices", "rate", "expected_rate",
     "guarded"}), "probabilities" (site vs validation: means on the run's
     calibrated scale, shares decided positive, KS statistic), "problems"

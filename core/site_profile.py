@@ -26,6 +26,11 @@ a class no CI is drawn ("too few patients to estimate"): a percentile
 bootstrap over so few clusters is narrower than the truth. The stored
 profile is then fitted on all the patients.
 
+A profile changes the calibration and the threshold, both increasing maps
+of the model's output, never how the model ranks scans: where it ranks the
+site's slices below POOR_AUC, the profile's summary says not to use the
+model there.
+
 Minimum to fit: MIN_PATIENTS patients, MIN_PATIENTS_PER_CLASS of each class.
 Cross-fitting needs every fold to leave patients of both classes to fit on:
 with 3 per class, 3 folds leave 2 per class; a threshold chosen on fewer
@@ -60,9 +65,13 @@ MANIFEST = "manifest.csv"
 MIN_PATIENTS = 10
 MIN_PATIENTS_PER_CLASS = 3
 MIN_PATIENTS_FOR_CI = 5  # per class
+# A model that ranks the site's slices this badly has a ranking problem, which no calibration or threshold
+# (both increasing maps of its output) can change: the profile then says so instead of offering a fix.
+POOR_AUC = 0.6
 FOLDS = 5
-BATCH_SIZE = 32
 TOO_FEW = "too few patients to estimate"
+SITE_WORDS = {"validation images": "site slices", "within validation": "within the site's slices",
+              "ranks validation": "ranks the site's slices", "validation has": "the site's slices have"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FIGURES = {"roc_auc": "ROC-AUC", "sensitivity": "sensitivity", "specificity": "specificity",
            "ece": "ECE (calibration error)"}
@@ -147,7 +156,7 @@ def site_index(sources, negative: str, positive: str, class_map: dict | None = N
 def patient_counts(frame: pd.DataFrame) -> dict:
     """{"total", "negative", "positive"}: patients per class (y 0 / 1)."""
     per_patient = frame.groupby("patient_id")["y"].first()
-    return {"total": int(len(per_patient)), "negative": int((per_patient == 0).sum()),
+    return {"total": len(per_patient), "negative": int((per_patient == 0).sum()),
             "positive": int((per_patient == 1).sum())}
 
 
@@ -180,9 +189,11 @@ def fit_calibration(frame: pd.DataFrame, threshold_method: str = evaluate.THRESH
     calibration (core.calibration.fit) from rows with y and raw."""
     y, raw = frame["y"].to_numpy(int), frame["raw"].to_numpy(float)
     raw_threshold = evaluate.choose_threshold(y, raw, method=threshold_method)
-    rows = pd.DataFrame({"path": frame.get("relpath", pd.Series(range(len(frame)))).to_numpy(), "y_true": y,
-                         "prob": raw, "split": "val"})
-    return calibration.fit(rows, raw_threshold, threshold_method, seed=seed)
+    rows = pd.DataFrame({"y_true": y, "prob": raw, "split": "val"})  # the site's slices in the role of validation
+    fitted = calibration.fit(rows, raw_threshold, threshold_method, seed=seed)
+    for run_words, site_words in SITE_WORDS.items():  # calibration.fit speaks of a run's validation split
+        fitted.note = fitted.note.replace(run_words, site_words)
+    return fitted
 
 
 def cross_fit(frame: pd.DataFrame, threshold_method: str = evaluate.THRESHOLD_RULE, seed: int = 0,
@@ -248,23 +259,8 @@ def _scan_settings(frame: pd.DataFrame, fitted: Calibration, aggregation: str, t
     from core import scan_level
 
     patients = scan_level.per_patient(frame.assign(y_true=frame["y"], prob=fitted.apply(frame["raw"])), aggregation)
-    return {"aggregation": aggregation, "threshold_method": threshold_method, "patients": int(len(patients)),
+    return {"aggregation": aggregation, "threshold_method": threshold_method, "patients": len(patients),
             "threshold": evaluate.choose_threshold(patients["y_true"], patients["prob"], threshold_method)}
-
-
-def _score(predictor, index: pd.DataFrame, report) -> tuple[np.ndarray, np.ndarray]:
-    """(raw probabilities, refused by the guard) of the index's slices, BATCH_SIZE at a time."""
-    from core.images import load_image
-
-    raw, refused = [], []
-    for start in range(0, len(index), BATCH_SIZE):
-        rows = index.iloc[start:start + BATCH_SIZE]
-        images = [load_image(path, name=relpath) for path, relpath in zip(rows["path"], rows["relpath"])]
-        for prediction in predictor.predict_images(images, rows["relpath"].tolist()):
-            raw.append(prediction.raw_probability)
-            refused.append(prediction.refused)
-        report(f"scored {start + len(rows)}/{len(index)} slices")
-    return np.asarray(raw, float), np.asarray(refused, bool)
 
 
 def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, replace: bool = False,
@@ -274,7 +270,7 @@ def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, repl
     its cross-fitted figures, store it (RUN/sites/NAME) and return it.
     ValueError below the minimum of patients (saying how many more are
     needed), for a bad name, or for an existing profile unless `replace`."""
-    from core import scan_level
+    from core import scan_level, site_check
     from core.predict import Predictor
 
     run_dir = Path(run_dir)
@@ -293,8 +289,11 @@ def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, repl
     report(f"{len(index)} slices of {patient_counts(index)['total']} patients"
            + (f" ({len(index.attrs['problems'])} unreadable, left out)" if index.attrs["problems"] else ""))
     predictor = predictor or Predictor.from_run(run_dir)
-    raw, refused = _score(predictor, index, report)
-    scored = index.assign(raw=raw, refused=refused)
+    through_model = site_check.score(predictor, index["path"].tolist(), index["relpath"].tolist(), report)
+    if through_model["problems"]:  # the index checked every file: one changed since
+        raise ValueError(through_model["problems"][0])
+    refused = through_model["refused"]
+    scored = index.assign(raw=through_model["raw"], refused=refused)
     used = scored[~scored["refused"]].reset_index(drop=True)  # refused slices get no probability in use either
     require_patients(used, negative, positive, what=" once the guard's refusals are left out")
 
@@ -306,14 +305,14 @@ def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, repl
     profile = {
         "name": name, "run": run_dir.name, "fitted": runs.now(), "sources": sources,
         "class_map": class_map or {}, "labels": {"negative": negative, "positive": positive},
-        "slices": int(len(used)), "refused": int(refused.sum()), "problems": index.attrs["problems"],
+        "slices": len(used), "refused": int(refused.sum()), "problems": index.attrs["problems"],
         "patients": patient_counts(used), "threshold_method": threshold_method,
         "calibration": fitted.to_dict(), "raw_threshold": fitted.raw_threshold, "threshold": fitted.threshold,
         "scan": _scan_settings(used, fitted, aggregation, threshold_method),
         "cross_fitted": {
             "folds": int(crossed["fold"].nunique()),
             "deployed": site_figures(used, deployed.apply(used["raw"]),
-                                     (used["raw"] >= predictor.threshold).astype(int), n_boot, seed),
+                                     (used["raw"] >= runs.decision_threshold(metrics)).astype(int), n_boot, seed),
             "site": site_figures(used, crossed["prob"], crossed["decided"], n_boot, seed)},
         "minimums": {"patients": MIN_PATIENTS, "per_class": MIN_PATIENTS_PER_CLASS,
                      "per_class_for_ci": MIN_PATIENTS_FOR_CI},
@@ -390,9 +389,13 @@ def profiles_table(run_dir) -> pd.DataFrame:
     """One row per profile: name, fitted, patients, slices, calibration, threshold, site ROC-AUC (cross-fitted)."""
     rows = [{"name": p["name"], "fitted": p["fitted"], "patients": p["patients"]["total"], "slices": p["slices"],
              "calibration": p["calibration"]["method"], "threshold": round(p["threshold"], 3),
-             "ROC-AUC (cross-fitted)": p["cross_fitted"]["site"]["roc_auc"]} for p in list_profiles(run_dir)]
+             "ROC-AUC (cross-fitted)": _rounded(p["cross_fitted"]["site"]["roc_auc"])} for p in list_profiles(run_dir)]
     return pd.DataFrame(rows, columns=["name", "fitted", "patients", "slices", "calibration", "threshold",
                                        "ROC-AUC (cross-fitted)"])
+
+
+def _rounded(value):
+    return None if value is None else round(value, 3)
 
 
 def remove_profile(run_dir, name: str) -> None:
@@ -411,12 +414,18 @@ def summary(profile: dict) -> str:
     """What the profile is, in plain words."""
     labels, patients = profile["labels"], profile["patients"]
     fitted = profile["calibration"]
-    return (f"Site profile {profile['name']} of run {profile['run']}: fitted on {patients['total']} patients "
+    text = (f"Site profile {profile['name']} of run {profile['run']}: fitted on {patients['total']} patients "
             f"({patients['positive']} {labels['positive']}, {patients['negative']} {labels['negative']}), "
             f"{profile['slices']} slices. Calibration: {fitted['method']}; threshold "
             f"{calibration.percent(profile['threshold'])} on the calibrated scale ({profile['threshold_method']}, "
             f"chosen on the site's slices). The figures below come from {profile['cross_fitted']['folds']} folds of "
             "patients: each patient was scored by a profile fitted without it.")
+    ranking = profile["cross_fitted"]["deployed"]["roc_auc"]
+    if ranking is not None and ranking < POOR_AUC:
+        text += (f" Warning: the model ranks this site's slices at ROC-AUC {ranking:.2f} (below {POOR_AUC}): "
+                 "a profile changes its calibration and threshold, not its ranking, and cannot make it useful "
+                 "here; do not use this model at this site.")
+    return text
 
 
 def _value(figures: dict, key: str) -> str:

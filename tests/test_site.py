@@ -216,21 +216,28 @@ def test_profile_fitted_stored_and_used(deployed_run, data_dir, tmp_path, capsys
     assert "has no site profile 'hospital-a'" in capsys.readouterr().err
 
 
-def test_profile_refused_below_the_minimum_with_the_number_missing(deployed_run, data_dir, tmp_path, capsys):
+def test_profile_refused_below_the_minimum_with_the_number_missing(trained_artifacts, trained_run, data_dir,
+                                                                  tmp_path, capsys):
     site = make_site(tmp_path / "site", data_dir, covid=2, non_covid=4)
-    assert main(["site-profile", "fit", "small", str(site)]) == 2
+    assert main(["site-profile", "fit", "small", str(site), "--run", trained_run.name]) == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "too few patients to fit a site profile: 6 (2 COVID, 4 NonCOVID)" in error
     assert "4 more patients (at least 1 COVID)" in error
-    assert not (deployed_run / "sites" / "small").exists()
+    assert not (trained_run / "sites" / "small").exists()
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 65, "two words"])
-def test_bad_profile_names_are_refused(name, deployed_run, capsys):
+def test_bad_profile_names_are_refused(name):
     with pytest.raises(ValueError, match="invalid site name"):
         site_profile.check_name(name)
-    assert main(["site-profile", "remove", name]) == 2
-    assert "invalid site name" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_bad_profile_name(trained_artifacts, trained_run, capsys):
+    assert main(["site-profile", "remove", "../escape", "--run", trained_run.name]) == 2
+    assert capsys.readouterr().err.strip() == "error: invalid site name '../escape': use letters, digits, '.', " \
+        "'_' and '-' only (at most 64, starting with a letter or digit)"
+    assert main(["predict", "x.png", "--site", "../escape", "--run", trained_run.name]) == 2
+    assert "error: invalid site name '../escape'" in capsys.readouterr().err
 
 
 def synthetic_site(patients_per_class: int = 6, slices: int = 4, seed: int = 0) -> pd.DataFrame:
