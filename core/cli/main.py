@@ -1,5 +1,5 @@
 """Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | predict-scan
-| explain | audit | runs.
+| explain | audit | runs | site-check | site-profile.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -18,8 +18,8 @@ def cmd_evaluate(args) -> int:
     from core.evaluation import tables
     from core.evaluation import classification
     from core.inference import external
-    from core.runs import checks
-    from core.runs import storage
+    from core.runs.storage import checks
+    from core.runs.storage import storage
 
     run_dir = checks.require_intact(run_dir_for(args.run))
     if args.data:  # external validation on another labelled dataset
@@ -60,7 +60,9 @@ def cmd_predict(args) -> int:
     files = image_files(args.images)
     # TensorFlow only now: a mistyped path is refused at once, without its start-up lines on stderr.
     from core.inference.predict import Predictor
-    predictor = Predictor.from_run(run_dir_for(args.run))
+    predictor = Predictor.from_run(run_dir_for(args.run), site=args.site)
+    if predictor.site:
+        print(f"calibration and threshold: site profile {predictor.site}", file=sys.stderr)
     rows, failures = [], 0
     with tqdm(total=len(files), unit="slice", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
         for start in range(0, len(files), args.batch_size):
@@ -111,7 +113,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from core.data import datasets
+    from core.data.datasets import datasets
     from core.data.audit import audit_duplicates
 
     index = datasets.index_dataset(args.data, positive_class=args.positive_class)
@@ -131,14 +133,14 @@ def cmd_audit(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from core.runs import catalogue
+    from core.runs.storage import catalogue
     from core.runs.recipes import cross_validation_table
 
     all_runs = catalogue.list_runs()
     table = catalogue.compare_runs(all_runs)
     print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
     damaged = [run for run in all_runs if run["problems"]]
-    if damaged:  # listed, never evaluated or used (core.runs.checks)
+    if damaged:  # listed, never evaluated or used (core.runs.storage.checks)
         print("\nDamaged runs:")
         for run in damaged:
             print(f"  {run['id']}: {'; '.join(run['problems'])}")
@@ -150,9 +152,8 @@ def cmd_runs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.cli import training
     from core.base import paths
-    from core.cli import scans, sites
+    from core.cli.main import scans, sites, training
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
     predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
+    predict.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     predict.set_defaults(func=cmd_predict)
 
     scans.add_parser(commands)  # predict-scan: its own module, as this one is long enough
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"dataset folder, or several sources joined with {os.pathsep!r}")
     audit.add_argument("--positive-class", default="COVID")
     audit.add_argument("--max-distance", type=int,
-                       help="perceptual-hash Hamming distance (default: core.data.audit.MAX_DISTANCE)")
+                       help="perceptual-hash Hamming distance (default: core.data.datasets.audit.MAX_DISTANCE)")
     audit.add_argument("--csv", help="also write the pairs to this CSV file")
     audit.set_defaults(func=cmd_audit)
 

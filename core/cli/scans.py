@@ -1,6 +1,6 @@
 """python -m core predict-scan PATH [PATH ...] [--csv FILE]: one line per scan.
 
-Each PATH is one scan (core.data.scans.read_path): a folder of one series' DICOM
+Each PATH is one scan (core.data.datasets.scans.read_path): a folder of one series' DICOM
 files or of slice images, a .zip of either, or a NIfTI volume. A scan that
 cannot be read gets `error: <file>: <problem>` on stderr; the others are
 still scored, and the exit code is then 2.
@@ -22,6 +22,7 @@ def add_parser(commands) -> None:
     predict_scan.add_argument("scans", nargs="+", help="one scan each: a folder, a .zip, a .nii or .nii.gz")
     predict_scan.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
+    predict_scan.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     predict_scan.set_defaults(func=cmd_predict_scan)
 
 
@@ -51,12 +52,16 @@ def cmd_predict_scan(args) -> int:
     from core.base import files
     from core.data import scans
     from core.inference import scan_decision
+    from core.inference import site_store
     from core.cli.common import EXIT_BAD_INPUT, run_dir_for
     from core.inference.predict import Predictor
 
     run_dir = run_dir_for(args.run)
-    predictor = Predictor.from_run(run_dir)
-    settings = scan_decision.settings_for_run(run_dir)
+    predictor = Predictor.from_run(run_dir, site=args.site)
+    # A site's slices are calibrated by its profile: its scan threshold is on that scale too.
+    settings = site_store.scan_settings(run_dir, args.site) if args.site else scan_decision.settings_for_run(run_dir)
+    if args.site:
+        print(f"calibration and thresholds: site profile {args.site}", file=sys.stderr)
     if settings.get("caveat"):
         print(f"warning: {settings['caveat']}", file=sys.stderr)
     rows, failures = [], 0

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-# Below this many patients a bootstrap resamples the same few again and again: its interval is not
-# drawn, and figures say "too few patients to estimate" (docs/site-adaptation.md).
-MIN_PATIENTS_FOR_CI = 10
+# Below this many patients of either class a bootstrap resamples the same few again and again: its
+# interval is not drawn, and figures say TOO_FEW (docs/site-adaptation.md).
+MIN_PATIENTS_FOR_CI = 5  # per class
+TOO_FEW = "too few patients to estimate"
 
 
 TOP_K = 3  # COVID-19 lesions show on some slices: the mean of the 3 most suspicious is less swayed by one odd slice
@@ -47,5 +48,5 @@ def per_patient(frame: pd.DataFrame, method: str = "mean") -> pd.DataFrame:
 
 
 def enough_patients(patients: pd.DataFrame) -> bool:
-    """Whether a per-patient frame has MIN_PATIENTS_FOR_CI patients, at least one of each class."""
-    return len(patients) >= MIN_PATIENTS_FOR_CI and patients["y_true"].nunique() == 2
+    """Whether a per-patient frame (y_true per patient) has MIN_PATIENTS_FOR_CI patients of each class."""
+    return int(patients["y_true"].value_counts().reindex([0, 1], fill_value=0).min()) >= MIN_PATIENTS_FOR_CI

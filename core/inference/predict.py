@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data import lung
-from core.runs import checks
-from core.runs import storage
-from core.runs import catalogue
+from core.runs import catalogue, checks, storage
 from core.base import files
 from core.inference.calibration import Calibration, for_run
 from core.inference.explain import Explainer
@@ -45,6 +43,7 @@ class Prediction:
     borderline_band: tuple[float, float] | None = None  # calibrated (low, high): too close to call
     ood_problems: list[str] = field(default_factory=list)  # why the slice is refused; [] passes
     guarded: bool = False     # False: the run has no out-of-distribution reference (not deployed)
+    site: str | None = None   # the site profile that calibrated it (core.inference.site_profile); None: the run's own
 
     @property
     def label(self) -> str:
@@ -81,13 +80,16 @@ class Predictor:
     lung_crop: bool = False  # the run's models see each slice cropped to its lung fields
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
+    site: str | None = None  # the site profile whose calibration and threshold it uses; None: the run's own
     batch_size: int = 32
     _explainer: Explainer | None = field(default=None, repr=False)
     _features_model: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def from_run(cls, run_dir) -> "Predictor":
+    def from_run(cls, run_dir, site: str | None = None) -> "Predictor":
+        """The run's predictor; with `site`, calibrated and decided by that
+        site's profile (core.inference.site_profile) instead of the run's validation."""
         run_dir = checks.require_intact(run_dir)
         model_path = run_dir / "model.keras"
         if not model_path.exists():
@@ -95,11 +97,16 @@ class Predictor:
         config = files.read_json(run_dir / "config.json", {})
         metrics = files.read_json(run_dir / "metrics.json")
         negative, positive = storage.class_names(config, metrics)
+        calibration, threshold = for_run(run_dir), storage.decision_threshold(metrics)
+        if site:  # the site's map and threshold, both on the model's raw scale as the run's are
+            from core.inference import site_store
+            calibration = site_store.calibration_for(run_dir, site)
+            threshold = calibration.raw_threshold
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
-                   threshold=storage.decision_threshold(metrics), positive_class=positive,
+                   threshold=threshold, positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
                    lung_crop=bool(config.get("lung_crop", False)),
-                   calibration=for_run(run_dir), guard=Guard.from_run(run_dir))
+                   calibration=calibration, guard=Guard.from_run(run_dir), site=site or None)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return model_input(image, self.input_size, self.lung_crop).astype("float32")
@@ -121,6 +128,10 @@ class Predictor:
         """Pooled backbone features of prepared (resized) slices, N x D."""
         return self._forward(np.asarray(batch, dtype="float32"))[1]
 
+    def raw_and_features(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(raw probabilities, pooled features) of decoded scans, in one pass (core.inference.site_check)."""
+        return self._forward(np.stack([self.prepare(image) for image in images]))
+
     def predict_images(self, images: list[np.ndarray], names: list[str]) -> list[Prediction]:
         """Decoded slices (any size) -> one Prediction each, in one batch:
         calibrated probability, decision, and the out-of-distribution check."""
@@ -132,7 +143,7 @@ class Predictor:
         return [Prediction(name, image, float(p), self.calibration.threshold, self.positive_class,
                            self.negative_class, raw_probability=float(r), raw_threshold=self.threshold,
                            borderline_band=self.calibration.borderline,
-                           ood_problems=problems, guarded=self.guard is not None)
+                           ood_problems=problems, guarded=self.guard is not None, site=self.site)
                 for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
 
     @property

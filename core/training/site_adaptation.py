@@ -28,9 +28,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core.base import files, paths
-from core.data import datasets
 from core.evaluation import classification, patient_level
-from core.inference import calibration, external
+from core.inference import calibration, external, site_labels
 from core.runs.train_config import TrainConfig
 from core.training.fit import train
 
@@ -41,18 +40,6 @@ ADAPT_EPOCHS = 5  # fine-tuning epochs at most (early stopping on COVID-CT's val
 
 def sites_dir() -> Path:
     return paths.artifacts_dir() / "sites"
-
-
-def site_index(site_dirs: list, negative: str, positive: str) -> pd.DataFrame:
-    """The labelled slices of a site (one or several folders, one sub-folder
-    per class, patients as sub-folders), with the folder each came from."""
-    parts = []
-    for folder in site_dirs:
-        part = external.index_external(folder, negative, positive)
-        parts.append(part.assign(folder=str(Path(folder).expanduser().resolve()),
-                                 patient_id=datasets.source_name(Path(folder).expanduser()) + ":"
-                                 + part["patient_id"].astype(str)))
-    return pd.concat(parts, ignore_index=True)
 
 
 def patient_folds(index: pd.DataFrame, folds: int | None, seed: int) -> np.ndarray:
@@ -124,7 +111,7 @@ def adapt(deployed_dir, site_dirs: list, name: str, folds: int | None = None, se
     name = files.check_name(name, "site name")
     labels = (files.read_json(deployed_dir / "metrics.json", {}) or {}).get("labels", {})
     classes = (labels.get("negative", "NonCOVID"), labels.get("positive", "COVID"))
-    index = site_index(site_dirs, *classes)
+    index = site_labels.site_index(site_dirs, *classes)
     fold = patient_folds(index, folds, seed)
     work = sites_dir() / name / "adaptation"
     work.mkdir(parents=True, exist_ok=True)
