@@ -18,8 +18,7 @@ def cmd_evaluate(args) -> int:
     from core.evaluation import tables
     from core.evaluation import classification
     from core.inference import external
-    from core.runs.storage import checks
-    from core.runs.storage import storage
+    from core.runs import checks, storage
 
     run_dir = checks.require_intact(run_dir_for(args.run))
     if args.data:  # external validation on another labelled dataset
@@ -113,7 +112,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from core.data.datasets import datasets
+    from core.data import datasets
     from core.data.audit import audit_duplicates
 
     index = datasets.index_dataset(args.data, positive_class=args.positive_class)
@@ -133,14 +132,14 @@ def cmd_audit(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from core.runs.storage import catalogue
+    from core.runs import catalogue
     from core.runs.recipes import cross_validation_table
 
     all_runs = catalogue.list_runs()
     table = catalogue.compare_runs(all_runs)
     print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
     damaged = [run for run in all_runs if run["problems"]]
-    if damaged:  # listed, never evaluated or used (core.runs.storage.checks)
+    if damaged:  # listed, never evaluated or used (core.runs.checks)
         print("\nDamaged runs:")
         for run in damaged:
             print(f"  {run['id']}: {'; '.join(run['problems'])}")
@@ -153,7 +152,7 @@ def cmd_runs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.base import paths
-    from core.cli.main import scans, sites, training
+    from core.cli import scans, sites, training
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -269,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"dataset folder, or several sources joined with {os.pathsep!r}")
     audit.add_argument("--positive-class", default="COVID")
     audit.add_argument("--max-distance", type=int,
-                       help="perceptual-hash Hamming distance (default: core.data.datasets.audit.MAX_DISTANCE)")
+                       help="perceptual-hash Hamming distance (default: core.data.audit.MAX_DISTANCE)")
     audit.add_argument("--csv", help="also write the pairs to this CSV file")
     audit.set_defaults(func=cmd_audit)
 

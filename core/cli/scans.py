@@ -1,6 +1,6 @@
 """python -m core predict-scan PATH [PATH ...] [--csv FILE]: one line per scan.
 
-Each PATH is one scan (core.data.datasets.scans.read_path): a folder of one series' DICOM
+Each PATH is one scan (core.data.scans.read_path): a folder of one series' DICOM
 files or of slice images, a .zip of either, or a NIfTI volume. A scan that
 cannot be read gets `error: <file>: <problem>` on stderr; the others are
 still scored, and the exit code is then 2.
