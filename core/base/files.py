@@ -61,7 +61,7 @@ def save_npz(path, **arrays) -> None:
 
 def read_json(path, default=None):
     """The file's JSON, `default` when it is missing; ValueError naming the
-    file when it is empty or not JSON (a damaged run, core.runs.storage.checks)."""
+    file when it is empty or not JSON (a damaged run, core.runs.checks)."""
     try:
         with open(path) as handle:
             return json.load(handle)
