@@ -56,9 +56,10 @@ def study_choice() -> tuple[str, int, bool]:
 
 def space_choice(config: TrainConfig) -> dict:
     """The search space of a new study: the values searched for each choice, and the ranges ticked."""
+    # The options are each setting's own: its choices where it has them, else its search space.
     choices = {"backbone": ("Backbones", search_space.loadable_backbones(config.weights)),
-               "batch_size": ("Batch sizes", [8, 16, 32, 64]),
-               "input_size": ("Input sizes", [128, 160, 192, 224, 256, 288, 320]),
+               "batch_size": ("Batch sizes", list(search_space.SPACE["batch_size"])),
+               "input_size": ("Input sizes", list(search_space.SPACE["input_size"])),
                "train_from": ("Fine-tune from", list(TRAIN_FROM))}
     st.markdown("**Search space** (an empty list or an unticked box: the form's value is used)")
     columns, space = st.columns(len(choices) + 1), {}
@@ -84,9 +85,7 @@ def start_button(study: str, n_trials: int, exists: bool, config: TrainConfig, p
     if left.button("Start search", type="primary",
                    disabled=not study or worker is not None or bool(problems and not exists)):
         try:
-            busy, alive = lock.current_training()
-            if alive:
-                raise lock.TrainingBusy(f"training run {busy['id']} is running; wait for it or cancel it")
+            lock.refuse_if_training()
             base = {k: v for k, v in dataclasses.asdict(config).items()
                     if k not in search_space.searched_fields(space)}
             pid = background.launch_search(study, n_trials, **({} if exists else {"base": base, "space": space}))

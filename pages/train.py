@@ -120,12 +120,7 @@ def start(config: TrainConfig, name: str | None) -> None:
     # not in blocks, so the log below is live.
     os.environ["PYTHONUNBUFFERED"] = "1"
     try:
-        # launch_training checks the training lock, which a run started a moment ago
-        # takes only once its process is up: check its status too.
-        busy, alive = lock.current_training()
-        if alive:
-            raise lock.TrainingBusy(f"training run {busy['id']} is already running; "
-                                    "wait for it to finish or cancel it")
+        lock.refuse_if_training()
         run_dir = background.launch_training(config, name=name)
     except (lock.TrainingBusy, ValueError, OSError) as error:
         st.error(f"Not started: {error}")

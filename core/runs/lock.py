@@ -61,6 +61,15 @@ def current_training(runs_root=None) -> tuple[dict | None, bool]:
     return (listed[0] if listed else None), False
 
 
+def refuse_if_training(runs_root=None) -> None:
+    """TrainingBusy when a training is alive: the lock's holder, or a run
+    launched a moment ago whose process has not taken the lock yet. What the
+    app asks before it starts a run, a search or an adaptation."""
+    busy, alive = current_training(runs_root)
+    if alive:
+        raise TrainingBusy(f"training run {busy['id']} is already running; wait for it to finish or cancel it")
+
+
 def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -> None:
     """Only one training runs at a time. O_EXCL makes the check-and-create
     atomic between two starting processes."""
