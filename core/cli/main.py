@@ -152,7 +152,7 @@ def cmd_runs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.base import paths
-    from core.cli import scans, sites, training
+    from core.cli import evidence, scans, sites, training
 
     parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "each cross-validated recipe from its fold runs")
     listing.set_defaults(func=cmd_runs)
     sites.add_parsers(commands)
+    evidence.add_parser(commands)
     return parser
 
 

@@ -33,3 +33,35 @@ def colour_bar(width: int = 256, height: int = 14, colormap: int = cv2.COLORMAP_
     uint8 height x width x 3 RGB, the colours overlay() draws."""
     ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
     return cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
+
+
+# A map with less than this share of its mass inside the lung fields shows evidence that lies
+# mostly elsewhere (the mediastinum, the spine, the table, a figure's caption).
+MOSTLY_OUTSIDE = 0.5
+OUTSIDE_NOTE = ("The model's evidence lies mostly outside the lungs: do not read this map as the place of "
+                "a lesion.")
+
+
+def lung_focus(heatmap: np.ndarray, mask: np.ndarray) -> dict | None:
+    """Where a heatmap's evidence lies against a lung mask of the same slice
+    (the map is resized to the mask): "in_lungs" (share of its mass inside the
+    mask), "lung_share" (the mask's share of the slice: what a map spread
+    evenly would score), "ratio" (the two divided: 1 is no focus on the
+    lungs) and "peak_in_lungs" (the hottest pixel inside). None when the
+    mask is empty or the map has no mass."""
+    mask = np.asarray(mask, dtype=bool)
+    heat = cv2.resize(np.asarray(heatmap, dtype=np.float32), (mask.shape[1], mask.shape[0]),
+                      interpolation=cv2.INTER_LINEAR).clip(0, None)
+    mass = float(heat.sum())
+    if not mask.any() or mass <= 0:
+        return None
+    in_lungs = float(heat[mask].sum()) / mass
+    lung_share = float(mask.mean())
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return {"in_lungs": in_lungs, "lung_share": lung_share, "ratio": in_lungs / lung_share,
+            "peak_in_lungs": bool(mask[peak])}
+
+
+def evidence_note(focus: dict | None) -> str | None:
+    """OUTSIDE_NOTE when most of the map's mass lies outside the lungs, else None."""
+    return OUTSIDE_NOTE if focus is not None and focus["in_lungs"] < MOSTLY_OUTSIDE else None

@@ -1,0 +1,86 @@
+"""Lung focus, a measured property of a run: how much of its Grad-CAM
+evidence lies in the lung fields (core.data.lung.lung_mask), on its test
+split and on each external panel set, beside how much of the slice the
+lungs cover. A model that decides from the lungs puts its evidence there far
+more often than a map spread evenly would (ratio well above 1).
+
+Stored in the run as lung_focus.json: {set: {method: summary}}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.base import files, paths
+from core.data import datasets, lung
+from core.data.images import load_image
+from core.inference import external, heatmaps
+from core.runs import storage
+
+FILE = "lung_focus.json"
+METHODS = ("gradcam", "gradcam++")
+
+
+def slice_focus(predictor, image: np.ndarray, method: str = "gradcam") -> dict | None:
+    """lung_focus of the map of the class the model decided, on the slice as the model sees it."""
+    view = predictor.view(image)
+    decided = predictor.predict_images([image], ["slice"])[0]
+    heatmap = predictor.gradcam(image, method=method, class_index=decided.class_index)
+    return heatmaps.lung_focus(heatmap, lung.lung_mask(view))
+
+
+def measure(predictor, image_paths, method: str = "gradcam") -> pd.DataFrame:
+    """One row per slice with a lung mask: in_lungs, lung_share, ratio, peak_in_lungs."""
+    rows = []
+    for path in image_paths:
+        found = slice_focus(predictor, load_image(path), method)
+        if found is not None:
+            rows.append({"path": str(path), **found})
+    return pd.DataFrame(rows, columns=["path", "in_lungs", "lung_share", "ratio", "peak_in_lungs"])
+
+
+def summarise(frame: pd.DataFrame, asked: int) -> dict:
+    """Means over the slices measured; "slices" measured of `asked` (the others have no lung mask)."""
+    if frame.empty:
+        return {"slices": 0, "asked": asked}
+    return {"slices": len(frame), "asked": asked, "in_lungs": float(frame["in_lungs"].mean()),
+            "lung_share": float(frame["lung_share"].mean()), "ratio": float(frame["ratio"].mean()),
+            "peak_in_lungs": float(frame["peak_in_lungs"].mean()),
+            "mostly_outside": float((frame["in_lungs"] < heatmaps.MOSTLY_OUTSIDE).mean())}
+
+
+def measured_sets(run_dir: Path, limit: int | None) -> dict[str, list[str]]:
+    """{set name: image paths}: the run's test split and each external panel set, at most `limit` each."""
+    predictions = storage.read_predictions(run_dir)
+    config = files.read_json(run_dir / "config.json", {})
+    test = predictions.loc[predictions["split"] == "test", "path"]
+    sets = {"test": [str(datasets.resolve_image(config.get("data_dir") or str(paths.data_dir()), relpath,
+                                                config.get("holdout_source") or "")) for relpath in test]}
+    for folder in paths.panel_dirs():
+        if folder.is_dir():
+            index = external.index_external(folder, *storage.class_names(config, files.read_json(
+                run_dir / "metrics.json")))
+            sets[datasets.source_name(folder)] = index["path"].tolist()
+    return {name: found[:limit] if limit else found for name, found in sets.items()}
+
+
+def run_lung_focus(predictor, limit: int | None = None, methods=METHODS, report=lambda line: None) -> dict:
+    """Measure and store the run's lung focus ({set: {method: summary}})."""
+    run_dir = Path(predictor.run_dir)
+    results = {}
+    for name, image_paths in measured_sets(run_dir, limit).items():
+        results[name] = {}
+        for method in methods:
+            report(f"lung focus: {name}, {method}, {len(image_paths)} slices")
+            results[name][method] = summarise(measure(predictor, image_paths, method), len(image_paths))
+    files.write_json(run_dir / FILE, results)
+    return results
+
+
+def focus_table(results: dict) -> pd.DataFrame:
+    """One row per set and method: slices, evidence in the lungs, the lungs' share, their ratio, peak in lungs."""
+    rows = [{"set": name, "method": method, **summary} for name, methods in results.items()
+            for method, summary in methods.items()]
+    return pd.DataFrame(rows)

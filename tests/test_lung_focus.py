@@ -1,0 +1,44 @@
+"""Lung focus (core.inference.heatmaps, core.inference.lung_focus): a map
+whose evidence is known to lie inside or outside the lung mask is measured
+so, and a run's focus is computed, stored and printed."""
+import shutil
+
+import numpy as np
+import pytest
+
+from core.base import files
+from core.cli.main import main
+from core.inference import heatmaps, lung_focus
+
+
+def test_evidence_inside_or_outside_the_mask_is_measured_as_such():
+    mask = np.zeros((100, 100), bool)
+    mask[20:60, 10:50] = True  # 16% of the slice
+    inside = np.zeros((10, 10), np.float32)
+    inside[3:5, 2:4] = 1.0  # the map is at the model's input size: resized onto the mask
+    found = heatmaps.lung_focus(inside, mask)
+    assert found["in_lungs"] > 0.9 and found["peak_in_lungs"] and found["lung_share"] == pytest.approx(0.16)
+    assert found["ratio"] == pytest.approx(found["in_lungs"] / 0.16) and heatmaps.evidence_note(found) is None
+    outside = np.zeros((10, 10), np.float32)
+    outside[8:10, 7:10] = 1.0
+    found = heatmaps.lung_focus(outside, mask)
+    assert found["in_lungs"] < 0.1 and not found["peak_in_lungs"]
+    assert heatmaps.evidence_note(found) == heatmaps.OUTSIDE_NOTE
+    even = heatmaps.lung_focus(np.ones((10, 10), np.float32), mask)
+    assert even["ratio"] == pytest.approx(1.0, abs=0.02)  # an even map: no focus on the lungs
+    assert heatmaps.lung_focus(inside, np.zeros((100, 100), bool)) is None  # no lungs found
+
+
+def test_a_runs_lung_focus_is_stored_and_printed(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run_dir)
+    assert main(["lung-focus", "--run", str(run_dir), "--limit", "2"]) == 0
+    stored = files.read_json(run_dir / lung_focus.FILE)
+    assert "test" in stored and set(stored["test"]) == set(lung_focus.METHODS)
+    for summary in (s for methods in stored.values() for s in methods.values()):
+        assert summary["asked"] == 2 and 0 <= summary["slices"] <= 2
+        if summary["slices"]:
+            assert 0 <= summary["in_lungs"] <= 1 and 0 < summary["lung_share"] < 1
+    out = capsys.readouterr().out
+    assert "in_lungs" in out and "gradcam++" in out
+    assert main(["lung-focus", "--run", str(run_dir), "--limit", "0"]) == 2
