@@ -9,7 +9,7 @@ from core.inference.calibration import percent
 from ui.cache_keys import mtime
 from ui.dataset_cache import read_image
 from ui.external import review_predictions, review_sets
-from ui.model import CAM_METHODS, gradcam_overlay
+from ui.model import CAM_METHODS, evidence_note, gradcam_overlay, lung_outline_toggle
 from ui.runs import CELLS, class_names, pick_run, threshold_slider
 
 PER_PAGE = 4  # Grad-CAM is slow on CPU: a few images per page
@@ -43,8 +43,12 @@ def case(run: dict, row: pd.Series, method: str, classes: tuple[str, str]) -> No
             # Stretched to the column, so small and large scans are compared at one size.
             scan.image(read_image(path, row["path"], mtime(path)), caption="scan", width="stretch")
             with heatmap, st.spinner(f"{CAM_METHODS[method]}…"):
-                heatmap.image(gradcam_overlay(run, path, row["path"], method),
+                heatmap.image(gradcam_overlay(run, path, row["path"], method,
+                                              outline=st.session_state.get("lung_outline", False)),
                               caption=CAM_METHODS[method], width="stretch")
+                note = evidence_note(run, path, row["path"], method)
+                if note:
+                    heatmap.warning(note, icon=":material/info:")
         except ValueError as error:  # the image moved or cannot be read any more
             scan.error(str(error))
         details.markdown(f"**{row['path']}**")
@@ -58,6 +62,7 @@ def cases(run: dict, threshold: float) -> None:
     negative, positive = classes = class_names(run)
     sets = review_sets(run)  # test, val and the run's external sets
     cell, split, method = choices(sets)
+    lung_outline_toggle()
     rows = tables.cell_rows(review_predictions(run, split), threshold, cell)
     what = {"fp": f"{negative} predicted as {positive}", "fn": f"{positive} predicted as {negative}",
             "tp": f"{positive} predicted as {positive}", "tn": f"{negative} predicted as {negative}"}[cell]

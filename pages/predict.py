@@ -18,8 +18,8 @@ from core.inference.ood import REFUSAL
 from ui import frame, scans
 from ui.deployment import deployed_model_card, nothing_deployed
 from ui.formatting import upload_name
-from ui.model import (CAM_METHODS, UPLOAD_TYPES, gradcam_overlay, heatmap_colour_bar, png_bytes, predict_upload,
-                      predictor)
+from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
+                      lung_outline_toggle, png_bytes, predict_upload, predictor)
 from ui.runs import class_names
 
 
@@ -34,6 +34,7 @@ def upload_controls():
                "for the patient, from the slices that show lung. PNG and JPEG slices are predicted one by one "
                "unless ticked above.")
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity", persist_state="session")
+    lung_outline_toggle()
     return uploads, one_scan, opacity
 
 
@@ -78,8 +79,12 @@ def decision(run: dict, column, prediction) -> None:
 def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method: str, opacity: float,
             class_index: int) -> None:
     """One heatmap overlay and its download (the PNG is encoded on click, not on every run)."""
-    image = gradcam_overlay(run, content, name, method, opacity, class_index=class_index)
+    image = gradcam_overlay(run, content, name, method, opacity, class_index=class_index,
+                            outline=st.session_state.get("lung_outline", False))
     st.image(image, caption=CAM_METHODS[method], width="stretch")
+    note = evidence_note(run, content, name, method, class_index)
+    if note:
+        st.warning(note, icon=":material/info:")
     st.download_button(f"Download {CAM_METHODS[method]} PNG", partial(png_bytes, image),
                        file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
                        mime="image/png", key=f"download_{i}_{method}", on_click="ignore")

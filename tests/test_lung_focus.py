@@ -42,3 +42,14 @@ def test_a_runs_lung_focus_is_stored_and_printed(trained_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "in_lungs" in out and "gradcam++" in out
     assert main(["lung-focus", "--run", str(run_dir), "--limit", "0"]) == 2
+
+
+def test_the_lung_outline_is_drawn_on_the_mask_edge_only():
+    image = np.zeros((100, 100, 3), np.uint8)
+    mask = np.zeros((100, 100), bool)
+    mask[20:60, 10:50] = True
+    outlined = heatmaps.with_lung_outline(image, mask)
+    changed = outlined.any(axis=2)
+    assert changed[20, 30] and changed[40, 10]  # on the edge
+    assert not changed[40, 30] and not changed[80, 80]  # not inside, not outside
+    assert not image.any()  # the input is left as it was

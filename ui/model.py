@@ -10,6 +10,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from core.data import lung
+from core.inference import heatmaps
 from core.inference.heatmaps import colour_bar, overlay
 from core.inference.predict import Prediction, Predictor
 from core.inference.scan_decision import ScanResult
@@ -56,7 +58,7 @@ def _heatmap(run_path: str, model_stamp: float, source: str | bytes, name: str,
 
 
 def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gradcam",
-                    opacity: float = 0.4, class_index: int = 1) -> np.ndarray:
+                    opacity: float = 0.4, class_index: int = 1, outline: bool = False) -> np.ndarray:
     """The scan (a path or uploaded bytes) with its Grad-CAM (or Grad-CAM++)
     heatmap of evidence for class_index (1: positive) blended over it. The
     heatmap is cached per run, image, method and class (it is the slow part),
@@ -64,7 +66,27 @@ def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gr
     stamp = 0.0 if isinstance(source, bytes) else mtime(source)
     source = source if isinstance(source, bytes) else str(source)
     heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
-    return overlay(predictor(run).view(read_image(source, name, stamp)), heatmap, alpha=opacity)
+    view = predictor(run).view(read_image(source, name, stamp))
+    blended = overlay(view, heatmap, alpha=opacity)
+    return heatmaps.with_lung_outline(blended, lung.lung_mask(view)) if outline else blended
+
+
+def evidence_note(run: dict, source: str | bytes, name: str, method: str = "gradcam",
+                  class_index: int = 1) -> str | None:
+    """heatmaps.OUTSIDE_NOTE when most of the (cached) map's evidence lies outside the slice's lung
+    fields, else None: said under the map so that it is not read as the place of a lesion."""
+    stamp = 0.0 if isinstance(source, bytes) else mtime(source)
+    source = source if isinstance(source, bytes) else str(source)
+    heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
+    view = predictor(run).view(read_image(source, name, stamp))
+    return heatmaps.evidence_note(heatmaps.lung_focus(heatmap, lung.lung_mask(view)))
+
+
+def lung_outline_toggle() -> bool:
+    """Whether to draw the lung fields' outline over the heatmaps, kept for the session."""
+    return st.toggle("Outline the lung fields", key="lung_outline", persist_state="session",
+                     help="The lung mask the evidence is measured against: a map that is read as the place "
+                          "of a lesion should be hot inside it.")
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

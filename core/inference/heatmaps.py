@@ -65,3 +65,12 @@ def lung_focus(heatmap: np.ndarray, mask: np.ndarray) -> dict | None:
 def evidence_note(focus: dict | None) -> str | None:
     """OUTSIDE_NOTE when most of the map's mass lies outside the lungs, else None."""
     return OUTSIDE_NOTE if focus is not None and focus["in_lungs"] < MOSTLY_OUTSIDE else None
+
+
+def with_lung_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 255)) -> np.ndarray:
+    """`image` (uint8 H x W x 3) with the outline of the lung mask (the same
+    size) drawn over it, so a reader sees which evidence falls in the lungs."""
+    contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlined = np.ascontiguousarray(image).copy()
+    cv2.drawContours(outlined, contours, -1, colour, max(1, round(min(image.shape[:2]) / 200)))
+    return outlined
