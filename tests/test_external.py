@@ -147,3 +147,20 @@ def test_a_background_evaluation_reports_progress_and_completes(trained_run, sy5
     assert found["state"] == "completed", (run_dir / "external" / name / "evaluate.log").read_text()
     assert found["status"]["done"] == found["status"]["total"] == 48
     assert found["metrics"]["patient"]["n"] == 4
+
+
+def test_no_interval_is_drawn_over_too_few_patients(monkeypatch):
+    monkeypatch.setattr(classification, "N_BOOT", 50)
+
+    def predictions(patients_per_class):
+        rows = [{"patient_id": f"{label}{p}", "y_true": label, "prob": 0.2 + 0.6 * label + 0.01 * (p + s)}
+                for label in (0, 1) for p in range(patients_per_class) for s in range(3)]
+        return pd.DataFrame(rows)
+
+    few = external.external_metrics(predictions(2), 0.5)  # 4 patients: "[1.000, 1.000]" would be false certainty
+    for level in (few["slice"], few["patient"]):
+        assert level["ci_note"] == "too few patients to estimate"
+        assert level["at_threshold"]["ci"]["roc_auc"] == [None, None]
+    assert "too few patients to estimate" in external.summary_line({**few, "name": "tiny"})
+    enough = external.external_metrics(predictions(5), 0.5)
+    assert "ci_note" not in enough["patient"] and enough["patient"]["at_threshold"]["ci"]["roc_auc"][0] is not None

@@ -165,6 +165,9 @@ def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | 
 
     {"threshold": value, "slice": {"n", "patients", "at_threshold": {..., "ci"}},
      "patient": {"n", "aggregation": "mean", "at_threshold": {..., "ci"}} or None}
+
+    Below patient_level.MIN_PATIENTS_FOR_CI patients of a class the CIs are
+    [None, None] and each level says why in "ci_note".
     """
     slices = {"n": len(predictions), "patients": int(predictions["patient_id"].nunique()),
               "at_threshold": classification.metrics_at(predictions["y_true"], predictions["prob"], threshold,
@@ -175,6 +178,11 @@ def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | 
         patients = {"n": len(per_patient), "aggregation": "mean",
                     "at_threshold": classification.metrics_at(per_patient["y_true"], per_patient["prob"], threshold,
                                                         n_boot=n_boot, seed=seed)}
+    if not patient_level.enough_patients(patient_level.per_patient(predictions)):
+        for level in (slices, patients):  # a bootstrap over a few patients gives no interval worth drawing
+            if level:
+                level["at_threshold"]["ci"] = {key: [None, None] for key in level["at_threshold"]["ci"]}
+                level["ci_note"] = patient_level.TOO_FEW
     return {"threshold": float(threshold), "slice": slices, "patient": patients}
 
 
@@ -183,8 +191,8 @@ def summary_line(metrics: dict) -> str:
     def part(level):
         at = level["at_threshold"]
         auc, (low, high) = at["roc_auc"], at["ci"]["roc_auc"]
-        auc_text = "ROC-AUC n/a (one class)" if auc is None else \
-            f"ROC-AUC {auc:.3f} [{_fmt(low)}, {_fmt(high)}]"
+        interval = f" ({level['ci_note']})" if level.get("ci_note") else f" [{_fmt(low)}, {_fmt(high)}]"
+        auc_text = "ROC-AUC n/a (one class)" if auc is None else f"ROC-AUC {auc:.3f}{interval}"
         return (f"{auc_text}, sensitivity {at['recall']:.3f}, specificity {at['specificity']:.3f}, "
                 f"accuracy {at['accuracy']:.3f}")
 
@@ -208,19 +216,21 @@ def summary_table(internal: dict, sets: dict) -> pd.DataFrame:
     specificity, accuracy and F1 at the run's threshold. `internal` is the
     run's metrics.json, `sets` {name: external metrics.json}."""
     levels = [("internal test", "slices", (internal.get("test") or {}).get("at_threshold"),
-               _test_cases(internal))]
+               _test_cases(internal), None)]
     for name, found in sets.items():
-        levels.append((name, "slices", found["slice"]["at_threshold"], found["slice"]["n"]))
+        levels.append((name, "slices", found["slice"]["at_threshold"], found["slice"]["n"],
+                       found["slice"].get("ci_note")))
         if found.get("patient"):
-            levels.append((name, "patients", found["patient"]["at_threshold"], found["patient"]["n"]))
+            levels.append((name, "patients", found["patient"]["at_threshold"], found["patient"]["n"],
+                           found["patient"].get("ci_note")))
     rows = []
-    for name, level, at, n in levels:
+    for name, level, at, n, note in levels:
         if not at:
             continue
         low, high = at["ci"]["roc_auc"]
         rows.append({"set": name, "level": level, "n": n,
                      **{label: at[key] for key, label in SHOWN.items()},
-                     "ROC-AUC 95% CI": "–" if low is None else f"{low:.3f} – {high:.3f}"})
+                     "ROC-AUC 95% CI": note or ("–" if low is None else f"{low:.3f} – {high:.3f}")})
     return pd.DataFrame(rows)
 
 
