@@ -374,3 +374,23 @@ def test_predict_scan_prints_one_line_per_scan_and_writes_csv(grey_slices, train
     for line, row in zip(lines, table.itertuples()):
         assert line.split("\t")[2:4] == [f"{row.probability:.4f}", row.decision]
         assert f"most suspicious: {row.most_suspicious} " in line
+
+
+def test_a_scan_near_its_threshold_is_borderline_as_a_slice_is():
+    rng = np.random.default_rng(0)
+    patients = [f"p{i}" for i in range(40)]
+    frame = pd.DataFrame({"patient_id": np.repeat(patients, 3), "y_true": np.repeat([i % 2 for i in range(40)], 3),
+                          "split": "val"})
+    frame["prob"] = np.clip(0.3 + 0.4 * frame["y_true"] + rng.normal(0, 0.2, len(frame)), 0, 1)
+    settings = scan_decision.choose_settings(frame, n_boot=20)
+    low, high = settings["borderline"]
+    assert low <= settings["threshold"] <= high and low < high
+
+    def result(probability):
+        scan = scans.Scan(name="s", slices=[np.zeros((4, 4), np.uint8)], slice_names=["a"], kind="slice images")
+        return scan_decision.ScanResult(scan, [0.5], [0], {0: probability}, {0: []}, settings, "COVID", "NonCOVID")
+
+    assert result(settings["threshold"]).borderline
+    assert not result(1.0).borderline and not result(0.0).borderline
+    assert not scan_decision.ScanResult(result(0.5).scan, [0.5], [0], {0: 0.5}, {0: []},
+                                        {**settings, "borderline": None}, "COVID", "NonCOVID").borderline

@@ -101,7 +101,8 @@ def _probability(result: ScanResult) -> None:
     left.metric(f"Scan probability of {result.positive_class}", percent(result.scan_probability))
     color = "red" if result.decision == result.positive_class else "blue"
     right.markdown(f"Decision: :{color}-badge[{result.decision}] at the scan threshold "
-                   f"{percent(chosen['threshold'])}")
+                   f"{percent(chosen['threshold'])}"
+                   + (" — :orange-badge[borderline: too close to call]" if result.borderline else ""))
     how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
            f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
            "the fallback")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 CSV_COLUMNS = ["scan", "kind", "slices_read", "slices_scored", "probability", "decision", "most_suspicious",
-               "most_suspicious_probability", "aggregation", "threshold", "notes"]
+               "most_suspicious_probability", "aggregation", "threshold", "borderline", "notes"]
 
 
 def add_parser(commands) -> None:
@@ -35,6 +35,7 @@ def result_row(result) -> dict:
             "decision": result.decision, "most_suspicious": None if top is None else result.scan.slice_names[top],
             "most_suspicious_probability": None if top is None else round(result.probability[top], 4),
             "aggregation": result.settings["aggregation"], "threshold": round(result.settings["threshold"], 4),
+            "borderline": result.borderline,
             "notes": "; ".join(result.notes)}
 
 
@@ -43,7 +44,7 @@ def result_line(row: dict) -> str:
     top = "" if row["most_suspicious"] is None else \
         f"\tmost suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"
     return (f"{row['scan']}\t{row['slices_read']} slices read, {row['slices_scored']} scored\t{probability}\t"
-            f"{row['decision']}{top}")
+            f"{row['decision']}{' (borderline)' if row['borderline'] else ''}{top}")
 
 
 def cmd_predict_scan(args) -> int:

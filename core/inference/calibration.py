@@ -122,7 +122,7 @@ def _cv_log_loss(y, prob, folds: int, seed: int) -> dict:
     return {m: float(np.mean(v)) for m, v in scores.items()}
 
 
-def _threshold_band(y, prob, threshold: float, method: str, seed: int) -> list[float]:
+def threshold_band(y, prob, threshold: float, method: str, seed: int) -> list[float]:
     """Where the validation-chosen threshold could as well have landed: the
     central BORDERLINE_LEVEL of the thresholds chosen on bootstrap resamples
     of validation (raw scale), widened to include the threshold itself."""
@@ -161,7 +161,7 @@ def fit(predictions: pd.DataFrame, threshold: float, threshold_method: str = cla
         if a <= 0:  # the model ranks validation backwards: no increasing map exists
             method, a, b, note = "none", 1.0, 0.0, "the model ranks validation backwards: left uncalibrated"
         calibration = Calibration(method=method, a=a, b=b, raw_threshold=threshold,
-                                  borderline_raw=_threshold_band(y, prob, threshold, threshold_method, seed),
+                                  borderline_raw=threshold_band(y, prob, threshold, threshold_method, seed),
                                   n_val=len(y), cv_log_loss=scores, note=note)
     test = predictions[predictions["split"] == "test"]
     if len(test):

@@ -104,6 +104,13 @@ class ScanResult:
         return self.positive_class if p >= self.settings["threshold"] else self.negative_class
 
     @property
+    def borderline(self) -> bool:
+        """Too close to call: the scan probability lies in the band where the scan threshold could as
+        well have landed (chosen as a slice's is, core.inference.calibration.threshold_band)."""
+        p, band = self.scan_probability, self.settings.get("borderline")
+        return p is not None and band is not None and band[0] <= p <= band[1]
+
+    @property
     def most_suspicious(self) -> int | None:
         """The slice with the highest probability (among those counted, else those scored)."""
         pool = self.counted or self.scored
@@ -192,7 +199,11 @@ def choose_settings(frame: pd.DataFrame, threshold_method: str = classification.
         test_patients = per_patient(test, method)
         test_metrics = classification.metrics_at(test_patients["y_true"], test_patients["prob"], threshold,
                                            n_boot=n_boot, seed=seed)
-    return {"aggregation": method, "threshold": threshold, "chosen_on": "validation patients",
+    # The same borderline rule as a slice's: where the threshold could as well have landed.
+    borderline = calibration.threshold_band(val_patients["y_true"].to_numpy(), val_patients["prob"].to_numpy(),
+                                            threshold, threshold_method, seed)
+    return {"aggregation": method, "threshold": threshold, "borderline": borderline,
+            "chosen_on": "validation patients",
             "threshold_method": threshold_method, "val_patients": int(len(val_patients)),
             "val_multi_slice_patients": int((val_patients["slices"] > 1).sum()), "caveat": None,
             "comparison": comparison.astype(object).where(comparison.notna(), None).to_dict("records"),
@@ -201,7 +212,9 @@ def choose_settings(frame: pd.DataFrame, threshold_method: str = classification.
 
 def fallback_settings(run_dir, reason: str) -> dict:
     """Mean of the slices at the slice threshold, with the caveat stated."""
-    return {"aggregation": FALLBACK, "threshold": calibration.for_run(run_dir).threshold, "chosen_on": "none",
+    slices = calibration.for_run(run_dir)
+    return {"aggregation": FALLBACK, "threshold": slices.threshold, "borderline": list(slices.borderline),
+            "chosen_on": "none",
             "caveat": f"no scan threshold for this run ({reason}): the mean of the slices is decided at the "
                       "slice threshold, which was chosen for single slices, not scans",
             "comparison": [], "test_patients": None}
