@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.base import paths
 from core.data import lung
 from core.runs import checks
 from core.runs import storage
 from core.runs import catalogue
-from core.base import files
 from core.inference.calibration import Calibration, for_run
 from core.inference.explain import Explainer, overlay
 from core.models.resnet import features_model, load_model, predict_proba
@@ -28,7 +28,8 @@ def latest_completed_run(runs_root=None) -> Path:
         if (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
                 and not run["problems"]):
             return run["path"]
-    raise ValueError("no completed run with a model yet: train one first (python -m core train)")
+    raise ValueError(f"no completed run with a model yet in {runs_root or paths.runs_dir()}: train one "
+                     "first (python -m core train)")
 
 
 @dataclass
@@ -91,8 +92,8 @@ class Predictor:
         model_path = run_dir / "model.keras"
         if not model_path.exists():
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
-        config = files.read_json(run_dir / "config.json", {})
-        metrics = files.read_json(run_dir / "metrics.json")
+        checked = checks.check_run(run_dir)  # each file validated on its schema, and intact
+        config, metrics = checked["config"], checked["metrics"]
         negative, positive = storage.class_names(config, metrics)
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=storage.decision_threshold(metrics), positive_class=positive,
