@@ -38,11 +38,15 @@ def result_row(result) -> dict:
 
 
 def result_line(row: dict) -> str:
+    """Tab-separated fields, names escaped (core.cli.common.shown): one scan, one line."""
+    from core.cli.common import shown
+
     probability = "n/a" if row["probability"] is None else f"{row['probability']:.4f}"
-    top = "" if row["most_suspicious"] is None else \
-        f"\tmost suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"
-    return (f"{row['scan']}\t{row['slices_read']} slices read, {row['slices_scored']} scored\t{probability}\t"
-            f"{row['decision']}{top}")
+    top = [] if row["most_suspicious"] is None else \
+        [f"most suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"]
+    fields = [row["scan"], f"{row['slices_read']} slices read, {row['slices_scored']} scored", probability,
+              row["decision"], *top]
+    return "\t".join(map(shown, fields))
 
 
 def cmd_predict_scan(args) -> int:
@@ -51,20 +55,20 @@ def cmd_predict_scan(args) -> int:
     from core.base import files
     from core.data import scans
     from core.inference import scan_decision
-    from core.cli.common import EXIT_BAD_INPUT, run_dir_for
+    from core.cli.common import EXIT_BAD_INPUT, run_dir_for, shown
     from core.inference.predict import Predictor
 
     run_dir = run_dir_for(args.run)
     predictor = Predictor.from_run(run_dir)
     settings = scan_decision.settings_for_run(run_dir)
     if settings.get("caveat"):
-        print(f"warning: {settings['caveat']}", file=sys.stderr)
+        print(f"warning: {shown(settings['caveat'])}", file=sys.stderr)
     rows, failures = [], 0
     for path in args.scans:
         try:
             read = scans.read_path(path)
         except (ValueError, OSError) as error:  # ImageReadError names the file
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {shown(error)}", file=sys.stderr)
             failures += 1
             continue
         row = result_row(scan_decision.score_scan(predictor, read, settings))
