@@ -52,7 +52,9 @@ def write_json(path, data) -> None:
 
 
 def write_csv(path, frame) -> None:
-    atomic_write(path, lambda handle: frame.to_csv(handle, index=False))
+    # Lines end in CRLF (RFC 4180): the csv module quotes a field holding either character of the line
+    # ending, so a name with a carriage return or a newline stays one field of one row.
+    atomic_write(path, lambda handle: frame.to_csv(handle, index=False, lineterminator="\r\n"))
 
 
 def write_bytes(path, payload: bytes) -> None:
@@ -99,11 +101,19 @@ def read_regular(path, limit: int, inside=None, head: bool = False) -> bytes:
         raise Refused(f"a link to outside {Path(inside).name or inside}")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise Refused(f"{kind_of(mode)}, not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            content = handle.read(limit + 1)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{kind_of(info.st_mode)}, not a regular file")
+        # A read allocates what it asks for: ask for the size the file states (and a byte to see
+        # whether there is more), then small steps for a file that grows or states none (/proc).
+        chunks, total, want = [], 0, min(info.st_size, limit) + 1
+        while total <= limit:
+            chunk = os.read(fd, min(want if not chunks else 2**20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        content = b"".join(chunks)
     finally:
         os.close(fd)
     if head:
@@ -181,6 +191,17 @@ def read_json(path, default=None, inside=None):
         return parse_json(content)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def as_text(name: str) -> str:
+    """`name` as text a table (pandas, Arrow) can hold: a file name's bytes that
+    are not UTF-8 (os.fsdecode's stand-ins) written as \\xff, any other lone
+    surrogate as the bytes it would take."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def check_name(name, what: str, max_length: int = 100) -> str:

@@ -49,6 +49,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    from core.base import files
     from core.data import datasets
     from core.data.audit import audit_duplicates
 
@@ -64,7 +65,7 @@ def cmd_audit(args) -> int:
     if len(pairs):
         print(pairs.map(lambda cell: shown(cell) if isinstance(cell, str) else cell).to_string(index=False))
     if args.csv:
-        pairs.to_csv(args.csv, index=False)
+        files.write_csv(args.csv, pairs)
     return 0
 
 

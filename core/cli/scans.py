@@ -75,5 +75,5 @@ def cmd_predict_scan(args) -> int:
         rows.append(row)
         print(result_line(row), flush=True)
     if args.csv:
-        files.write_csv(args.csv, pd.DataFrame(rows, columns=CSV_COLUMNS))
+        files.write_csv(args.csv, pd.DataFrame(rows, columns=CSV_COLUMNS, dtype=object))  # names as they are
     return EXIT_BAD_INPUT if failures else 0

@@ -68,7 +68,9 @@ def cmd_predict(args) -> int:
                 progress.write("\t".join(map(shown, fields)), file=sys.stdout)
             progress.update(len(paths[start:start + args.batch_size]))
     if args.csv:
-        files.write_csv(args.csv, pd.DataFrame(rows, columns=["path", "probability", "decision", "ood", "reason"]))
+        # object: a file name's bytes that are not UTF-8 stay as they are, written back by write_csv
+        files.write_csv(args.csv, pd.DataFrame(rows, columns=["path", "probability", "decision", "ood", "reason"],
+                                               dtype=object))
     return EXIT_BAD_INPUT if failures else 0
 
 

@@ -196,7 +196,8 @@ def list_class_images(root: Path) -> tuple[pd.DataFrame, list[str]]:
     (sub-folders included: patient folders), sorted by relpath; and the names
     of class folders that hold no image. A file that may not be read (a link
     out of its class folder, a FIFO, a device: core.base.files.files_under)
-    is left out, with its reason in attrs["problems"] ({relpath: "relpath: reason"})."""
+    is left out, with its reason in attrs["problems"] ({relpath: "relpath: reason"}), and so is a file
+    whose name is not UTF-8 text (its bytes written as \\xff there)."""
     rows, empty, problems = [], [], {}
     for folder in class_folders(root):
         found = len(rows)
@@ -205,6 +206,9 @@ def list_class_images(root: Path) -> tuple[pd.DataFrame, list[str]]:
             if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             relpath = f"{folder.name}/{path.relative_to(folder).as_posix()}"
+            if files.as_text(relpath) != relpath:  # bytes no table can hold
+                relpath = files.as_text(relpath)
+                problem = "its name is not UTF-8 text, which the index's tables cannot hold: rename it"
             if problem:
                 problems[relpath] = f"{relpath}: {problem}"
             else:

@@ -27,7 +27,7 @@ def load_run(run_dir) -> dict:
     if status is None:  # missing: killed before its first status; unreadable: damaged
         status = {} if (run_dir / "status.json").exists() else {"state": "interrupted"}
     return {
-        "id": run_dir.name,
+        "id": files.as_text(run_dir.name),  # a folder's name may hold bytes no table can: see "path"
         "path": run_dir,
         "config": checked["config"],
         "status": live_state(status),

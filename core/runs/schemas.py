@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.base import files
 from core.base.files import check_name
 from core.base.ranges import FINITE, NOT_NEGATIVE, Range
 from core.evaluation.classification import METRICS, THRESHOLD_RULES
@@ -89,6 +90,8 @@ def _kind_problem(value, spec: Field) -> str | None:
         ok = isinstance(value, spec.kind)
     if not ok:
         return f"is not {KIND_NAMES[spec.kind]}"
+    if isinstance(value, str) and files.as_text(value) != value:
+        return "is not UTF-8 text"
     if spec.range is not None and value not in spec.range:
         return f"must be {spec.range}"
     if spec.choices is not None and value not in spec.choices:
@@ -104,7 +107,7 @@ def _check(value, spec: Field, where: str, problems: list):
         return _DROP
     if isinstance(value, dict) and (spec.fields or spec.each):
         clean = {}
-        for name in set(spec.fields or {}) | set(value):
+        for name in [*value, *(n for n in spec.fields or {} if n not in value)]:  # the file's order
             child = (spec.fields or {}).get(name, spec.each if not spec.fields else None)
             at = f"{where}.{name}" if where else name
             if name not in value:
