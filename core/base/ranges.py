@@ -27,19 +27,27 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
         if self.low == -math.inf and self.high == math.inf:
             return "a finite number"
         if self.high is None:
-            return f"{'above' if self.open_low else 'at least'} {self.low:g}"
+            return f"{'above' if self.open_low else 'at least'} {low}"
         if not (self.open_low or self.open_high):
-            return f"between {self.low:g} and {self.high:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            return f"between {low} and {high}"
+        return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
 
     def check(self, value, name: str):
         """`value` when it is in the range, else ValueError naming the setting."""
         if value not in self:
             raise ValueError(f"{name} {value!r} must be {self}")
         return value
+
+
+def _number(value) -> str:
+    """A bound as people write it: whole numbers in full (a seed's 4294967295), others as %g."""
+    if value is None or isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(value if value is None or isinstance(value, int) else int(value))
+    return f"{value:g}"
 
 
 NOT_NEGATIVE = Range(0)

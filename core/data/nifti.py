@@ -83,8 +83,10 @@ def _nifti_image(content: bytes, name: str, max_slices: int, max_voxels: int):
         if needed > limits.MAX_SCAN_BYTES:
             raise ImageReadError(f"{name}: NIfTI voxels of {needed / 2**20:.0f} MB, more than the "
                                  f"{limits.MAX_SCAN_BYTES // 2**20} MB a scan may have")
-        content = head + stream.read(needed - len(head))  # never more than the header says: no gzip bomb
-        if len(content) < needed:
+        if isinstance(stream, gzip.GzipFile):  # inflated once, never past what the header says: no gzip bomb
+            stream.seek(0)
+            content = stream.read(needed)
+        if len(content) < needed:  # (an uncompressed file is used as it is: no copy of its voxels)
             raise ImageReadError(f"{name}: NIfTI file truncated ({len(content)} of {needed} bytes)")
         return kind.from_bytes(content)
     except ImageReadError:
