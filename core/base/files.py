@@ -66,7 +66,7 @@ def save_npz(path, **arrays) -> None:
 
 
 MAX_JSON_BYTES = 16 * 2**20  # a settings or results file; more is not one this tool wrote
-MAX_JSON_DEPTH = 32  # nesting of objects and lists; the files this tool writes nest 6 deep at most
+MAX_JSON_DEPTH = 32  # nesting of objects and lists: far more than the files this tool writes need
 
 
 class Refused(OSError):
