@@ -146,10 +146,13 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
             run_dir = storage.new_run(asdict(TrainConfig(cv_folds=3, cv_fold=fold, **settings)),
                                    name=f"{name}-fold{fold + 1}")
             val = [f"img{first_image + 20 * fold + i}" for i in range(20)]
-            files.write_csv(run_dir / "predictions.csv", pd.DataFrame({
+            predictions = pd.DataFrame({
                 "path": val + ["t0", "t1", "t2", "t3"], "y_true": [*labels, 0, 1, 0, 1],
                 "prob": np.clip(0.3 * np.r_[labels, 0, 1, 0, 1] + rng.uniform(0, 0.7, 24), 0, 1),
-                "split": ["val"] * 20 + ["test"] * 4}))
+                "split": ["val"] * 20 + ["test"] * 4})
+            files.write_csv(run_dir / "predictions.csv", predictions)
+            # A completed run has its metrics (core.runs.checks): the runs scored are checked first.
+            files.write_json(run_dir / "metrics.json", classification.evaluate_predictions(predictions, n_boot=20))
             storage.set_status(run_dir, "completed")
             ids.append(run_dir.name)
         return ids

@@ -31,7 +31,7 @@ def test_problems_name_why_a_run_is_not_fit(tmp_path):
     assert deploy.problems(fake_run(tmp_path)) == []
     smoke = deploy.problems(fake_run(tmp_path, subset=8, n_test=8, auc_low=0.2, name="smoke"))
     assert any("subset (8 images per split)" in p for p in smoke)
-    assert any("8 scans, fewer than 50" in p for p in smoke)
+    assert any("8 slices, fewer than 50" in p for p in smoke)
     assert any("could be chance" in p for p in smoke)
     assert deploy.problems(fake_run(tmp_path, state="cancelled", name="c"))[0] == "it is cancelled, not completed"
 

@@ -2,6 +2,7 @@
 the reason, never breaking the listing or the CLI for the other runs;
 evaluating or predicting with one is refused with one line naming the file."""
 import json
+import os
 from dataclasses import asdict
 
 import numpy as np
@@ -44,6 +45,12 @@ def write(name, text):
     return lambda run_dir: (run_dir / name).write_text(text)
 
 
+def link_out(path):  # the file moved out of the run folder, a link to it left in its place
+    elsewhere = path.parent.parent / f"{path.parent.name}-{path.name}"
+    path.replace(elsewhere)
+    path.symlink_to(elsewhere)
+
+
 def cut_predictions(run_dir):  # a truncated predictions.csv: the header and 3 rows
     path = run_dir / "predictions.csv"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:4]))
@@ -56,12 +63,12 @@ DAMAGE = {
     "impossible config": (edit_json("config.json", lambda c: {**c, "input_size": -5}), "config.json",
                           "input_size -5 must be between 32 and 1024"),
     "config of the wrong type": (edit_json("config.json", lambda c: {**c, "batch_size": "big"}), "config.json",
-                                 "batch_size 'big' is not a int"),
+                                 "batch_size 'big' is not a whole number"),
     "unknown state": (edit_json("status.json", lambda s: {**s, "state": "exploded"}), "status.json",
-                      "unknown state 'exploded'"),
+                      "state 'exploded' is not one of running"),
     "metrics not JSON": (write("metrics.json", '{"threshold": '), "metrics.json", "not JSON"),
     "threshold not a number": (edit_json("metrics.json", lambda m: {**m, "threshold": {"value": "high"}}),
-                               "metrics.json", "threshold must be a number between 0 and 1"),
+                               "metrics.json", "threshold.value 'high' is not a number"),
     "truncated predictions": (cut_predictions, "predictions.csv", "3 val rows, but metrics.json counted 10"),
     "predictions without prob": (lambda d: files.write_csv(d / "predictions.csv",
                                                           storage.read_predictions(d).drop(columns="prob")),
@@ -69,6 +76,24 @@ DAMAGE = {
     "empty predictions": (write("predictions.csv", ""), "predictions.csv", "empty file"),
     "predictions deleted": (lambda d: (d / "predictions.csv").unlink(), "predictions.csv",
                             "missing in a completed run"),
+    # Found by the probe of issue 29; tests/test_fuzz.py generates more of each class.
+    "config nested deep": (write("config.json", '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}"), "config.json",
+                           "nested deeper than 32 levels"),
+    "status nested deep": (write("status.json", "[" * 50_000 + "]" * 50_000), "status.json",
+                           "nested deeper than 32 levels"),
+    "a list for a number": (edit_json("config.json", lambda c: {**c, "dropout": [0.3]}), "config.json",
+                            "dropout [0.3] is not a number"),
+    "negative seed": (edit_json("config.json", lambda c: {**c, "seed": -1}), "config.json",
+                      "seed -1 must be between 0 and 4294967295"),
+    "calibration that falls": (write("calibration.json", json.dumps({
+        "method": "platt", "a": -1, "b": 0, "raw_threshold": 0.5, "borderline_raw": [0.4, 0.6]})),
+        "calibration.json", "a -1 must be in (0, inf)"),
+    "scan settings unknown": (write("scan.json", '{"aggregation": "max", "threshold": 0.5}'), "scan.json",
+                              "aggregation 'max' is not one of mean, top3, noisy_or"),
+    "model a FIFO": (lambda d: ((d / "model.keras").unlink(), os.mkfifo(d / "model.keras")), "model.keras",
+                     "a FIFO, not a regular file"),
+    "predictions a link out": (lambda d: link_out(d / "predictions.csv"), "predictions.csv",
+                               "a link to outside the run folder"),
 }
 
 
@@ -132,7 +157,8 @@ def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
     lock.release_training_lock(tmp_path)
 
 
-@pytest.mark.parametrize("page", ["pages/train.py", "pages/evaluate.py", "pages/predict.py"])
+@pytest.mark.parametrize("page", ["streamlit_app.py", "pages/train.py", "pages/evaluate.py",
+                                  "pages/misclassified.py", "pages/predict.py"])
 def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_dir):
     """One run of each kind of damage, and nothing else: the pages render, and
     those that need a usable run say there is none."""

@@ -66,7 +66,7 @@ def test_second_training_is_refused_while_the_first_holds_the_lock(tmp_path):
     lock.acquire_training_lock("first", tmp_path)
     try:
         holder = lock.active_training(tmp_path)
-        assert holder == {"pid": os.getpid(), "run": "first"}
+        assert holder == {**storage.owner(os.getpid()), "run": "first"}
         with pytest.raises(lock.TrainingBusy, match="first"):
             lock.acquire_training_lock("second", tmp_path)
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.inference import external_tables
 from core.inference import external
 from core.jobs import background
 from core.runs import catalogue
@@ -83,14 +84,14 @@ def external_section(run: dict, y, prob, classes: tuple[str, str]) -> None:
 
 def _results(run: dict, complete: dict[str, dict], y, prob, classes: tuple[str, str]) -> None:
     """Every complete set against the internal test split, then one set in detail."""
-    st.dataframe(external.summary_table(run["metrics"], complete), hide_index=True,
+    st.dataframe(external_tables.summary_table(run["metrics"], complete), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("ROC-AUC", "sensitivity", "specificity", "accuracy", "F1")})
     name = st.selectbox("External set", list(complete), key=f"external_{run['id']}")
     chosen, rows = complete[name], external_predictions(run, name)
     table_column, roc_column, matrix_column = st.columns(3)
     with table_column:
-        st.dataframe(external.comparison_table(run["metrics"], chosen),
+        st.dataframe(external_tables.comparison_table(run["metrics"], chosen),
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
                                     ("internal test", "external slices", "external patients")})
         st.caption(f"{chosen['slice']['n']} slices of {chosen['slice']['patients']} patients from "

@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import os
 
+from core.base.ranges import Range, from_environment
+
 
 # Logical CPU devices to split the CPU into (a machine setting, not a recipe's).
 CPU_DEVICES_VARIABLE = "COVIDCT_CPU_DEVICES"
+CPU_DEVICES = Range(0, 64)  # 1 is refused below: one device is no split
 
 
 def cpu_devices() -> int:
     """COVIDCT_CPU_DEVICES as a number (0, no split, when unset); ValueError when it is not one."""
-    value = os.environ.get(CPU_DEVICES_VARIABLE, "").strip() or "0"
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{CPU_DEVICES_VARIABLE}={value!r} is not a whole number") from None
+    return from_environment(CPU_DEVICES_VARIABLE, 0, CPU_DEVICES, kind=int)
 
 
 def machine_problems(name: str) -> list[str]:
@@ -27,7 +26,7 @@ def machine_problems(name: str) -> list[str]:
     found = []
     try:
         devices = cpu_devices()
-        if devices < 0 or devices == 1:
+        if devices == 1:
             found.append(f"{CPU_DEVICES_VARIABLE}={devices} must be 0 (no split) or at least 2")
     except ValueError as error:
         found.append(str(error))

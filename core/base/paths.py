@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from core.base.ranges import NOT_NEGATIVE, from_environment
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # core/base/paths.py -> the repository
 SHARED = PROJECT_ROOT.parent / "shared"
 
@@ -72,5 +74,5 @@ def frozen_cache_budget(folder) -> int:
     """Bytes a run may use for its frozen-stage cache (core.training.frozen_cache):
     $COVIDCT_FROZEN_CACHE_GB (default FROZEN_CACHE_GB), and never more than
     half the free space of the disk holding `folder`."""
-    gigabytes = float(os.environ.get("COVIDCT_FROZEN_CACHE_GB", FROZEN_CACHE_GB))
+    gigabytes = from_environment("COVIDCT_FROZEN_CACHE_GB", FROZEN_CACHE_GB, NOT_NEGATIVE)
     return int(min(gigabytes * 1e9, shutil.disk_usage(folder).free / 2))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from core.cli.common import EXIT_BAD_INPUT, PROGRESS_FROM, image_files, report, run_dir_for
+from core.cli.common import (EXIT_BAD_INPUT, MAX_DISTANCE, N_BOOT, OneLineParser, in_range, report, run_dir_for,
+                             shown)
 
 
 def cmd_evaluate(args) -> int:
@@ -28,7 +28,7 @@ def cmd_evaluate(args) -> int:
     if args.name or args.class_map:
         raise ValueError("--name and --class-map go with --data DIR (external validation)")
     metrics = classification.evaluate_predictions(storage.read_predictions(run_dir), n_boot=args.n_boot)
-    print(f"run {run_dir.name}: threshold {metrics['threshold']['value']:.3f} "
+    print(f"run {shown(run_dir.name)}: threshold {metrics['threshold']['value']:.3f} "
           f"(chosen on {metrics['threshold']['chosen_on']})")
     for at in ("at_0.5", "at_threshold"):
         if "test" in metrics:
@@ -47,102 +47,42 @@ def cmd_deploy(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    import pandas as pd
-    from tqdm import tqdm
-
-    from core.data.images import load_image
-    from core.data.limits import ImageReadError
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
-    files = image_files(args.images)
-    # TensorFlow only now: a mistyped path is refused at once, without its start-up lines on stderr.
-    from core.inference.predict import Predictor
-    predictor = Predictor.from_run(run_dir_for(args.run), site=args.site)
-    if predictor.site:
-        print(f"calibration and threshold: site profile {predictor.site}", file=sys.stderr)
-    rows, failures = [], 0
-    with tqdm(total=len(files), unit="slice", file=sys.stderr, disable=len(files) < PROGRESS_FROM) as progress:
-        for start in range(0, len(files), args.batch_size):
-            images, names = [], []
-            for path in files[start:start + args.batch_size]:  # decode a batch, then one model call
-                try:
-                    images.append(load_image(path))
-                    names.append(path)
-                except (ImageReadError, OSError) as error:
-                    progress.write(f"error: {error}", file=sys.stderr)
-                    failures += 1
-            for result in predictor.predict_images(images, names):
-                decision = "refused" if result.refused else result.label
-                rows.append({"path": result.name, "probability": round(result.probability, 4),
-                             "decision": decision, "ood": result.refused,
-                             "reason": "; ".join(result.ood_problems)})
-                progress.write(f"{result.name}\t{result.probability:.4f}\t{decision}"
-                               + (f"\t{_refusal_note(result)}" if result.refused else ""), file=sys.stdout)
-            progress.update(len(files[start:start + args.batch_size]))
-    if args.csv:
-        files.write_csv(args.csv, pd.DataFrame(rows, columns=["path", "probability", "decision", "ood", "reason"]))
-    return EXIT_BAD_INPUT if failures else 0
-
-
-def _refusal_note(result) -> str:
-    from core.inference.ood import REFUSAL
-
-    return f"{REFUSAL}: {'; '.join(result.ood_problems)}"
-
-
-def cmd_explain(args) -> int:
-    from PIL import Image
-
-    from core.data.images import load_image
-    from core.inference.predict import Predictor
-
-    predictor = Predictor.from_run(run_dir_for(args.run))
-    image = load_image(args.image)
-    result = predictor.predict_images([image], [Path(args.image).name])[0]
-    # The map explains the decision: evidence for the class it chose.
-    picture = predictor.gradcam_overlay(image, method=args.method, alpha=args.alpha, class_index=result.class_index)
-    Image.fromarray(picture).save(args.out)
-    print(f"{args.image}\t{result.probability:.4f}\t{result.label}\t{args.method} overlay "
-          f"(evidence for {result.label}) -> {args.out}")
-    if result.refused:
-        print(f"warning: {_refusal_note(result)}", file=sys.stderr)
-    return 0
-
-
 def cmd_audit(args) -> int:
+    from core.base import files
     from core.data import datasets
     from core.data.audit import audit_duplicates
 
     index = datasets.index_dataset(args.data, positive_class=args.positive_class)
-    print(datasets.split_counts(index).to_string())
+    print(datasets.split_counts(index).rename(columns=shown).to_string())  # class folders named anyhow: one line
     several = index["source"].nunique() > 1
     if several:
-        print("\nper source:\n" + datasets.source_counts(index).to_string())
+        print("\nper source:\n" + datasets.source_counts(index).rename(index=shown, columns=shown).to_string())
     pairs = audit_duplicates(index, **({} if args.max_distance is None else {"max_distance": args.max_distance}))
     print(f"\n{len(pairs)} duplicate pair(s) across splits, classes or sources "
           f"({int(pairs.cross_class.sum()) if len(pairs) else 0} across classes"
           + (f", {int(pairs.cross_source.sum()) if len(pairs) else 0} across sources" if several else "") + "):")
     if len(pairs):
-        print(pairs.to_string(index=False))
+        print(pairs.map(lambda cell: shown(cell) if isinstance(cell, str) else cell).to_string(index=False))
     if args.csv:
-        pairs.to_csv(args.csv, index=False)
+        files.write_csv(args.csv, pairs)
     return 0
 
 
 def cmd_runs(args) -> int:
+    from core.base import paths
     from core.runs import catalogue
     from core.runs.recipes import cross_validation_table
 
     all_runs = catalogue.list_runs()
-    table = catalogue.compare_runs(all_runs)
-    print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table) else "no runs yet")
+    # Run ids are folder names and a study's name comes from a file: each cell one line.
+    table = catalogue.compare_runs(all_runs).map(lambda cell: shown(cell) if isinstance(cell, str) else cell)
+    print(table.drop(columns="problem").to_string(index=False, float_format="%.3f") if len(table)
+          else f"no runs yet in {shown(paths.runs_dir())}")
     damaged = [run for run in all_runs if run["problems"]]
     if damaged:  # listed, never evaluated or used (core.runs.checks)
         print("\nDamaged runs:")
         for run in damaged:
-            print(f"  {run['id']}: {'; '.join(run['problems'])}")
+            print(f"  {shown(run['id'])}: {shown('; '.join(run['problems']))}")
     recipes = cross_validation_table(all_runs)
     if len(recipes):  # fold runs, scored together: the mean fold ROC-AUC is the recipe's score
         print("\nCross-validated recipes (validation folds of train + val):")
@@ -152,9 +92,9 @@ def cmd_runs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.base import paths
-    from core.cli import evidence, scans, sites, training
+    from core.cli import evidence, scans, sites, slices, training
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
+    parser = OneLineParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a run (head warm-up, then fine-tuning), then evaluate it")
@@ -225,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "validation-chosen threshold, per slice and per patient, and store the result in the run "
                     "under external/NAME.")
     evaluate.add_argument("--run", default="latest", help="run id or folder (default: newest completed)")
-    evaluate.add_argument("--n-boot", type=int,
-                          help="bootstrap resamples (default: core.evaluation.classification.N_BOOT)")
+    evaluate.add_argument("--n-boot", type=in_range(int, N_BOOT),
+                          help=f"bootstrap resamples, {N_BOOT} (default: core.evaluation.classification.N_BOOT)")
     evaluate.add_argument("--data", help="external validation: a labelled dataset folder the run never saw")
     evaluate.add_argument("--name", help="name of the external result (default: the folder's name)")
     evaluate.add_argument("--class-map",
@@ -242,33 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--force", action="store_true", help="deploy despite the reasons given")
     deploy.set_defaults(func=cmd_deploy)
 
-    predict = commands.add_parser(
-        "predict", help="calibrated probability of the positive class for slices (PNG, JPEG, DICOM)",
-        description="Prints path, probability, decision (or 'refused' for a slice not like the training "
-                    "slices) per slice, in batches, with a progress bar on stderr from 20 files on.")
-    predict.add_argument("images", nargs="+", help="files, folders (every image inside) or quoted glob patterns")
-    predict.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
-    predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
-    predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
-    predict.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
-    predict.set_defaults(func=cmd_predict)
-
-    scans.add_parser(commands)  # predict-scan: its own module, as this one is long enough
-
-    explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one slice")
-    explain.add_argument("image")
-    explain.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
-    explain.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
-    explain.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity 0..1")
-    explain.add_argument("--out", default="gradcam.png")
-    explain.set_defaults(func=cmd_explain)
+    slices.add_parsers(commands)  # predict, explain
+    scans.add_parser(commands)  # predict-scan
 
     audit = commands.add_parser("audit", help="split counts and duplicates across splits, classes or sources")
     audit.add_argument("--data", default=str(paths.data_dir()),
                        help=f"dataset folder, or several sources joined with {os.pathsep!r}")
     audit.add_argument("--positive-class", default="COVID")
-    audit.add_argument("--max-distance", type=int,
-                       help="perceptual-hash Hamming distance (default: core.data.audit.MAX_DISTANCE)")
+    audit.add_argument("--max-distance", type=in_range(int, MAX_DISTANCE),
+                       help=f"perceptual-hash Hamming distance, {MAX_DISTANCE} (default: core.data.audit.MAX_DISTANCE)")
     audit.add_argument("--csv", help="also write the pairs to this CSV file")
     audit.set_defaults(func=cmd_audit)
 
@@ -281,11 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0), or an option refused in one line (2)
+        return stop.code
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {shown(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -40,11 +40,15 @@ def result_row(result) -> dict:
 
 
 def result_line(row: dict) -> str:
+    """Tab-separated fields, names escaped (core.cli.common.shown): one scan, one line."""
+    from core.cli.common import shown
+
     probability = "n/a" if row["probability"] is None else f"{row['probability']:.4f}"
-    top = "" if row["most_suspicious"] is None else \
-        f"\tmost suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"
-    return (f"{row['scan']}\t{row['slices_read']} slices read, {row['slices_scored']} scored\t{probability}\t"
-            f"{row['decision']}{' (borderline)' if row['borderline'] else ''}{top}")
+    top = [] if row["most_suspicious"] is None else \
+        [f"most suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"]
+    fields = [row["scan"], f"{row['slices_read']} slices read, {row['slices_scored']} scored", probability,
+              row["decision"] + (" (borderline)" if row["borderline"] else ""), *top]
+    return "\t".join(map(shown, fields))
 
 
 def cmd_predict_scan(args) -> int:
@@ -54,7 +58,7 @@ def cmd_predict_scan(args) -> int:
     from core.data import scans
     from core.inference import scan_decision
     from core.inference import site_store
-    from core.cli.common import EXIT_BAD_INPUT, run_dir_for
+    from core.cli.common import EXIT_BAD_INPUT, run_dir_for, shown
     from core.inference.predict import Predictor
 
     run_dir = run_dir_for(args.run)
@@ -64,18 +68,18 @@ def cmd_predict_scan(args) -> int:
     if args.site:
         print(f"calibration and thresholds: site profile {args.site}", file=sys.stderr)
     if settings.get("caveat"):
-        print(f"warning: {settings['caveat']}", file=sys.stderr)
+        print(f"warning: {shown(settings['caveat'])}", file=sys.stderr)
     rows, failures = [], 0
     for path in args.scans:
         try:
             read = scans.read_path(path)
         except (ValueError, OSError) as error:  # ImageReadError names the file
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {shown(error)}", file=sys.stderr)
             failures += 1
             continue
         row = result_row(scan_decision.score_scan(predictor, read, settings))
         rows.append(row)
         print(result_line(row), flush=True)
     if args.csv:
-        files.write_csv(args.csv, pd.DataFrame(rows, columns=CSV_COLUMNS))
+        files.write_csv(args.csv, pd.DataFrame(rows, columns=CSV_COLUMNS, dtype=object))  # names as they are
     return EXIT_BAD_INPUT if failures else 0

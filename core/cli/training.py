@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
-from core.cli.common import report, run_dir_for
+from core.cli.common import report, run_dir_for, shown
+
+
+def intact_runs(run_ids: list[str]) -> list[Path]:
+    """The folders of finished runs whose predictions a command scores: each checked (core.runs.checks)."""
+    from core.runs import checks
+
+    return [checks.require_intact(run_dir_for(run_id)) for run_id in run_ids]
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +75,7 @@ def cmd_cv(args) -> int:
     if args.score:  # fold runs trained earlier, e.g. one by one with train --cv-folds K --cv-fold F
         if given_settings(args):
             raise ValueError("--score trains nothing: it takes no training options")
-        run_dirs = [run_dir_for(run_id) for run_id in args.score]
+        run_dirs = intact_runs(args.score)
         config = TrainConfig.from_dict(files.read_json(run_dirs[0] / "config.json", {}))
     else:
         if args.cv_folds is None:
@@ -80,7 +86,7 @@ def cmd_cv(args) -> int:
     names = {fold: run_dir.name for fold, run_dir in by_fold.items()}
     predictions = {fold: storage.read_predictions(run_dir) for fold, run_dir in by_fold.items()}
     if args.ensemble_with:  # each image's probability averaged over the two recipes' models of its fold
-        partner = fold_runs([run_dir_for(run_id) for run_id in args.ensemble_with])
+        partner = fold_runs(intact_runs(args.ensemble_with))
         predictions = averaged_folds([predictions, {fold: storage.read_predictions(d) for fold, d in partner.items()}])
         names = {fold: f"{name} + {partner[fold].name}" for fold, name in names.items()}
     summary = folds.cross_validation_summary(list(predictions.values()), seed=config.seed)
@@ -91,12 +97,12 @@ def cmd_cv(args) -> int:
     print(f"\n{config.cv_folds}-fold cross-validation over train + val (seed {config.seed}), "
           f"{len(run_dirs)} fold runs{' averaged with as many' if args.ensemble_with else ''}:")
     for name, auc in zip(names.values(), summary["fold_roc_auc"]):
-        print(f"  {name}: validation ROC-AUC {fmt(auc)}")
+        print(f"  {shown(name)}: validation ROC-AUC {fmt(auc)}")
     low, high = summary["pooled_ci"]
     print(f"mean {fmt(summary['mean_roc_auc'])} ± {fmt(summary['std_roc_auc'])}; pooled out-of-fold ROC-AUC "
           f"{fmt(summary['pooled_roc_auc'])} [{fmt(low)}, {fmt(high)}] over {summary['n_images']} images")
     if args.against:  # folds differ in difficulty more than recipes do: compare on the same folds
-        baseline_runs = fold_runs([run_dir_for(run_id) for run_id in args.against])
+        baseline_runs = fold_runs(intact_runs(args.against))
         baseline = {fold: storage.read_predictions(d) for fold, d in baseline_runs.items()}
         check_same_folds(predictions, baseline)
         scored = folds.cross_validation_summary(list(baseline.values()), seed=config.seed)
@@ -133,11 +139,14 @@ def _space_changes(args) -> dict | None:
     """--space (a JSON file, or JSON itself) and --backbones, as changes to the default space."""
     changes = None
     if args.space:
-        text = args.space if args.space.lstrip().startswith("{") else Path(args.space).read_text()
+        from core.base import files
+
+        text = args.space if args.space.lstrip().startswith("{") else \
+            files.read_regular(args.space, files.MAX_JSON_BYTES)
         try:
-            changes = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--space is not valid JSON: {error}") from None
+            changes = files.parse_json(text)
+        except ValueError as error:
+            raise ValueError(f"--space is not valid JSON ({error})") from None
         if not isinstance(changes, dict):
             raise ValueError('--space must be a JSON object such as {"backbone": ["resnet50"]}')
     if args.backbones:

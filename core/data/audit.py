@@ -3,16 +3,17 @@ classes or sources, the ones that leak between train and test or conflict."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.base import files
 from core.data import lung
 from core.data import near_duplicates
 from core.data.images import in_threads, load_image
+from core.data.limits import MAX_FILE_BYTES
 
 # A candidate pair is confirmed on a finer hash of the lung-aligned slices:
 # cropping both to their lung fields undoes the different figure crops of one slice.
@@ -64,7 +65,7 @@ def _hash_images(index: pd.DataFrame, progress=None) -> tuple[np.ndarray, np.nda
     fine = np.empty((len(index), FINE_HASH_SIZE**2 // 8), dtype=np.uint8)
 
     def hash_one(i, path, relpath):
-        content = Path(path).read_bytes()
+        content = files.read_regular(path, MAX_FILE_BYTES)
         view = _lung_view(load_image(content, name=relpath))
         digests[i] = hashlib.sha256(content).hexdigest()
         codes[i] = np.packbits(imagehash.phash(view).hash.ravel())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.base import files
 from core.data.images import IMAGE_EXTENSIONS, check_image
 from core.data.limits import ImageReadError
 from core.data.metadata import patient_ids
@@ -107,7 +108,7 @@ def _index_source(root: Path, positive_class: str, use_official_splits: bool, ch
     if positive_class not in classes:
         raise ValueError(f"{root}: positive class {positive_class!r} is not one of the "
                          f"class folders {classes}")
-    found = unreadable_images(index) if check_files else {}
+    found = {**index.attrs["problems"], **(unreadable_images(index) if check_files else {})}
     index = index[~index["relpath"].isin(found)].reset_index(drop=True)
     _require_enough(root, index, classes, found)
     index["y"] = (index["label"] == positive_class).astype(int)
@@ -172,23 +173,51 @@ def _listing(problems: dict) -> str:
     return "".join(f"\n  {problems[relpath]}" for relpath in sorted(problems))
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of a dataset folder (its sub-folders, less hidden
+    ones): each a distinct real folder, a link among them only where it leads
+    to a folder inside `root` that is neither `root`, nor holds another class
+    folder, nor lies in one; ValueError naming the folder otherwise."""
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    real = {folder: os.path.realpath(folder) for folder in folders}
+    for folder in folders:
+        if files.outside(folder, root) or real[folder] == os.path.realpath(root):
+            raise ValueError(f"{folder}: a link to {real[folder]}, not a class folder inside {root}; "
+                             "each class needs a folder of its own")
+        for other in folders:
+            if other != folder and not files.outside(real[other], real[folder]):
+                raise ValueError(f"{folder}: the same folder as, or a folder holding, the class folder {other.name} "
+                                 f"(links lead both to {real[other]}); each class needs a folder of its own")
+    return folders
+
+
 def list_class_images(root: Path) -> tuple[pd.DataFrame, list[str]]:
     """(path, relpath, label) of every image in the class folders of `root`
     (sub-folders included: patient folders), sorted by relpath; and the names
-    of class folders that hold no image."""
-    rows, empty = [], []
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+    of class folders that hold no image. A file that may not be read (a link
+    out of its class folder, a FIFO, a device: core.base.files.files_under)
+    is left out, with its reason in attrs["problems"] ({relpath: "relpath: reason"}), and so is a file
+    whose name is not UTF-8 text (its bytes written as \\xff there)."""
+    rows, empty, problems = [], [], {}
+    for folder in class_folders(root):
         found = len(rows)
-        for path in sorted(folder.rglob("*")):
+        for path, problem in files.files_under(folder):
             # Hidden files include macOS "._x.png" resource forks, which are not images.
-            if (path.is_file() and not path.name.startswith(".")
-                    and path.suffix.lower() in IMAGE_EXTENSIONS):
-                rows.append({"path": str(path), "relpath": path.relative_to(root).as_posix(),
-                             "label": folder.name})
+            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            relpath = f"{folder.name}/{path.relative_to(folder).as_posix()}"
+            if files.as_text(relpath) != relpath:  # bytes no table can hold
+                relpath = files.as_text(relpath)
+                problem = "its name is not UTF-8 text, which the index's tables cannot hold: rename it"
+            if problem:
+                problems[relpath] = f"{relpath}: {problem}"
+            else:
+                rows.append({"path": str(path), "relpath": relpath, "label": folder.name})
         if len(rows) == found:
             empty.append(folder.name)
-    index = pd.DataFrame(rows, columns=["path", "relpath", "label"])
-    return index.sort_values("relpath", ignore_index=True), empty
+    index = pd.DataFrame(rows, columns=["path", "relpath", "label"]).sort_values("relpath", ignore_index=True)
+    index.attrs["problems"] = problems
+    return index, empty
 
 
 def _list_images(root: Path) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, get_decoder
 
-from core.data.limits import ImageReadError, check_size
+from core.data.limits import ImageReadError, check_finite, check_size
 
 
 DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -132,7 +132,7 @@ def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
     if int(dataset.get("SamplesPerPixel", 1)) == 3:
         if pixels.ndim == 4:
             pixels = pixels[len(pixels) // 2]
-        return pixels if pixels.dtype == np.uint8 else scale_to_uint8(pixels.astype(np.float64))
+        return pixels if pixels.dtype == np.uint8 else scale_to_uint8(check_finite(name, pixels.astype(np.float64)))
 
     if pixels.ndim == 3:  # a multi-frame series: show its middle slice
         pixels = pixels[len(pixels) // 2]
@@ -140,9 +140,10 @@ def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
         "Modality" not in dataset and "RescaleIntercept" in dataset)
     if is_ct and window is not None:
         hounsfield = apply_modality_lut(pixels, dataset).astype(np.float64)
+        check_finite(name, hounsfield, "DICOM values in HU (RescaleSlope, RescaleIntercept)")
         gray = apply_window(hounsfield, window)
     else:
-        gray = scale_to_uint8(pixels.astype(np.float64))
+        gray = scale_to_uint8(check_finite(name, pixels.astype(np.float64)))
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         gray = 255 - gray  # MONOCHROME1 stores white as the lowest value
     return gray_to_rgb(gray)

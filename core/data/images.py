@@ -21,10 +21,11 @@ import pandas as pd
 import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.base import files
 from core.data import lung
-from core.data.dicom import (LUNG_WINDOW, apply_window, decode_dicom, gray_to_rgb, looks_like_dicom, open_dicom,
-                             scale_to_uint8)
-from core.data.limits import MAX_FILE_BYTES, ImageReadError, check_size
+from core.data.dicom import (LUNG_WINDOW, MAX_DICOM_HEADER_BYTES, apply_window, decode_dicom, gray_to_rgb,
+                             looks_like_dicom, open_dicom, scale_to_uint8)
+from core.data.limits import MAX_FILE_BYTES, ImageReadError, check_finite, check_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
@@ -62,7 +63,7 @@ def decode_image(opened, name: str, window=LUNG_WINDOW) -> np.ndarray:
     if isinstance(opened, pydicom.Dataset):
         return decode_dicom(opened, name, window)
     with _pillow_errors(name), opened as image:
-        return _decode_with_pillow(image)
+        return _decode_with_pillow(image, name)
 
 
 def lung_window(hounsfield: np.ndarray, window=LUNG_WINDOW) -> np.ndarray:
@@ -91,10 +92,9 @@ def _read_bytes(source, name):
         path = Path(source)
         name = name or path.name
         try:
-            if path.stat().st_size > MAX_FILE_BYTES:  # refused unread
-                content = bytes(MAX_FILE_BYTES + 1)
-            else:
-                content = path.read_bytes()
+            content = files.read_regular(path, MAX_FILE_BYTES)  # a regular file, never read past the bound
+        except files.Refused as error:
+            raise ImageReadError(f"{name}: {error}") from None
         except OSError as error:
             raise ImageReadError(f"{name}: cannot read file ({error.strerror or error})") from error
     if len(content) > MAX_FILE_BYTES:
@@ -158,12 +158,12 @@ def _verify(image: Image.Image) -> None:
         image.verify()  # PNG: every chunk present with its checksum
 
 
-def _decode_with_pillow(image: Image.Image) -> np.ndarray:
+def _decode_with_pillow(image: Image.Image, name: str) -> np.ndarray:
     image.load()  # decode now, so truncated files fail here
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit / 32-bit grey: use the full 8-bit range for the values present.
-        return gray_to_rgb(scale_to_uint8(np.asarray(image, dtype=np.float64)))
+        return gray_to_rgb(scale_to_uint8(check_finite(name, np.asarray(image, dtype=np.float64))))
     if image.has_transparency_data:
         # Transparent areas become black, like the background of a CT.
         rgba = image.convert("RGBA")
@@ -211,14 +211,20 @@ def image_sizes(paths) -> pd.DataFrame:
     for a file that neither can read)."""
     sizes = []
     for path in paths:
+        try:  # the headers lie in the first bytes: a regular file's, never more than those
+            head = io.BytesIO(files.read_regular(path, MAX_DICOM_HEADER_BYTES, head=True))
+        except OSError:
+            sizes.append((np.nan, np.nan))
+            continue
         try:
-            with Image.open(path) as image:
+            with Image.open(head) as image:
                 sizes.append(image.size)
             continue
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             pass  # not a format Pillow knows (maybe DICOM), or too large to open
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            head.seek(0)
+            dataset = pydicom.dcmread(head, stop_before_pixels=True)
             sizes.append((int(dataset.Columns), int(dataset.Rows)))
         except Exception:  # unreadable, or DICOM without an image
             sizes.append((np.nan, np.nan))

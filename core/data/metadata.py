@@ -3,11 +3,15 @@ meta/), else a patient sub-folder, else the file itself. Splits and
 confidence intervals group by it, as slices of one patient are near copies."""
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
 
 import pandas as pd
+
+from core.base import files
+from core.data.limits import MAX_FILE_BYTES
 
 
 METADATA_EXTENSIONS = (".csv", ".xlsx")
@@ -46,10 +50,11 @@ def _patient_folder(relpath: str) -> str | None:
 
 def _read_patient_table(table_path: Path, index: pd.DataFrame) -> dict:
     """{relpath: patient id} for the rows of one metadata table that name an image."""
+    content = io.BytesIO(files.read_regular(table_path, MAX_FILE_BYTES))  # a regular file, within the bound
     if table_path.suffix.lower() == ".csv":
-        table = pd.read_csv(table_path, dtype=str, encoding_errors="replace")
+        table = pd.read_csv(content, dtype=str, encoding_errors="replace")
     else:
-        table = pd.read_excel(table_path, dtype=str)
+        table = pd.read_excel(content, dtype=str)
     columns = {str(c).strip().lower().replace("_", " ").replace("-", " "): c for c in table.columns}
     name_column = next((columns[c] for c in FILE_NAME_COLUMNS if c in columns), None)
     patient_column = next((columns[c] for c in PATIENT_COLUMNS if c in columns), None)

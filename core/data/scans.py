@@ -24,14 +24,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from core.base.files import Refused, files_under, read_regular
 from core.data import images
 from core.data import nifti
-from core.data.limits import ImageReadError
-
-# A thin-slice chest CT (0.625 mm over 40 cm) has about 650 slices; more is a whole-body scan or a mistake.
-MAX_SLICES = 1000
-MAX_VOXELS = 512 * 512 * MAX_SLICES  # 262 M voxels: 262 MB as 8-bit grey, the most a scan may hold decoded
-MAX_SCAN_BYTES = 1024 * 2**20  # 1 GB of files (uncompressed zip members included): 512x512x1000 at 16 bits is 0.5 GB
+from core.data.limits import MAX_SCAN_BYTES, MAX_SLICES, MAX_VOXELS, ImageReadError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GAP_FACTOR = 1.5  # a step between neighbouring slices over 1.5x the usual spacing means slices are missing
 # Members a zip of a series may carry besides its slices: folders, macOS metadata, the DICOMDIR index.
@@ -58,12 +54,18 @@ class Scan:
 # ---------------------------------------------------------------------------
 
 def read_path(path, name: str | None = None) -> Scan:
-    """A scan from a folder of slices, a .zip, a NIfTI file or one DICOM/image file."""
+    """A scan from a folder of slices, a .zip, a NIfTI file or one DICOM/image
+    file. A folder's files must be regular files, links among them leading
+    nowhere out of the folder (core.base.files.files_under)."""
     path = Path(path)
     name = name or path.name
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: natural_key(str(p)))
-        files = [p for p in files if not IGNORED_MEMBERS.search(p.relative_to(path).as_posix())]
+        listed = [(p, problem) for p, problem in files_under(path)
+                  if not IGNORED_MEMBERS.search(p.relative_to(path).as_posix())]
+        for p, problem in listed:
+            if problem:
+                raise ImageReadError(f"{name}/{p.relative_to(path).as_posix()}: {problem}")
+        files = sorted((p for p, _ in listed), key=lambda p: natural_key(str(p)))
         _check_total([p.stat().st_size for p in files], name)
         return read_files([(p.relative_to(path).as_posix(), p) for p in files], name)
     if not path.exists():
@@ -108,17 +110,20 @@ def group_uploads(files: list[tuple[str, bytes]], one_scan: bool = False):
 def _content(file_name: str, source) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
-    if Path(source).stat().st_size > MAX_SCAN_BYTES:
-        raise ImageReadError(f"{file_name}: file too large (over {MAX_SCAN_BYTES // 2**20} MB)")
-    return Path(source).read_bytes()
+    try:
+        return read_regular(source, MAX_SCAN_BYTES)
+    except OSError as error:
+        raise ImageReadError(f"{file_name}: {error if isinstance(error, Refused) else error.strerror}") from None
 
 
 def _is_zip(source) -> bool:
     if isinstance(source, (bytes, bytearray)):
         head = bytes(source[:4])
     else:
-        with Path(source).open("rb") as stream:
-            head = stream.read(4)
+        try:
+            head = read_regular(source, 4, head=True)
+        except OSError:
+            return False  # not a zip: the reader that takes it names why it cannot be read
     return head in (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
 
 

@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from core.base import files
+from core.data.limits import MAX_FILE_BYTES
+
 
 SPLITS = ("train", "val", "test")
 
@@ -41,7 +44,8 @@ def official_splits(root: Path, index: pd.DataFrame, split_files: dict,
     split_of, known = {}, set(index["relpath"])
     for (split, label), path in split_files.items():
         # Strip '\r' (CRLF files) and skip blank lines (and a missing final newline is fine).
-        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        text = files.read_regular(path, MAX_FILE_BYTES).decode("utf-8-sig")  # a regular file, within the bound
+        names = [line.strip() for line in text.splitlines()]
         for relpath in sorted({f"{label}/{n}" for n in names if n}):
             if relpath not in known:
                 if relpath not in problems:

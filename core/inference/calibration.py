@@ -36,11 +36,9 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 
 from core.evaluation import classification
-from core.runs import storage
+from core.runs import checks, storage
 from core.base import files
-
-FILE = "calibration.json"
-METHODS = ("none", "temperature", "platt")
+from core.runs.schemas import CALIBRATION as FILE, CALIBRATION_METHODS as METHODS
 EPS = 1e-12  # float32 softmax outputs reach exactly 0 and 1; their logit must stay finite
 BINS = 10    # reliability diagram and ECE: ten equal-width bins of predicted probability
 BORDERLINE_LEVEL = 0.90  # central share of the bootstrapped thresholds that makes the borderline band
@@ -194,16 +192,18 @@ def reliability_table(y_true, prob, bins: int = BINS) -> pd.DataFrame:
 def for_run(run_dir) -> Calibration:
     """The run's calibration: its calibration.json, or fitted now from
     predictions.csv and metrics.json (and stored) when it has none or an
-    older one. A run without predictions gets the identity."""
+    older one. A run without predictions gets the identity. A calibration.json
+    that fails its schema (core.runs.schemas: a map that falls, a threshold
+    outside 0..1) is DamagedRun naming the field, never applied."""
     run_dir = Path(run_dir)
     path, source = run_dir / FILE, run_dir / "predictions.csv"
-    stored = files.read_json(path)
+    stored = checks.read_valid(path)
     if not source.exists():
         return Calibration.from_dict(stored) if stored else Calibration(note="no predictions.csv: uncalibrated")
     if stored and os.path.getmtime(path) >= os.path.getmtime(source):
         return Calibration.from_dict(stored)
-    metrics = files.read_json(run_dir / "metrics.json") or {}
-    config = files.read_json(run_dir / "config.json", {})
+    metrics = checks.read_valid(run_dir / "metrics.json") or {}
+    config = checks.read_valid(run_dir / "config.json") or {}
     calibration = fit(storage.read_predictions(run_dir), storage.decision_threshold(metrics),
                       (metrics.get("threshold") or {}).get("method", classification.THRESHOLD_RULE),
                       seed=int(config.get("seed", 0)))

@@ -14,11 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.base import paths
-from core.runs import catalogue
+from core.runs import catalogue, checks
 from core.base import files
 from core.runs import storage
-
-FILE = "deployed.json"
+from core.runs.schemas import DEPLOYED as FILE
 MIN_TEST_IMAGES = 50
 # The quality floor: a model whose test ROC-AUC could be chance (the lower end of its
 # 95% bootstrap CI at or below 0.5), or that was tested on too few slices to know.
@@ -45,7 +44,7 @@ def test_figures(run: dict) -> dict:
 
 def problems(run: dict) -> list[str]:
     """Why `run` should not answer for clinicians; [] when it may."""
-    found = []
+    found = [f"it is damaged ({run['problems'][0]})"] if run.get("problems") else []
     state = run["status"].get("state")
     if state != "completed":
         found.append(f"it is {state}, not completed")
@@ -69,8 +68,9 @@ def problems(run: dict) -> list[str]:
 
 def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     """Make `run_id` the deployed model; raises DeployRefused (naming why) for
-    a run with problems unless `force`. Builds its calibration and
-    out-of-distribution reference first. Returns the record written."""
+    a run with problems unless `force`, and DamagedRun for a damaged run
+    whatever `force` says, before anything is written into it. Builds its
+    calibration and out-of-distribution reference first. Returns the record written."""
     from core.inference import calibration
     from core.inference import ood
     from core.inference import scan_decision
@@ -79,6 +79,7 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     run_dir = storage.run_path(run_id)
     if not run_dir.is_dir():
         raise ValueError(f"run {run_id!r} not found in {run_dir.parent}")
+    checks.require_intact(run_dir)  # validated before anything is written into it
     run = catalogue.load_run(run_dir)
     found = problems(run)
     if found and not force:
@@ -97,18 +98,21 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
 
 
 def deployed_record() -> dict | None:
-    return files.read_json(deployed_file())
+    """deployed.json, None when nothing is deployed; DamagedRun naming the file
+    and field when it fails its schema (core.runs.schemas)."""
+    return checks.read_valid(deployed_file())
 
 
 def deployed_run() -> dict | None:
-    """The deployed run (catalogue.load_run), None when none is deployed or it is gone."""
-    record = deployed_record()
-    if not record or not record.get("run"):
-        return None
+    """The deployed run (catalogue.load_run), None when none is deployed, it is
+    gone, or deployed.json is damaged (deployed_run_dir says why)."""
     try:
-        run_dir = storage.run_path(record["run"])
-    except ValueError:  # an edited deployed.json
+        record = deployed_record()
+    except ValueError:
         return None
+    if not record:
+        return None
+    run_dir = storage.run_path(record["run"])  # a valid run id: its schema checked it
     if not (run_dir / "model.keras").exists():
         return None
     return catalogue.load_run(run_dir)
@@ -116,9 +120,9 @@ def deployed_run() -> dict | None:
 
 def deployed_run_dir() -> Path:
     """The deployed run's folder (the CLI's default), or a ValueError saying how to deploy one."""
+    record = deployed_record()  # a damaged deployed.json: its reason, not "none deployed"
     run = deployed_run()
     if run is None:
-        record = deployed_record()
         gone = f" (run {record['run']} is gone)" if record and record.get("run") else ""
         raise ValueError(f"no model deployed{gone}: choose one with python -m core deploy RUN "
                          "(python -m core runs lists them), or give --run RUN")

@@ -29,7 +29,7 @@ from core.data import metadata
 from core.data import datasets
 from core.evaluation import patient_level
 from core.evaluation import classification
-from core.runs import storage
+from core.runs import checks, storage
 from core.base import files
 from core.data.images import IMAGE_EXTENSIONS, load_image
 
@@ -79,20 +79,29 @@ def index_external(data_dir, negative: str, positive: str, class_map: dict | Non
     """The images of a labelled dataset folder (one sub-folder per class,
     optional patient sub-folders or metadata tables in meta/): path, relpath,
     label, y, patient_id. Images that cannot be read are left out and listed
-    in attrs["problems"]."""
+    in attrs["problems"]. Class folders are distinct real folders
+    (datasets.class_folders), and each of the run's two classes needs readable
+    images: sensitivity, specificity and ROC-AUC need both."""
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
         raise ValueError(f"{root}: dataset folder not found")
-    index, _ = datasets.list_class_images(root)
+    index, empty = datasets.list_class_images(root)
     if index.empty:
         raise ValueError(f"{root}: no images in class folders ({', '.join(IMAGE_EXTENSIONS)})")
-    y_of = match_classes(sorted(index["label"].unique()), negative, positive, class_map)
-    problems = datasets.unreadable_images(index)
+    labels = sorted(index["label"].unique())
+    y_of = match_classes(labels, negative, positive, class_map)
+    problems = {**index.attrs["problems"], **datasets.unreadable_images(index)}
     index = index[~index["relpath"].isin(problems)].reset_index(drop=True)
     if index.empty:
         raise ValueError(f"{root}: none of its {len(problems)} images can be read (e.g. "
                          f"{next(iter(problems.values()))})")
     index["y"] = index["label"].map(y_of).astype(int)
+    for y, wanted in enumerate((negative, positive)):
+        if not (index["y"] == y).any():
+            named = [f for f in (*labels, *empty) if (class_map or {}).get(f, f).lower() == wanted.lower()]
+            raise ValueError(f"{root / named[0] if named else root}: no readable image of the run's class "
+                             f"{wanted!r}{'' if named else ' (no class folder for it)'}: sensitivity, "
+                             "specificity and ROC-AUC need images of both classes")
     index["patient_id"] = metadata.patient_ids(root, index)
     index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
     return index
@@ -107,27 +116,36 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
     """Score the run's model on every image of `data_dir`, in batches, and store
     predictions and metrics under external/<name> (default: the folder's
     name); returns that folder. Progress goes to its status.json and to
-    `report`. A set evaluated again is replaced."""
+    `report`. A set evaluated again is replaced. A dataset refused (its
+    folders, a class without images) leaves nothing written in the run but
+    the failed status of an evaluation the app launched."""
     from core.inference.predict import Predictor  # TensorFlow: only when a model is used
 
     run_dir = Path(run_dir)
     name = name or datasets.source_name(Path(data_dir).expanduser())
     out = results_dir(run_dir, name)
+    checked = checks.check_run(run_dir)
+    try:
+        index = index_external(data_dir, *storage.class_names(checked["config"], checked["metrics"]), class_map)
+    except BaseException as error:
+        if out.is_dir():  # made by core.jobs.background.launch_external: the app shows why it failed
+            storage.set_status(out, "failed", reason=str(error) or type(error).__name__)
+        raise
     out.mkdir(parents=True, exist_ok=True)
     # Whatever was here belongs to an earlier evaluation: it stops counting as complete now.
     (out / "metrics.json").unlink(missing_ok=True)
-    storage.set_status(out, "running", pid=os.getpid(), done=0, total=None, data_dir=str(data_dir), started=storage.now())
+    storage.set_status(out, "running", **storage.owner(os.getpid()), done=0, total=None, data_dir=str(data_dir),
+                       started=storage.now())
     try:
         predictor = Predictor.from_run(run_dir)
-        index = index_external(data_dir, predictor.negative_class, predictor.positive_class, class_map)
         report(f"{len(index)} images in {data_dir}" + (f" ({len(index.attrs['problems'])} unreadable, left out)"
                                                         if index.attrs["problems"] else ""))
         probabilities = _score(predictor, index, out, report)
         predictions = pd.DataFrame({"path": index["relpath"], "label": index["label"], "y_true": index["y"],
                                     "prob": probabilities, "patient_id": index["patient_id"]})
         files.write_csv(out / "predictions.csv", predictions)
-        config = files.read_json(run_dir / "config.json", {})
-        metrics = external_metrics(predictions, predictor.threshold, n_boot=n_boot, seed=config.get("seed", 0))
+        metrics = external_metrics(predictions, predictor.threshold, n_boot=n_boot,
+                                   seed=checked["config"].get("seed", 0))
         metrics.update(name=name, data_dir=str(Path(data_dir).expanduser().resolve()), class_map=class_map or {},
                        problems=index.attrs["problems"], evaluated=storage.now(),
                        labels={"negative": predictor.negative_class, "positive": predictor.positive_class})
@@ -206,51 +224,6 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-SHOWN = {"roc_auc": "ROC-AUC", "recall": "sensitivity", "specificity": "specificity", "accuracy": "accuracy",
-         "f1": "F1"}
-
-
-def summary_table(internal: dict, sets: dict) -> pd.DataFrame:
-    """One row for the run's internal test split and one per external set and
-    level (slices, patients): n, ROC-AUC with its CI, sensitivity,
-    specificity, accuracy and F1 at the run's threshold. `internal` is the
-    run's metrics.json, `sets` {name: external metrics.json}."""
-    levels = [("internal test", "slices", (internal.get("test") or {}).get("at_threshold"),
-               _test_cases(internal), None)]
-    for name, found in sets.items():
-        levels.append((name, "slices", found["slice"]["at_threshold"], found["slice"]["n"],
-                       found["slice"].get("ci_note")))
-        if found.get("patient"):
-            levels.append((name, "patients", found["patient"]["at_threshold"], found["patient"]["n"],
-                           found["patient"].get("ci_note")))
-    rows = []
-    for name, level, at, n, note in levels:
-        if not at:
-            continue
-        low, high = at["ci"]["roc_auc"]
-        rows.append({"set": name, "level": level, "n": n,
-                     **{label: at[key] for key, label in SHOWN.items()},
-                     "ROC-AUC 95% CI": note or ("–" if low is None else f"{low:.3f} – {high:.3f}")})
-    return pd.DataFrame(rows)
-
-
-def _test_cases(internal: dict) -> int | None:
-    """Test cases behind a run's metrics.json (from its confusion counts)."""
-    at = (internal.get("test") or {}).get("at_threshold") or {}
-    return sum(at.get(k, 0) for k in ("tn", "fp", "fn", "tp")) or None
-
-
-def comparison_table(internal: dict, found: dict) -> pd.DataFrame:
-    """Metrics (rows) of the internal test split beside one external set's
-    slices and patients (columns), at the run's threshold."""
-    columns = {"internal test": (internal.get("test") or {}).get("at_threshold") or {},
-               "external slices": found["slice"]["at_threshold"],
-               "external patients": (found.get("patient") or {}).get("at_threshold") or {}}
-    names = {**SHOWN, "precision": "precision", "pr_auc": "PR-AUC"}
-    return pd.DataFrame({column: [at.get(key) for key in names] for column, at in columns.items() if at},
-                        index=list(names.values()), dtype=float)
-
-
 def list_external(run_dir) -> list[dict]:
     """The run's external sets, by name: {"name", "state", "status", "metrics"
     (None until complete)}. A set whose process died shows as "interrupted"."""
@@ -267,7 +240,7 @@ def list_external(run_dir) -> list[dict]:
                           "metrics": None})
             continue
         state = "completed" if metrics else status.get("state", "unknown")
-        if state == "running" and not storage.pid_alive(status.get("pid")):
+        if state == "running" and not storage.pid_alive(status.get("pid"), status.get("pid_start")):
             state = "interrupted"
         found.append({"name": path.name, "state": state, "status": status, "metrics": metrics})
     return found
@@ -285,7 +258,7 @@ def _read(path: Path) -> dict | None:
 
 
 def read_predictions(run_dir, name: str) -> pd.DataFrame:
-    return pd.read_csv(results_dir(run_dir, name) / "predictions.csv")
+    return checks.read_table(results_dir(run_dir, name) / "predictions.csv", run_dir)
 
 
 def read_metrics(run_dir, name: str) -> dict | None:

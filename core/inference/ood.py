@@ -17,18 +17,22 @@ when it is deployed (core.inference.deploy), and stored with it: ood.npz and ood
 """
 from __future__ import annotations
 
+import io
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 from sklearn.neighbors import NearestNeighbors
 
 from core.base import files
-from core.runs import dataset
+from core.runs import checks, dataset, schemas
 from core.data.images import load_image
+from core.runs.schemas import OOD_FEATURES as FEATURES_FILE, OOD_SUMMARY as SUMMARY_FILE
 
-FEATURES_FILE = "ood.npz"
-SUMMARY_FILE = "ood.json"
+MAX_FEATURES_BYTES = 512 * 2**20  # a float16 row of 2048 features per training slice
 K = 5
 PERCENTILE = 99.0
 MIN_SIDE = 48               # px on the short side
@@ -85,14 +89,36 @@ class Guard:
 
     @classmethod
     def from_run(cls, run_dir) -> "Guard | None":
-        """The run's stored guard, None when it has none yet (not deployed)."""
-        summary = files.read_json(Path(run_dir) / SUMMARY_FILE)
+        """The run's stored guard, None when it has none yet (not deployed);
+        DamagedRun naming the file when either file fails its schema."""
+        summary = checks.read_valid(Path(run_dir) / SUMMARY_FILE)
         path = Path(run_dir) / FEATURES_FILE
         if not summary or not path.exists():
             return None
-        with np.load(path) as stored:
-            reference = stored["train"].astype(np.float32)
-        return cls(reference=reference, threshold=float(summary["threshold"]), k=int(summary.get("k", K)))
+        try:
+            arrays = _read_arrays(files.read_regular(path, MAX_FEATURES_BYTES, run_dir))
+        except Exception as error:  # numpy and zipfile raise many kinds on a damaged file
+            raise checks.DamagedRun(f"{path}: not a readable feature file ({error})") from None
+        problems = schemas.ood_features_problems(arrays)
+        if problems:
+            raise checks.DamagedRun(f"{Path(run_dir) / problems[0]}")
+        return cls(reference=arrays["train"].astype(np.float32), threshold=float(summary["threshold"]),
+                   k=int(summary.get("k", K)))
+
+
+def _read_arrays(content: bytes) -> dict:
+    """The arrays of an .npz file, each header's shape checked against the bytes
+    its member holds before numpy allocates it; never a pickle."""
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        for member in archive.infolist():
+            with archive.open(member) as stream:
+                version = npy_format.read_magic(stream)
+                header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+                shape, _, dtype = header(stream)
+            if math.prod(shape) * dtype.itemsize > member.file_size:
+                raise ValueError(f"{member.filename} announces {shape} but holds {member.file_size} bytes")
+    with np.load(io.BytesIO(content), allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 def build_reference(predictor, report=lambda line: None) -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.base import paths
 from core.data import lung
 from core.runs import catalogue, checks, storage
-from core.base import files
 from core.inference.calibration import Calibration, for_run
 from core.inference.explain import Explainer
 from core.inference.heatmaps import overlay
@@ -27,7 +27,8 @@ def latest_completed_run(runs_root=None) -> Path:
         if (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
                 and not run["problems"]):
             return run["path"]
-    raise ValueError("no completed run with a model yet: train one first (python -m core train)")
+    raise ValueError(f"no completed run with a model yet in {runs_root or paths.runs_dir()}: train one "
+                     "first (python -m core train)")
 
 
 @dataclass
@@ -94,8 +95,8 @@ class Predictor:
         model_path = run_dir / "model.keras"
         if not model_path.exists():
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
-        config = files.read_json(run_dir / "config.json", {})
-        metrics = files.read_json(run_dir / "metrics.json")
+        checked = checks.check_run(run_dir)  # each file validated on its schema, and intact
+        config, metrics = checked["config"], checked["metrics"]
         negative, positive = storage.class_names(config, metrics)
         calibration, threshold = for_run(run_dir), storage.decision_threshold(metrics)
         if site:  # the site's map and threshold, both on the model's raw scale as the run's are

@@ -29,10 +29,11 @@ from core.inference import calibration
 from core.evaluation import classification
 from core.evaluation.patient_level import AGGREGATIONS, aggregate, per_patient
 from core.data import lung
-from core.runs import storage
+from core.runs import checks, storage
 from core.base import files
 from core.data.scans import Scan
 from core.runs import dataset
+from core.runs.schemas import SCAN as SCAN_FILE
 
 # A slice with less lung than this is an apex or base cut unlike anything the model was trained on, or no
 # lung at all (docs/scan-level.md: where COVID-CT's slices lie).
@@ -42,7 +43,6 @@ LUNG_MASK_SIDE = 256  # px: masks computed on slices scaled to this: faster, and
 # body): scoring every slice of a thin-slice scan would cost time for no new evidence (docs/scan-level.md).
 MIN_SPACING_MM = 5.0
 FALLBACK = "mean"
-SCAN_FILE = "scan.json"
 BATCH_SIZE = 32  # slices decoded into one model call
 
 
@@ -222,17 +222,18 @@ def fallback_settings(run_dir, reason: str) -> dict:
 
 def settings_for_run(run_dir, n_boot: int | None = None) -> dict:
     """The run's scan settings: RUN/scan.json, or chosen now (and stored) when
-    it has none or one older than its predictions or calibration."""
+    it has none or one older than its predictions or calibration; DamagedRun
+    naming the field when scan.json fails its schema (core.runs.schemas)."""
     run_dir = Path(run_dir)
     path = run_dir / SCAN_FILE
     sources = [run_dir / name for name in ("predictions.csv", calibration.FILE) if (run_dir / name).exists()]
-    stored = files.read_json(path)
+    stored = checks.read_valid(path)
     if stored and all(os.path.getmtime(path) >= os.path.getmtime(source) for source in sources):
         return stored
     if not (run_dir / "predictions.csv").exists():
         return fallback_settings(run_dir, "it has no predictions.csv")
-    metrics = files.read_json(run_dir / "metrics.json") or {}
-    seed = int(files.read_json(run_dir / "config.json", {}).get("seed", 0))
+    metrics = checks.read_valid(run_dir / "metrics.json") or {}
+    seed = int((checks.read_valid(run_dir / "config.json") or {}).get("seed", 0))
     try:
         settings = choose_settings(patient_frame(run_dir), (metrics.get("threshold") or {}).get("method", "youden"),
                                    n_boot=n_boot, seed=seed)

@@ -68,7 +68,7 @@ def launch_training(config, name: str | None = None, runs_root=None) -> Path:
         release_training_lock(runs_root)
         raise
     pid = start_with_lock(["train", "--run-dir", str(run_dir)], run_dir / "train.log", run_dir.name, runs_root)
-    storage.set_status(run_dir, "running", pid=pid)
+    storage.set_status(run_dir, "running", **storage.owner(pid))
     return run_dir
 
 
@@ -90,7 +90,7 @@ def launch_search(name: str, n_trials: int, base: dict | None = None, space: dic
     acquire_training_lock(lock_name)
     args = ["tune", "--study", name, "--trials", str(n_trials)] + (["--timeout", str(timeout)] if timeout else [])
     pid = start_with_lock(args, studies.log_path(name), lock_name)
-    files.write_json(studies.worker_path(name), {"pid": pid, "trials": n_trials,
+    files.write_json(studies.worker_path(name), {**storage.owner(pid), "trials": n_trials,
                                              "started_at": datetime.now(UTC).isoformat(timespec="seconds")})
     return pid
 
@@ -117,7 +117,8 @@ def launch_external(run_dir, data_dir, name: str | None = None, class_map_text: 
     if class_map_text.strip():
         args += ["--class-map", class_map_text]
     pid = start_background(args, out / "evaluate.log")
-    storage.set_status(out, "running", pid=pid, done=0, total=None, data_dir=str(data_dir), started=storage.now())
+    storage.set_status(out, "running", **storage.owner(pid), done=0, total=None, data_dir=str(data_dir),
+                       started=storage.now())
     return name
 
 
@@ -130,7 +131,7 @@ def search_worker(name: str) -> dict | None:
     from core.training import studies  # Optuna: only when a search is asked about
 
     worker = files.read_json(studies.worker_path(name))
-    return worker if worker and storage.pid_alive(worker.get("pid")) else None
+    return worker if worker and storage.pid_alive(worker.get("pid"), worker.get("pid_start")) else None
 
 
 # ---------------------------------------------------------------------------

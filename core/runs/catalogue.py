@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from core.base import paths
+from core.base import files, paths
 from core.data import datasets
 from core.runs import checks
 from core.runs.storage import live_state
@@ -26,7 +27,7 @@ def load_run(run_dir) -> dict:
     if status is None:  # missing: killed before its first status; unreadable: damaged
         status = {} if (run_dir / "status.json").exists() else {"state": "interrupted"}
     return {
-        "id": run_dir.name,
+        "id": files.as_text(run_dir.name),  # a folder's name may hold bytes no table can: see "path"
         "path": run_dir,
         "config": checked["config"],
         "status": live_state(status),
@@ -36,11 +37,21 @@ def load_run(run_dir) -> dict:
 
 
 def list_runs(runs_root=None) -> list[dict]:
-    """All runs, newest first."""
+    """All runs, newest first: the folders of the runs folder (a link among
+    them only where it leads to a folder inside it) that hold a config.json.
+    No runs folder yet is no runs (the first run makes it); one that cannot
+    be read (not a folder, no permission, an I/O error) is a ValueError, never
+    an empty list."""
     root = Path(runs_root or paths.runs_dir())
-    if not root.exists():
+    try:
+        with os.scandir(root) as entries:
+            folders = [Path(entry.path) for entry in entries
+                       if entry.is_dir() and not (entry.is_symlink() and files.outside(entry.path, root))]
+    except FileNotFoundError:
         return []
-    folders = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    except OSError as error:
+        raise ValueError(f"{root}: cannot read the runs folder ({error.strerror or error})") from None
+    folders = [p for p in folders if os.path.lexists(p / "config.json")]
     return [load_run(p) for p in sorted(folders, key=lambda p: p.name, reverse=True)]
 
 

@@ -1,120 +1,144 @@
 """Run folders checked on read: one damaged run must not break the listing,
 the app or the CLI for the others, and must not be evaluated or used.
 
-A run is damaged when a file it needs is empty, not JSON, of the wrong
-shape, holds impossible values, or disagrees with the other files (a
-predictions.csv with fewer rows than the metrics counted). Each problem is
-"<file>: <what is wrong>". A run still training is only checked for its
-config.json and status.json: its other files are being written.
+A run is damaged when a file it needs is empty, not JSON, nested too deep,
+not a regular file (or a link leading out of the run folder), fails its
+schema (core.runs.schemas: config.json through TrainConfig's table, then
+status, metrics, calibration, scan and out-of-distribution files), or
+disagrees with the other files (a predictions.csv with fewer rows than the
+metrics counted). Each problem is "<file>: <what is wrong>". A run still
+training is only checked for the files it has written so far.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
 
-from core.runs import storage
+from core.base import files
+from core.runs import schemas
+from core.runs.schemas import (CALIBRATION, CONFIG, DEPLOYED, METRICS_FILE, MODEL, OOD_FEATURES, OOD_SUMMARY,
+                               PREDICTIONS, SCAN, STATUS)
 
 PREDICTION_COLUMNS = ("path", "y_true", "prob", "split")
-# The type of each TrainConfig field, as its annotation spells it.
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
+MAX_TABLE_BYTES = 256 * 2**20  # predictions.csv and history.csv: a row per image or epoch
+JSON_FILES = (CONFIG, STATUS, METRICS_FILE, CALIBRATION, SCAN, OOD_SUMMARY)
+OTHER_FILES = (PREDICTIONS, MODEL, OOD_FEATURES, "history.csv")
+# The kind of each TrainConfig field, as its annotation spells it.
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str, "str | None": str}
 
 
 class DamagedRun(ValueError):
     """A run whose files are damaged; the message is "<file>: <problem>"."""
 
 
-def read_json_file(path: Path):
+def read_json_file(path: Path, inside=None):
     """(value, None) or (None, problem); a missing file is (None, None)."""
     try:
-        text = path.read_text()
+        value = files.parse_json(files.read_regular(path, files.MAX_JSON_BYTES, inside))
     except FileNotFoundError:
         return None, None
-    except (OSError, UnicodeDecodeError) as error:
-        return None, f"{path.name}: cannot read ({error})"
-    if not text.strip():
-        return None, f"{path.name}: empty file"
-    try:
-        value = json.loads(text)
+    except files.Refused as error:
+        return None, f"{path.name}: {error}"
+    except OSError as error:
+        return None, f"{path.name}: cannot read ({error.strerror or error})"
     except ValueError as error:
-        return None, f"{path.name}: not JSON ({error})"
+        return None, f"{path.name}: {error}"
     if not isinstance(value, dict):
         return None, f"{path.name}: expected a JSON object, found {type(value).__name__}"
     return value, None
 
 
-def config_problems(config: dict) -> list[str]:
-    """Settings of the wrong type or with impossible values (TrainConfig.problems,
-    less those that depend on this machine). Settings this version does not
-    know are not a problem: a newer version may have written them."""
+@functools.cache
+def config_schema() -> schemas.Field:
+    """config.json's schema: TrainConfig's table of settings, each with its type, range or choices."""
     from core.runs.train_config import TrainConfig
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    found = []
-    for name, value in config.items():
-        types = _TYPES.get(str(fields[name].type)) if name in fields else None
-        if types and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
-            found.append(f"config.json: {name} {value!r} is not a {fields[name].type}")
+    return schemas.record({f.name: schemas.Field(_KINDS[str(f.type)], f.metadata.get("range"),
+                                                 f.metadata.get("choices"), null=str(f.type) == "str | None")
+                           for f in dataclasses.fields(TrainConfig)})
+
+
+def config_problems(config: dict) -> tuple[dict, list[str]]:
+    """(the settings that pass, problems): types and values from TrainConfig's
+    table, then what depends on several settings (TrainConfig.problems, less
+    what depends on this machine). Settings this version does not know are
+    not a problem: a newer version may have written them."""
+    from core.runs.train_config import TrainConfig
+
+    clean, found = schemas.validate(config, config_schema(), CONFIG)
     if found:
-        return found
-    known = {name: value for name, value in config.items() if name in fields}
+        return clean, found
+    known = {name: value for name, value in config.items() if name in config_schema().fields}
     # What depends on this machine (the data folder, devices, a multi-worker cluster's TF_CONFIG) is no damage.
-    return [f"config.json: {problem}" for problem in TrainConfig(**known).problems(here=False)]
+    return clean, [f"{CONFIG}: {problem}" for problem in TrainConfig(**known).problems(here=False)]
 
 
-def status_problems(status: dict) -> list[str]:
-    if status.get("state") not in storage.STATES:
-        return [f"status.json: unknown state {status.get('state')!r}"]
-    return []
+def read_file(folder: Path, name: str) -> tuple[dict | None, list[str]]:
+    """(the file with its failing fields left out, problems) of one JSON file
+    of a run (or the deployed record); (None, []) when it is missing."""
+    value, problem = read_json_file(folder / name, inside=folder)
+    if problem or value is None:
+        return None, [problem] if problem else []
+    if name == CONFIG:
+        return config_problems(value)
+    clean, found = schemas.validate(value, schemas.SCHEMAS[name], name)
+    return clean, found + (schemas.deployed_problems(value) if name == DEPLOYED and not found else [])
 
 
-def metrics_problems(metrics: dict) -> list[str]:
-    threshold = metrics.get("threshold", {"value": 0.5})  # absent: 0.5 (storage.decision_threshold)
-    threshold = threshold.get("value") if isinstance(threshold, dict) else None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        return [f"metrics.json: the decision threshold must be a number between 0 and 1, found {threshold!r}"]
-    for split in ("val", "test"):
-        for at in ("at_0.5", "at_threshold"):
-            if split in metrics and not isinstance((metrics[split] or {}).get(at), dict):
-                return [f"metrics.json: {split}.{at} is missing or not an object"]
-    return []
+def read_valid(path) -> dict | None:
+    """A run file read and validated on its schema; None when it is missing;
+    DamagedRun naming the file and the field when it fails."""
+    path = Path(path)
+    value, found = read_file(path.parent, path.name)
+    if found:
+        raise DamagedRun(f"{path.parent / found[0]}")
+    return value
+
+
+def read_table(path: Path, inside=None) -> pd.DataFrame:
+    """A CSV file of a run, read within MAX_TABLE_BYTES (a regular file, inside the run folder)."""
+    import io
+
+    return pd.read_csv(io.BytesIO(files.read_regular(path, MAX_TABLE_BYTES, inside)))
 
 
 def predictions_problems(path: Path, metrics: dict | None) -> list[str]:
     """predictions.csv: its columns and values, and as many rows per split as
     the metrics counted."""
     try:
-        frame = pd.read_csv(path)
+        frame = read_table(path, path.parent)
     except pd.errors.EmptyDataError:
-        return ["predictions.csv: empty file"]
+        return [f"{PREDICTIONS}: empty file"]
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-        return [f"predictions.csv: not a readable CSV table ({str(error).strip()})"]
+        return [f"{PREDICTIONS}: not a readable CSV table ({str(error).strip()})"]
     missing = [c for c in PREDICTION_COLUMNS if c not in frame]
     if missing:
-        return [f"predictions.csv: missing column(s) {', '.join(missing)}"]
+        return [f"{PREDICTIONS}: missing column(s) {', '.join(missing)}"]
     prob = pd.to_numeric(frame["prob"], errors="coerce")
     if prob.isna().any() or not prob.between(0, 1).all():
-        return ["predictions.csv: prob must be numbers between 0 and 1"]
+        return [f"{PREDICTIONS}: prob must be numbers between 0 and 1"]
     if not frame["y_true"].isin([0, 1]).all():
-        return ["predictions.csv: y_true must be 0 or 1"]
+        return [f"{PREDICTIONS}: y_true must be 0 or 1"]
     if not frame["split"].isin(["train", "val", "test"]).all():
-        return ["predictions.csv: split must be train, val or test"]
+        return [f"{PREDICTIONS}: split must be train, val or test"]
     found = []
     for split in ("val", "test"):
         counted = ((metrics or {}).get(split) or {}).get("at_0.5", {}).get("n")
         rows = int((frame["split"] == split).sum())
         if isinstance(counted, int) and counted != rows:
-            found.append(f"predictions.csv: {rows} {split} rows, but metrics.json counted {counted}")
+            found.append(f"{PREDICTIONS}: {rows} {split} rows, but {METRICS_FILE} counted {counted}")
     return found
 
 
 def _stamp(run_dir: Path) -> tuple:
     """What changes when a file of the run changes: its names, sizes and times."""
     stamps = []
-    for name in ("config.json", "status.json", "metrics.json", "predictions.csv", "model.keras"):
+    for name in (*JSON_FILES, *OTHER_FILES):
         try:
             info = (run_dir / name).stat()
             stamps.append((name, info.st_size, info.st_mtime_ns))
@@ -125,9 +149,22 @@ def _stamp(run_dir: Path) -> tuple:
 
 def check_run(run_dir) -> dict:
     """{"config", "status", "metrics", "problems"} of a run folder, each file
-    read at most once; what cannot be read is {} / None, with its problem."""
+    read at most once; what cannot be read is {} / None, with its problem, and
+    a field that fails its schema is left out."""
     run_dir = Path(run_dir)
     return _check(str(run_dir), _stamp(run_dir))
+
+
+def _other_file_problem(run_dir: Path, name: str) -> str | None:
+    """A file not parsed here (the model, the features, the tables): a regular file inside the run folder."""
+    path = run_dir / name
+    if files.outside(path, run_dir):
+        return f"{name}: a link to outside the run folder"
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return f"{name}: cannot read ({error.strerror})"
+    return None if stat.S_ISREG(mode) else f"{name}: {files.kind_of(mode)}, not a regular file"
 
 
 @functools.lru_cache(maxsize=512)
@@ -135,30 +172,27 @@ def _check(run_path: str, stamp: tuple) -> dict:
     """Cached on the files' sizes and times: the app lists every run on every
     rerun, and a run's files do not change once it is done."""
     run_dir = Path(run_path)
-    problems = []
-    config, problem = read_json_file(run_dir / "config.json")
-    problems += [problem] if problem else []
-    if config is None and not problem:
-        problems.append("config.json: missing")
-    problems += config_problems(config) if config else []
-
-    status, problem = read_json_file(run_dir / "status.json")
-    problems += [problem] if problem else status_problems(status) if status else []
-    metrics, problem = read_json_file(run_dir / "metrics.json")
-    problems += [problem] if problem else metrics_problems(metrics) if metrics is not None else []
-
-    state = (status or {}).get("state")
+    problems, read = [], {}
+    for name in JSON_FILES:
+        read[name], found = read_file(run_dir, name)
+        problems += found
+    if read[CONFIG] is None and not any(p.startswith(CONFIG) for p in problems):
+        problems.append(f"{CONFIG}: missing")
+    present = [name for name in OTHER_FILES if os.path.lexists(run_dir / name)]
+    problems += [p for p in (_other_file_problem(run_dir, name) for name in present) if p]
+    state = (read[STATUS] or {}).get("state")
+    metrics = read[METRICS_FILE]
     if state == "completed":  # evaluated: what evaluation wrote must be there and agree
-        if not (run_dir / "predictions.csv").exists():
-            problems.append("predictions.csv: missing in a completed run")
-        if metrics is None and not any(p.startswith("metrics.json") for p in problems):
-            problems.append("metrics.json: missing in a completed run")
-    if state != "running" and (run_dir / "predictions.csv").exists():
-        problems += predictions_problems(run_dir / "predictions.csv", metrics)
-    if state == "completed" and (run_dir / "model.keras").exists() and (run_dir / "model.keras").stat().st_size == 0:
-        problems.append("model.keras: empty file")
-    return {"config": config or {}, "status": status, "metrics": metrics if isinstance(metrics, dict) else None,
-            "problems": problems}
+        if PREDICTIONS not in present:
+            problems.append(f"{PREDICTIONS}: missing in a completed run")
+        if metrics is None and not any(p.startswith(METRICS_FILE) for p in problems):
+            problems.append(f"{METRICS_FILE}: missing in a completed run")
+    if state != "running" and PREDICTIONS in present and not any(p.startswith(PREDICTIONS) for p in problems):
+        problems += predictions_problems(run_dir / PREDICTIONS, metrics)
+    if state == "completed" and MODEL in present and not any(p.startswith(MODEL) for p in problems) \
+            and (run_dir / MODEL).stat().st_size == 0:
+        problems.append(f"{MODEL}: empty file")
+    return {"config": read[CONFIG] or {}, "status": read[STATUS], "metrics": metrics, "problems": problems}
 
 
 def require_intact(run_dir) -> Path:
@@ -169,4 +203,3 @@ def require_intact(run_dir) -> Path:
         name, problem = problems[0].split(": ", 1)
         raise DamagedRun(f"{run_dir / name}: {problem}")
     return run_dir
-

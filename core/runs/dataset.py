@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.data import splits
-from core.base import files
+from core.runs import checks
 from core.data import datasets
 from core.runs.train_config import TrainConfig
 
@@ -35,7 +35,7 @@ def select_images(index: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
 
 def run_index_of(run_dir) -> pd.DataFrame:
     """run_index of the run stored in `run_dir`, from its config.json."""
-    return run_index(TrainConfig.from_dict(files.read_json(Path(run_dir) / "config.json", {})))
+    return run_index(TrainConfig.from_dict(checks.read_valid(Path(run_dir) / "config.json") or {}))
 
 
 def run_images(run_dir, wanted) -> dict:

@@ -43,7 +43,7 @@ def active_training(runs_root=None) -> dict | None:
         except OSError:
             return None
         return None if age > 10 else {"pid": None, "run": "starting"}
-    if lock and storage.pid_alive(lock.get("pid")):
+    if lock and storage.pid_alive(lock.get("pid"), lock.get("pid_start")):
         return lock
     return None
 
@@ -91,14 +91,14 @@ def acquire_training_lock(run_id: str, runs_root=None, pid: int | None = None) -
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
         with os.fdopen(fd, "w") as handle:
-            json.dump({"pid": pid or os.getpid(), "run": run_id}, handle)
+            json.dump({**storage.owner(pid or os.getpid()), "run": run_id}, handle)
         return
     raise TrainingBusy("could not take the training lock")
 
 
 def hand_training_lock(run_id: str, pid: int, runs_root=None) -> None:
     """Pass the lock to the training process that was just started."""
-    files.write_json(_lock_path(runs_root), {"pid": pid, "run": run_id})
+    files.write_json(_lock_path(runs_root), {**storage.owner(pid), "run": run_id})
 
 
 def release_training_lock(runs_root=None) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from core.base import files, paths
-
+from core.runs import checks
 # "pruned": stopped early by a hyperparameter search (core.training.tune) for a poor validation AUC.
-STATES = ("running", "completed", "failed", "cancelled", "interrupted", "pruned")
+from core.runs.schemas import STATES  # noqa: F401 (the states a run can be in, as storage's callers name them)
 
 
 def check_run_id(run_id: str) -> str:
@@ -39,7 +39,7 @@ def new_run(config: dict, name: str | None = None, runs_root=None) -> Path:
         folder = run_path(f"{run_id}-{suffix}", runs_root)
     folder.mkdir(parents=True)
     files.write_json(folder / "config.json", config)
-    set_status(folder, "running", pid=os.getpid(), started_at=now())
+    set_status(folder, "running", **owner(os.getpid()), started_at=now())
     return folder
 
 
@@ -57,7 +57,25 @@ def set_status(run_dir, state: str, **fields) -> dict:
     return status
 
 
-def pid_alive(pid) -> bool:
+def process_start(pid) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of
+    /proc/PID/stat); None when it is gone or this system has no /proc. With
+    the pid it names one process: a pid is reused once its process ends."""
+    try:
+        line = files.read_regular(f"/proc/{int(pid)}/stat", 4096)
+        return int(line.rsplit(b")", 1)[1].split()[19])  # fields after the command name start at field 3
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def owner(pid: int) -> dict:
+    """The fields that name the process writing a status or holding a lock: its pid and start time."""
+    return {"pid": pid, "pid_start": process_start(pid)}
+
+
+def pid_alive(pid, started: int | None = None) -> bool:
+    """Whether process `pid` lives, and, when `started` is known, is still the
+    process that started then (not another that was given the same pid)."""
     try:
         pid = int(pid)
         # A training started by this process (the app) that died stays a
@@ -68,19 +86,20 @@ def pid_alive(pid) -> bool:
         except ChildProcessError:
             pass  # not our child
         os.kill(pid, 0)
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError, OverflowError):
         return False
-    return True
+    return started is None or process_start(pid) in (started, None)
 
 
 def read_status(run_dir) -> dict:
     """status.json, with a 'running' run whose process is gone reported as
-    'interrupted' (it was killed or the machine stopped)."""
-    return live_state(files.read_json(Path(run_dir) / "status.json", {"state": "interrupted"}))
+    'interrupted' (it was killed or the machine stopped); DamagedRun naming the
+    file and field when it fails its schema."""
+    return live_state(checks.read_valid(Path(run_dir) / "status.json") or {"state": "interrupted"})
 
 
 def live_state(status: dict) -> dict:
-    if status.get("state") == "running" and not pid_alive(status.get("pid")):
+    if status.get("state") == "running" and not pid_alive(status.get("pid"), status.get("pid_start")):
         status["state"] = "interrupted"
     return status
 
@@ -100,12 +119,12 @@ def class_names(config: dict, metrics: dict | None) -> tuple[str, str]:
 def read_history(run_dir) -> pd.DataFrame:
     """Per-epoch training log (empty before the first epoch ends)."""
     try:
-        return pd.read_csv(Path(run_dir) / "history.csv")
+        return checks.read_table(Path(run_dir) / "history.csv", run_dir)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame()
 
 
 def read_predictions(run_dir) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "predictions.csv")
+    return checks.read_table(Path(run_dir) / "predictions.csv", run_dir)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from core.data import datasets
 from core.evaluation import classification
-from core.base import machine, paths
-from core.base import files
+from core.base import files, machine, paths
+from core.base.ranges import NOT_NEGATIVE, Range
 
 # The names a run chooses from; core.models.resnet and core.training.distribute build what they
 # name. Kept here, free of TensorFlow, so that the CLI parses its options and
@@ -35,28 +35,6 @@ RETIRED = {"precision": "float32", "optimizer": "adam", "train_batchnorm": False
            "cpu_devices": 0}
 
 
-@dataclass(frozen=True)
-class Range:
-    """The numbers a setting allows: from low to high (None: no upper bound),
-    each end included unless open."""
-    low: float
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def __contains__(self, value) -> bool:
-        above = value > self.low if self.open_low else value >= self.low
-        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"at least {self.low:g}"
-        if not (self.open_low or self.open_high):
-            return f"between {self.low:g} and {self.high:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
-
-
 def setting(label: str, help: str, choices=None, allowed: Range | None = None, step: float | None = None,
             search=None) -> dict:
     """A TrainConfig field's metadata: its name on the form, one line of help,
@@ -67,7 +45,6 @@ def setting(label: str, help: str, choices=None, allowed: Range | None = None, s
     return {key: value for key, value in found.items() if value is not None}
 
 
-NOT_NEGATIVE = Range(0)
 FRACTION = Range(0, 1, open_high=True)
 LEARNING_RATE = Range(0, 1, open_low=True, open_high=True)
 
@@ -87,15 +64,17 @@ class TrainConfig:
         "Use the dataset's own train/val/test lists",
         "Use the split lists in splits/; off: split by patient, stratified by class."))
     seed: int = field(default=0, metadata=setting(
-        "Random seed", "Same seed, same settings, same data: the same run again."))
+        "Random seed", "Same seed, same settings, same data: the same run again.",
+        allowed=Range(0, 2**32 - 1)))  # what numpy and scikit-learn take as a seed
     max_images_per_split: int = field(default=0, metadata=setting(
         "Images per split (0 = all)", "0 = all images; a small number for a quick smoke run.",
         allowed=NOT_NEGATIVE))
     cv_folds: int = field(default=0, metadata=setting(
         "Cross-validation folds (0 = off)", "Regroup train + val into this many folds of whole patients "
-        "(0 = off, else 2 to 20); `python -m core cv` trains every fold and scores them together."))
+        "(0 = off, else 2 to 20); `python -m core cv` trains every fold and scores them together.",
+        allowed=Range(0, 20)))
     cv_fold: int = field(default=0, metadata=setting(
-        "Validation fold", "The fold (from 0) this run validates on."))
+        "Validation fold", "The fold (from 0) this run validates on.", allowed=Range(0, 19)))
     backbone: str = field(default="resnet50", metadata=setting(
         "Network", "resnet50/101/152: ImageNet-pretrained. ct-resnet152: pretrained on CT volumes "
         "(docs/ct_backbone.md), -transposed: fed rows as columns.", choices=BACKBONES,
@@ -165,6 +144,8 @@ class TrainConfig:
         """The config of saved `values`. Retired settings are left out; one
         set to another value than every run now trains with is refused when
         `starting` a run (new or resumed), as that run would not train as asked."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a config is a JSON object of settings, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known - set(RETIRED))
         if unknown:

@@ -111,7 +111,7 @@ def train(config: TrainConfig, name: str | None = None, report=print, runs_root=
         if run_dir is None:
             run_dir = storage.new_run(asdict(config), name=name, runs_root=runs_root)
         run_dir = Path(run_dir)
-        storage.set_status(run_dir, "running", pid=os.getpid())
+        storage.set_status(run_dir, "running", **storage.owner(os.getpid()))
         report(f"run folder: {run_dir}")
         return _train_with_status(run_dir, config, report, callbacks, strategy)
     finally:

@@ -153,7 +153,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
     grace period for one elsewhere."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        if worker.get("host") == HOST and not pid_alive(worker.get("pid")):
+        if worker.get("host") == HOST and not pid_alive(worker.get("pid"), worker.get("pid_start")):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.runs import lock
-from core.runs.storage import new_run, set_status
+from core.runs.storage import new_run, owner, set_status
 from core.base import files
 from core.runs.train_config import TrainConfig
 from core.training.studies import HOST, describe, open_study, remaining
@@ -89,7 +89,7 @@ def run_search(name: str, n_trials: int, base: dict | None = None, space: dict |
     failures = []
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid()})
+        trial.set_user_attr("worker", {"host": HOST, **owner(os.getpid())})
         try:
             config = TrainConfig.from_dict({**fixed, **settings(suggest(trial, searched))}).validate()
             run_dir = new_run(asdict(config), name=f"{name}-t{trial.number}", runs_root=runs_root)
