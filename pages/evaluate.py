@@ -6,13 +6,12 @@ import streamlit as st
 
 from core.evaluation import classification
 from core.inference import calibration, deploy
-from core.runs import catalogue
 from ui import charts, navigation, scans
 from ui.deployment import deploy_controls
 from ui.external import external_section
 from ui.formatting import fmt
 from ui.metrics_table import metrics_table
-from ui.runs import (CELLS, chosen_threshold, class_names, cross_validation_table, history, pick_run,
+from ui.runs import (CELLS, all_runs, chosen_threshold, class_names, cross_validation_table, history, pick_run,
                      pixel_counts, predictions, recipes_table, run_calibration, runs_table, threshold_slider)
 
 OPERATING_POINT = (("recall", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
@@ -105,7 +104,7 @@ def runs_section(run: dict) -> None:
     else:
         st.info("This run has no history.csv.")
     st.subheader("All runs")
-    all_runs = catalogue.list_runs()
+    all_runs = all_runs()
     runs_table(all_runs)
     st.subheader("Cross-validated recipes")
     recipes_table(cross_validation_table(all_runs))

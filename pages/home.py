@@ -3,10 +3,9 @@ It loads no TensorFlow (tests/test_app_layout.py), so the app opens fast."""
 import streamlit as st
 
 from core.base import paths
-from core.runs import catalogue
 from ui import frame, navigation
 from ui.dataset_cache import dataset_error, load_index
-from ui.runs import no_runs_yet, runs_table
+from ui.runs import all_runs, no_runs_yet, runs_table
 
 PAGE_SUMMARIES = (
     (navigation.DATA, "Classes, splits, image sizes, patients, a gallery and the duplicate audit."),
@@ -51,7 +50,7 @@ def dataset_section() -> None:
 def runs_section() -> None:
     """The table of trained runs, or a pointer to Train."""
     st.subheader("Trained runs")
-    all_runs = catalogue.list_runs()
+    all_runs = all_runs()
     if all_runs:
         st.caption("Newest first; test metrics at each run's validation-chosen threshold.")
         runs_table(all_runs)

@@ -8,11 +8,10 @@ import streamlit as st
 
 from core.inference import deploy, external
 from core.inference.calibration import percent
-from core.runs import catalogue
 from ui import navigation
 from ui.external import completed_sets
 from ui.formatting import fmt
-from ui.runs import run_calibration, run_label
+from ui.runs import all_runs, run_calibration, run_label
 
 
 def deploy_controls(run: dict, key: str) -> None:
@@ -59,7 +58,7 @@ def nothing_deployed() -> None:
     st.info("No model is deployed yet: one run must be chosen on purpose to answer here "
             "(Evaluate: *Use this model for predictions*, or `python -m core deploy RUN`).",
             icon=":material/info:")
-    best = deploy.best_run(catalogue.list_runs())
+    best = deploy.best_run(all_runs())
     if best is None:
         st.markdown("No completed run is fit to deploy (completed on the full data, above the quality floor: "
                     f"{deploy.FLOOR}). Train one, or review runs on Evaluate.")

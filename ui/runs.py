@@ -39,7 +39,7 @@ def pick_run(needs_test_results: bool = True) -> dict:
     """Select a completed run (newest first). The choice is kept for the whole
     session, so Evaluate, Misclassified and Predict show the same run. With no
     usable run the page says so, links to Train and stops."""
-    usable = [run for run in catalogue.list_runs()
+    usable = [run for run in all_runs()
               if (catalogue.has_results(run) if needs_test_results else catalogue.has_model(run))]
     if not usable:
         no_runs_yet()
@@ -186,3 +186,13 @@ def cross_validation_table(all_runs: list[dict]) -> pd.DataFrame:
     folds = [run for group in catalogue.cross_validation_groups(all_runs) for run in group]
     return _cross_validation(tuple(str(run["path"]) for run in folds),
                              tuple(mtime(run["path"] / "predictions.csv") for run in folds))
+
+
+def all_runs() -> list[dict]:
+    """Every run, newest first; a runs folder that cannot be read stops the page
+    with its reason (core.runs.catalogue.list_runs), never a traceback."""
+    try:
+        return catalogue.list_runs()
+    except (ValueError, OSError) as error:
+        st.error(f"The runs cannot be listed: {error}")
+        st.stop()
