@@ -26,6 +26,7 @@ from core.inference import deploy
 from core.base import paths
 from core.base import files
 from core.runs import storage
+from core.inference import site_features
 from core.inference import site_check
 from core.runs import dataset  # noqa: E402
 from core.runs.train_config import TrainConfig  # noqa: E402
@@ -53,10 +54,10 @@ def main() -> None:
 
     run_dir = storage.run_path(args.run) if args.run else deploy.deployed_run_dir()
     predictor = Predictor.from_run(run_dir)
-    validation = site_check.reference(predictor)
+    validation = site_features.reference(predictor)
     index = dataset.run_index(TrainConfig.from_dict(files.read_json(run_dir / "config.json", {})))
     test = index[index["split"] == "test"].reset_index(drop=True)
-    scored = site_check.score(predictor, test["path"].tolist(), test["relpath"].tolist())
+    scored = site_features.score(predictor, test["path"].tolist(), test["relpath"].tolist())
     features, raw = scored["features"], scored["raw"]
     patients = test["patient_id"].astype(str).to_numpy()
     print(f"run {run_dir.name}: validation {len(validation['raw'])} slices of "

@@ -20,6 +20,7 @@ from core.evaluation import classification
 from core.inference import ood
 from core.base import paths
 from core.base import files
+from core.inference import site_features
 from core.inference import site_check
 from core.inference import site_store
 from core.inference import site_profile
@@ -94,22 +95,22 @@ def test_site_files_one_folder_per_patient_or_a_manifest(tmp_path):
         (tmp_path / relpath).write_bytes(b"x")
     (tmp_path / "README").write_text("not an image, not DICOM")
     (tmp_path / "notes.md").write_text("left alone")
-    files, patients = site_check.site_files(tmp_path)
+    files, patients = site_features.site_files(tmp_path)
     assert [Path(f).relative_to(tmp_path).as_posix() for f in files] == ["loose.png", "p1/a.png", "p1/b.png",
                                                                          "p2/c.jpg"]
     assert patients == [None, "p1", "p1", "p2"]
 
     pd.DataFrame({"path": ["p1/a.png", "p2/c.jpg"], "patient": ["A", "B"]}).to_csv(tmp_path / "manifest.csv",
                                                                                   index=False)
-    files, patients = site_check.site_files(tmp_path)
+    files, patients = site_features.site_files(tmp_path)
     assert files == [str(tmp_path / "p1/a.png"), str(tmp_path / "p2/c.jpg")] and patients == ["A", "B"]
 
     with pytest.raises(ValueError, match="missing: folder not found"):
-        site_check.site_files(tmp_path / "missing")
+        site_features.site_files(tmp_path / "missing")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="empty: no images or DICOM files in it"):
-        site_check.site_files(empty)
+        site_features.site_files(empty)
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def deployed_run(trained_artifacts, trained_run):
     yield trained_run
     deploy.deployed_file().unlink(missing_ok=True)
     shutil.rmtree(trained_run / site_store.SITES, ignore_errors=True)
-    (trained_run / site_check.REFERENCE_FILE).unlink(missing_ok=True)
+    (trained_run / site_features.REFERENCE_FILE).unlink(missing_ok=True)
 
 
 def test_site_check_end_to_end_on_the_tiny_run(deployed_run, tmp_path, capsys):
@@ -148,7 +149,7 @@ def test_site_check_end_to_end_on_the_tiny_run(deployed_run, tmp_path, capsys):
     assert result["guard"]["slices"] == 48 and result["guard"]["expected_rate"] == pytest.approx(0.01)
     assert 0 <= result["probabilities"]["ks"] <= 1
 
-    reference = deployed_run / site_check.REFERENCE_FILE
+    reference = deployed_run / site_features.REFERENCE_FILE
     built = reference.stat().st_mtime_ns
     assert main(["site-check", str(SY575 / "COVID"), "--permutations", "10"]) == 0  # 2 patients: too few
     assert "Too few scans to check (2 patients, 29 slices)" in capsys.readouterr().out

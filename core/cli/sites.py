@@ -93,7 +93,8 @@ def add_site_parsers(commands) -> None:
     fit = actions.add_parser("fit", help="fit and store a site profile")
     fit.add_argument("name", help="the profile's name (letters, digits, '.', '_', '-')")
     fit.add_argument("data", nargs="+", help="labelled dataset folders (or manifest CSV files) of the site")
-    fit.add_argument("--class-map", help='class folders named otherwise, e.g. "COVID19=COVID,non-COVID19=NonCOVID"')
+    fit.add_argument("--class-map",
+                     help='class folders named otherwise, e.g. "COVID19=COVID,non-COVID19=NonCOVID"')
     fit.add_argument("--replace", action="store_true", help="replace a profile of the same name")
     fit.add_argument("--n-boot", type=int, help="bootstrap resamples behind the CIs (default: core.evaluation.classification.N_BOOT)")
     listing = actions.add_parser("list", help="the run's site profiles")

@@ -188,9 +188,8 @@ def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, repl
     its cross-fitted figures, store it (RUN/sites/NAME) and return it.
     ValueError below the minimum of patients (saying how many more are
     needed), for a bad name, or for an existing profile unless `replace`."""
-    from core.inference import scan_decision
-    from core.inference import site_check
-    from core.inference.predict import Predictor
+    from core.inference import scan_decision, site_features
+    from core.inference.predict import Predictor  # TensorFlow: only when a profile is fitted
 
     run_dir = Path(run_dir)
     folder = site_store.profile_dir(run_dir, name)
@@ -208,7 +207,7 @@ def fit_profile(run_dir, name: str, sources, class_map: dict | None = None, repl
     report(f"{len(index)} slices of {patient_counts(index)['total']} patients"
            + (f" ({len(index.attrs['problems'])} unreadable, left out)" if index.attrs["problems"] else ""))
     predictor = predictor or Predictor.from_run(run_dir)
-    through_model = site_check.score(predictor, index["path"].tolist(), index["relpath"].tolist(), report)
+    through_model = site_features.score(predictor, index["path"].tolist(), index["relpath"].tolist(), report)
     if through_model["problems"]:  # the index checked every file: one changed since
         raise ValueError(through_model["problems"][0])
     refused = through_model["refused"]
