@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 
 def ct_dataset(hounsfield: np.ndarray | None = None, shape: tuple[int, int] | None = None,
@@ -33,3 +33,33 @@ def dicom_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def item(**elements) -> Dataset:
+    """A data set (a sequence item) holding `elements` by keyword."""
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def enhanced_ct_dataset(hounsfield: np.ndarray, positions, kernel="B70f", thickness=1.0) -> Dataset:
+    """An enhanced (multi-frame) CT of `hounsfield` (frames x rows x columns)
+    stored as HU + 1024. As scanners write it: frame k's ImagePositionPatient
+    (0, 0, positions[k]) in its per-frame functional groups; orientation,
+    pixel measures, rescale and kernel in the shared ones, none at the top level."""
+    frames, rows, columns = hounsfield.shape
+    ds = ct_dataset()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SharedFunctionalGroupsSequence = [item(
+        PlaneOrientationSequence=[item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
+        PixelMeasuresSequence=[item(PixelSpacing=[0.7, 0.7], SliceThickness=thickness)],
+        PixelValueTransformationSequence=[item(RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU")],
+        CTReconstructionSequence=[item(ConvolutionKernel=kernel)])]
+    ds.PerFrameFunctionalGroupsSequence = [item(PlanePositionSequence=[item(ImagePositionPatient=[0, 0, z])])
+                                           for z in positions]
+    ds.PixelData = (np.asarray(hounsfield) + 1024).astype(np.int16).tobytes()
+    return ds

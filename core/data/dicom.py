@@ -7,12 +7,21 @@ import contextlib
 import io
 import struct
 import warnings
+import zlib
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from core.data.limits import ImageReadError, check_finite, check_size
+from core.data import dicom_frames
+from core.data.limits import MAX_FILE_BYTES, ImageReadError, check_finite, check_size
+
+# Scanners write values pydicom's checks warn about (COVID-CT-MD's UIDs are UUIDs): one warning per
+# file would flood the log of a 300-file scan. What matters (sizes, positions) is checked where used.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -88,12 +97,13 @@ def open_dicom(data: bytes, name: str) -> pydicom.Dataset:
         raise ImageReadError(f"{name}: DICOM file has no pixel data")
     syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
     if syntax is not None and not _can_decode(syntax):
-        raise ImageReadError(f"{name}: unsupported DICOM transfer syntax {syntax.name!r} "
-                             f"({syntax}): no decoder for it is installed")
+        raise ImageReadError(_no_decoder(name, syntax))
     if "Rows" not in dataset or "Columns" not in dataset:
         raise ImageReadError(f"{name}: DICOM file has no image size (Rows, Columns)")
     with dicom_value_errors(name, "image size"):
-        check_size(name, int(dataset.Columns), int(dataset.Rows), int(dataset.get("NumberOfFrames") or 1))
+        # Per frame: one frame is decoded at a time; a multi-frame scan's total is core.data.scans' limit.
+        check_size(name, int(dataset.Columns), int(dataset.Rows))
+        dicom_frames.frame_count(dataset)  # a NumberOfFrames that is not a number is refused here
     return dataset
 
 
@@ -116,14 +126,60 @@ def _can_decode(syntax) -> bool:
         return False
 
 
-def decode_dicom(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
-    with dicom_value_errors(name, "pixel values"):
-        return _dicom_to_rgb(dataset, name, window)
-
-
-def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
+def inflated(data: bytes, name: str) -> bytes:
+    """A deflated DICOM (its data set zlib-compressed after the file meta)
+    rewritten as the same file in Explicit VR Little Endian, inflated to at
+    most MAX_FILE_BYTES: pydicom itself would inflate all of it, however
+    large (a deflate bomb). Any other content is returned as it is."""
+    buffer = io.BytesIO(data[:MAX_DICOM_HEADER_BYTES])  # a file meta is a few hundred bytes: bounded parsing
     try:
-        pixels = dataset.pixel_array
+        pydicom.filereader.read_preamble(buffer, force=True)
+        meta = pydicom.filereader._read_file_meta_info(buffer)  # the file meta alone, nothing inflated
+    except Exception:  # no readable file meta: not deflated; the readers say what it is
+        return data
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return data
+    try:
+        dataset = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[buffer.tell():], MAX_FILE_BYTES + 1)
+    except zlib.error as error:
+        raise ImageReadError(f"{name}: deflated DICOM data unreadable ({error})") from error
+    if len(dataset) > MAX_FILE_BYTES:
+        raise ImageReadError(f"{name}: deflated DICOM inflates to over {MAX_FILE_BYTES // 2**20} MB")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    rewritten = DicomBytesIO()
+    write_file_meta_info(rewritten, meta, enforce_standard=True)
+    return bytes(128) + b"DICM" + rewritten.getvalue() + dataset
+
+
+def _no_decoder(name: str, syntax) -> str:
+    """Why `syntax` is not decoded here and what to do, in plain words."""
+    refusal = f"{name}: unsupported DICOM transfer syntax {syntax.name!r} ({syntax})"
+    try:
+        missing = get_decoder(syntax).missing_dependencies  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and ..."
+    except (NotImplementedError, ValueError):  # e.g. MPEG video, or not a UID: no decoder at all
+        missing = []
+    pylibjpeg = [text for text in missing if text.startswith("pylibjpeg")]
+    if missing:
+        needs = (pylibjpeg or missing)[0].split(" - requires ", 1)[-1]
+        return (f"{refusal}: its decoder needs {needs}, not installed here (pip install -r requirements.txt); "
+                "or export the series uncompressed (Explicit VR Little Endian)")
+    return (f"{refusal}: no decoder for it exists here; export the series uncompressed "
+            "(Explicit VR Little Endian) from the PACS or viewer")
+
+
+def decode_dicom(dataset: pydicom.Dataset, name: str, window, frame: int | None = None) -> np.ndarray:
+    """uint8 RGB of the dataset's pixels (of `frame` in a multi-frame file, default its middle one)."""
+    with dicom_value_errors(name, "pixel values"):
+        return _dicom_to_rgb(dataset, name, window, frame)
+
+
+def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window, frame: int | None = None) -> np.ndarray:
+    frames = dicom_frames.frame_count(dataset)
+    if frames > 1:  # decode one frame only: the whole file may be a scan of hundreds
+        frame = frames // 2 if frame is None else frame
+    try:
+        # pydicom's function, not Dataset.pixel_array: that keeps the decoded pixels in the dataset.
+        pixels = pixel_array(dataset, index=frame)
     except Exception as error:  # e.g. corrupt compressed data
         syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", "unknown")
         raise ImageReadError(
@@ -139,7 +195,7 @@ def _dicom_to_rgb(dataset: pydicom.Dataset, name: str, window) -> np.ndarray:
     is_ct = dataset.get("Modality") == "CT" or (
         "Modality" not in dataset and "RescaleIntercept" in dataset)
     if is_ct and window is not None:
-        hounsfield = apply_modality_lut(pixels, dataset).astype(np.float64)
+        hounsfield = dicom_frames.modality_values(pixels, dataset, frame).astype(np.float64)
         check_finite(name, hounsfield, "DICOM values in HU (RescaleSlope, RescaleIntercept)")
         gray = apply_window(hounsfield, window)
     else:

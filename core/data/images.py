@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core.base import files
 from core.data import lung
 from core.data.dicom import (LUNG_WINDOW, MAX_DICOM_HEADER_BYTES, apply_window, decode_dicom, gray_to_rgb,
-                             looks_like_dicom, open_dicom, scale_to_uint8)
+                             inflated, looks_like_dicom, open_dicom, scale_to_uint8)
 from core.data.limits import MAX_FILE_BYTES, ImageReadError, check_finite, check_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
@@ -58,10 +58,11 @@ def open_image(source, name: str | None = None):
     return _open(data, name), name
 
 
-def decode_image(opened, name: str, window=LUNG_WINDOW) -> np.ndarray:
-    """The pixels of what open_image returned, as load_image gives them."""
+def decode_image(opened, name: str, window=LUNG_WINDOW, frame: int | None = None) -> np.ndarray:
+    """The pixels of what open_image returned, as load_image gives them;
+    `frame` picks the frame of a multi-frame DICOM (default: the middle one)."""
     if isinstance(opened, pydicom.Dataset):
-        return decode_dicom(opened, name, window)
+        return decode_dicom(opened, name, window, frame)
     with _pillow_errors(name), opened as image:
         return _decode_with_pillow(image, name)
 
@@ -107,6 +108,8 @@ def _open(data: bytes, name: str):
     a pydicom Dataset."""
     if not data:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
+    if data[128:132] == b"DICM" or data[:2] == b"\x02\x00":  # DICOM file meta, with or without preamble
+        data = inflated(data, name)
     if data[128:132] == b"DICM":
         return open_dicom(data, name)
     image = _open_with_pillow(data, name)

@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 
 from core.base.files import Refused, files_under, read_regular
-from core.data import images
+from core.data import dicom_frames, images
 from core.data import nifti
 from core.data.limits import MAX_SCAN_BYTES, MAX_SLICES, MAX_VOXELS, ImageReadError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -218,17 +218,34 @@ def _dicom_series(opened: list[tuple[pydicom.Dataset, str]], name: str) -> Scan:
     if len(series) > 1:
         listed = "; ".join(f"series …{uid[-12:]}: {_few(files)}" for uid, files in series.items())
         raise ImageReadError(f"{name}: files of {len(series)} different series ({listed}); give one series")
+    if len(opened) == 1 and dicom_frames.frame_count(opened[0][0]) > 1:
+        return _frames_scan(*opened[0], name)
     for dataset, file_name in opened:
         if int(dataset.get("NumberOfFrames") or 1) > 1:
             raise ImageReadError(f"{file_name}: a multi-frame DICOM file inside a series; give single-slice files")
     _check_voxels([(int(d.Rows), int(d.Columns)) for d, _ in opened], name)
     order, positions, notes = _slice_order([d for d, _ in opened], [f for _, f in opened])
-    slices = [_dicom_grey(*opened[i]) for i in order]
+    slices = list(images.in_threads(lambda i: _dicom_grey(*opened[i]), order))
     return Scan(name, slices, [opened[i][1] for i in order], "DICOM series", positions, notes)
 
 
-def _dicom_grey(dataset: pydicom.Dataset, file_name: str) -> np.ndarray:
-    return images.decode_image(dataset, file_name)[:, :, 0]  # grey in all three channels: keep one
+def _frames_scan(dataset: pydicom.Dataset, file_name: str, name: str) -> Scan:
+    """The frames of one multi-frame (enhanced) DICOM file as a scan's slices,
+    ordered as a series' files are; the limits checked before any frame is decoded."""
+    frames = dicom_frames.frame_count(dataset)
+    if frames > MAX_SLICES:
+        raise ImageReadError(f"{file_name}: {frames} frames, more than the {MAX_SLICES} slices a scan may have")
+    _check_voxels([(int(dataset.Rows), int(dataset.Columns))] * frames, name)
+    names = [f"{file_name} frame {k + 1}" for k in range(frames)]
+    order, positions, notes = _slice_order(dicom_frames.frame_headers(dataset), names)
+    notes = [note.replace("InstanceNumber", "frame number") for note in notes]
+    slices = list(images.in_threads(lambda k: _dicom_grey(dataset, file_name, k), order))
+    return Scan(name, slices, [names[k] for k in order], "DICOM series", positions, notes)
+
+
+def _dicom_grey(dataset: pydicom.Dataset, file_name: str, frame: int | None = None) -> np.ndarray:
+    # Grey in all three channels: keep one, copied so that the RGB array is freed.
+    return np.ascontiguousarray(images.decode_image(dataset, file_name, frame=frame)[:, :, 0])
 
 
 def _slice_order(datasets: list[pydicom.Dataset], names: list[str]):
