@@ -199,3 +199,10 @@ def test_cv_scores_an_ensemble_of_two_recipes_and_compares_recipes_fold_by_fold(
     pd.testing.assert_frame_equal(averaged_predictions([frame.iloc[::-1], frame]).sort_values(["split", "path"],
                                                                                              ignore_index=True),
                                   frame.sort_values(["split", "path"], ignore_index=True))
+
+
+def test_an_artifacts_folder_named_but_missing_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "typo"))
+    assert main(["runs"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: COVIDCT_ARTIFACTS=") and error.strip().endswith("no such folder")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 import sys
 
 from core.cli.common import (EXIT_BAD_INPUT, MAX_DISTANCE, N_BOOT, OneLineParser, in_range, report, run_dir_for,
@@ -73,6 +74,9 @@ def cmd_runs(args) -> int:
     from core.runs import catalogue
     from core.runs.recipes import cross_validation_table
 
+    given = os.environ.get("COVIDCT_ARTIFACTS", "").strip()
+    if given and not Path(given).expanduser().is_dir():  # a folder named on purpose: a typo is no "no runs"
+        raise ValueError(f"COVIDCT_ARTIFACTS={given}: no such folder")
     all_runs = catalogue.list_runs()
     # Run ids are folder names and a study's name comes from a file: each cell one line.
     table = catalogue.compare_runs(all_runs).map(lambda cell: shown(cell) if isinstance(cell, str) else cell)
