@@ -104,10 +104,10 @@ def runs_section(run: dict) -> None:
     else:
         st.info("This run has no history.csv.")
     st.subheader("All runs")
-    all_runs = all_runs()
-    runs_table(all_runs)
+    listed = all_runs()
+    runs_table(listed)
     st.subheader("Cross-validated recipes")
-    recipes_table(cross_validation_table(all_runs))
+    recipes_table(cross_validation_table(listed))
 
 
 run = pick_run()

@@ -50,10 +50,10 @@ def dataset_section() -> None:
 def runs_section() -> None:
     """The table of trained runs, or a pointer to Train."""
     st.subheader("Trained runs")
-    all_runs = all_runs()
-    if all_runs:
+    listed = all_runs()
+    if listed:
         st.caption("Newest first; test metrics at each run's validation-chosen threshold.")
-        runs_table(all_runs)
+        runs_table(listed)
     else:
         no_runs_yet("a trained run to show its results")
 
