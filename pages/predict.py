@@ -21,6 +21,7 @@ from ui.formatting import upload_name
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
                       lung_outline_toggle, png_bytes, predict_upload, predictor)
 from ui.runs import class_names
+from ui.sites import calibration_words, site_choice
 
 
 def upload_controls():
@@ -38,13 +39,13 @@ def upload_controls():
     return uploads, one_scan, opacity
 
 
-def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: float) -> None:
+def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: float, site: str | None) -> None:
     """One uploaded slice: its probability and decision, the scan, and both heatmaps to download;
     a slice unlike the training scans only when asked for."""
     name = upload_name(file_name)
     with st.container(border=True):
         try:
-            prediction = predict_upload(run, name, content)
+            prediction = predict_upload(run, name, content, site)
         except ValueError as error:  # ImageReadError: its message starts with the file name
             st.error(f"Cannot use this file: {error}")
             return
@@ -67,11 +68,12 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
 def decision(run: dict, column, prediction) -> None:
     """The probability, the decision (borderline when too close to call) and the input size."""
     positive = class_names(run)[1]
-    column.metric(f"Probability of {positive}", percent(prediction.probability))
+    column.metric(f"Probability of {positive}", percent(prediction.probability),
+                  help="Calibrated probability: " + calibration_words(prediction.site) + ".")
     color = "red" if prediction.label == positive else "blue"
     column.markdown(f"Decision: :{color}-badge[{prediction.label}]"
                     + (" :orange-badge[borderline]" if prediction.borderline else "")
-                    + f"  \nat the threshold {percent(prediction.threshold)}")
+                    + f"  \nat the threshold {percent(prediction.threshold)}, {calibration_words(prediction.site)}")
     column.caption(f"{prediction.image.shape[1]} × {prediction.image.shape[0]} px, "
                    f"resized to {predictor(run).input_size} px for the model.")
 
@@ -96,12 +98,13 @@ if run is None:
     nothing_deployed()
     st.stop()
 deployed_model_card(run)
+site = site_choice(run)
 uploads, one_scan, opacity = upload_controls()
 if not uploads:
     st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
     st.stop()
 whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
 for scan_name, files in whole_scans:
-    scans.show_scan(run, scan_name, files, opacity)
+    scans.show_scan(run, scan_name, files, opacity, site)
 for i, (file_name, content) in enumerate(singles):
-    single_slice(run, i, file_name, content, opacity)
+    single_slice(run, i, file_name, content, opacity, site)

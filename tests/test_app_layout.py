@@ -72,7 +72,7 @@ def test_only_the_model_modules_of_ui_load_tensorflow():
 def test_the_pages_keep_their_urls_titles_icons_and_order():
     assert [(p.url_path, p.title) for p in navigation.PAGES] == [
         ("Home", "Home"), ("Data", "Data"), ("Train", "Train"), ("Search", "Search"),
-        ("Evaluate", "Evaluate"), ("Misclassified", "Misclassified"), ("Predict", "Predict")]
+        ("Evaluate", "Evaluate"), ("Misclassified", "Misclassified"), ("Predict", "Predict"), ("Sites", "Sites")]
     assert sorted(p.path for p in navigation.PAGES) == sorted(f"pages/{f.name}" for f in PAGES.glob("*.py"))
     assert all(p.icon.startswith(":material/") for p in navigation.PAGES)
 

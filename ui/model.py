@@ -12,6 +12,7 @@ from PIL import Image
 
 from core.data import lung
 from core.inference import heatmaps
+from core.inference import site_store
 from core.inference.heatmaps import colour_bar, overlay
 from core.inference.predict import Prediction, Predictor
 from core.inference.scan_decision import ScanResult
@@ -22,9 +23,9 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
 CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def _predictor(run_path: str, model_stamp: float) -> Predictor:
-    return Predictor.from_run(run_path)
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _predictor(run_path: str, model_stamp: float, site: str | None = None, profile_stamp: float = 0.0) -> Predictor:
+    return Predictor.from_run(run_path, site=site)
 
 
 def model_stamp(run: dict) -> float:
@@ -33,21 +34,29 @@ def model_stamp(run: dict) -> float:
     return max(mtime(run["path"] / name) for name in ("model.keras", "predictions.csv", "ood.json"))
 
 
-def predictor(run: dict) -> Predictor:
-    """The run's model, loaded once and shared by every session."""
-    return _predictor(str(run["path"]), model_stamp(run))
+def site_stamp(run: dict, site: str | None) -> float:
+    """Changes when the site profile is fitted again (0 without a site)."""
+    return mtime(site_store.profile_dir(run["path"], site) / site_store.PROFILE_FILE) if site else 0.0
+
+
+def predictor(run: dict, site: str | None = None) -> Predictor:
+    """The run's model, loaded once and shared by every session; with `site`,
+    calibrated and decided by that site's profile (core.inference.site_profile)."""
+    return _predictor(str(run["path"]), model_stamp(run), site, site_stamp(run, site))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)  # a Prediction holds the decoded scan
-def _predict(run_path: str, model_stamp: float, content: bytes, name: str) -> Prediction:
-    return _predictor(run_path, model_stamp).predict_images([read_image(content, name)], [name])[0]
+def _predict(run_path: str, model_stamp: float, content: bytes, name: str, site: str | None = None,
+             profile_stamp: float = 0.0) -> Prediction:
+    model = _predictor(run_path, model_stamp, site, profile_stamp)
+    return model.predict_images([read_image(content, name)], [name])[0]
 
 
-def predict_upload(run: dict, name: str, content: bytes) -> Prediction:
-    """Probability and decision for one uploaded file. A file that is not a
-    readable image raises core.data.limits.ImageReadError (a ValueError) whose message
-    starts with its name."""
-    return _predict(str(run["path"]), model_stamp(run), content, name)
+def predict_upload(run: dict, name: str, content: bytes, site: str | None = None) -> Prediction:
+    """Probability and decision for one uploaded file (with `site`: by that
+    site's profile). A file that is not a readable image raises
+    core.data.limits.ImageReadError (a ValueError) whose message starts with its name."""
+    return _predict(str(run["path"]), model_stamp(run), content, name, site, site_stamp(run, site))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -23,6 +23,7 @@ SEARCH = "pages/search.py"
 EVALUATE = "pages/evaluate.py"
 MISCLASSIFIED = "pages/misclassified.py"
 PREDICT = "pages/predict.py"
+SITES = "pages/sites.py"
 
 # Menu order; the first page is the default one, served at the app's root URL.
 PAGES = [
@@ -33,6 +34,7 @@ PAGES = [
     Page(EVALUATE, "Evaluate", ":material/monitoring:", "Evaluate", "Evaluate"),
     Page(MISCLASSIFIED, "Misclassified", ":material/image_search:", "Misclassified", "Misclassified"),
     Page(PREDICT, "Predict", ":material/upload_file:", "Predict", "Predict"),
+    Page(SITES, "Sites", ":material/local_hospital:", "Sites", "Sites"),
 ]
 
 

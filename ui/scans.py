@@ -16,12 +16,12 @@ import streamlit as st
 
 from core.data import scans
 from core.evaluation import patient_level
-from core.inference import scan_decision
+from core.inference import scan_decision, site_store
 from core.inference.calibration import percent
 from core.inference.scan_decision import ScanResult
 from ui import charts
 from ui.formatting import plain, upload_name
-from ui.model import model_stamp, predictor, slice_overlay
+from ui.model import model_stamp, predictor, site_stamp, slice_overlay
 from ui.runs import class_names
 
 SCAN_TYPES = ["zip", "nii", "gz"]  # a .nii.gz ends in .gz: Streamlit checks the end of the name
@@ -36,13 +36,14 @@ def files_key(files: list[tuple[str, bytes]]) -> str:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _settings(run_path: str, stamp: float) -> dict:
-    return scan_decision.settings_for_run(run_path)
+def _settings(run_path: str, stamp: float, site: str | None = None, profile_stamp: float = 0.0) -> dict:
+    return site_store.scan_settings(run_path, site) if site else scan_decision.settings_for_run(run_path)
 
 
-def settings(run: dict) -> dict:
-    """The run's scan aggregation and threshold (RUN/scan.json, chosen on its validation patients)."""
-    return _settings(str(run["path"]), model_stamp(run))
+def settings(run: dict, site: str | None = None) -> dict:
+    """The run's scan aggregation and threshold (RUN/scan.json, chosen on its
+    validation patients), or with `site` those of the site's profile."""
+    return _settings(str(run["path"]), model_stamp(run), site, site_stamp(run, site))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -51,21 +52,21 @@ def _scored(run_path: str, stamp: float, key: str, name: str, settings_text: str
     return scan_decision.score_scan(_predictor, scans.read_files(list(_files), name), json.loads(settings_text))
 
 
-def score_upload(run: dict, name: str, files: list[tuple[str, bytes]]) -> ScanResult:
+def score_upload(run: dict, name: str, files: list[tuple[str, bytes]], site: str | None = None) -> ScanResult:
     """The uploaded scan read and scored; ImageReadError (a ValueError) names a bad file.
     Scored again when the run's scan settings change (a fallback replaced by a choice)."""
     return _scored(str(run["path"]), model_stamp(run), files_key(files), name,
-                   json.dumps(settings(run), sort_keys=True), tuple(files), predictor(run))
+                   json.dumps(settings(run, site), sort_keys=True), tuple(files), predictor(run, site))
 
 
-def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float) -> None:
+def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float, site: str | None = None) -> None:
     """One uploaded scan: its probability and decision, the per-slice curve, and a
     slice scroller with the Grad-CAM overlay, the most suspicious slice first."""
     shown_name, key = upload_name(name), files_key(files)[:16]
     with st.container(border=True):
         try:
             with st.spinner(f"Reading and scoring {shown_name}…"):
-                result = score_upload(run, name, files)
+                result = score_upload(run, name, files, site)
         except ValueError as error:  # ImageReadError: its message names the file
             st.error(f"Cannot use this scan: {plain(str(error))}")
             return
@@ -103,9 +104,12 @@ def _probability(result: ScanResult) -> None:
     right.markdown(f"Decision: :{color}-badge[{result.decision}] at the scan threshold "
                    f"{percent(chosen['threshold'])}"
                    + (" — :orange-badge[borderline: too close to call]" if result.borderline else ""))
-    how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
-           f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
-           "the fallback")
+    if chosen.get("site"):  # a site profile's scan threshold (core.inference.site_store.scan_settings)
+        how = f"its threshold chosen on {chosen['chosen_on']} (calibrated for site {chosen['site']})"
+    else:
+        how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
+               f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
+               "the fallback")
     right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
                   "A research figure, not a diagnosis.")
 

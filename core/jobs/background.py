@@ -122,6 +122,35 @@ def launch_external(run_dir, data_dir, name: str | None = None, class_map_text: 
     return name
 
 
+def adaptation_dir(name: str) -> Path:
+    """Where a site's adaptation writes: its log (adapt.log) and, when done, adaptation.json."""
+    return paths.artifacts_dir() / "sites" / files.check_name(name, "site name")
+
+
+def launch_adaptation(site_dirs: list, name: str, runs_root=None) -> int:
+    """Start `python -m core adapt DIR... --site NAME` (core.training.site_adaptation)
+    in a background process, holding the training lock (one training at a
+    time); its log goes to artifacts/sites/NAME/adapt.log. Returns its pid.
+    Refused (TrainingBusy) while another training is alive, and for a folder
+    that is not there."""
+    folder = adaptation_dir(name)
+    site_dirs = [str(Path(d).expanduser()) for d in site_dirs]
+    if not site_dirs:
+        raise ValueError("give at least one folder of the site's labelled slices")
+    for site_dir in site_dirs:
+        if not Path(site_dir).is_dir():
+            raise ValueError(f"{site_dir}: folder not found")
+    holder = f"site-{name}"
+    acquire_training_lock(holder, runs_root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adaptation.json").unlink(missing_ok=True)  # the page shows the new result, not an old one
+    except BaseException:
+        release_training_lock(runs_root)
+        raise
+    return start_with_lock(["adapt", *site_dirs, "--site", name], folder / "adapt.log", holder, runs_root)
+
+
 # ---------------------------------------------------------------------------
 # Searches in the background
 # ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core.base import files, paths
 from core.evaluation import classification, patient_level
 from core.inference import calibration, external, site_labels
+from core.runs import lock
 from core.runs.train_config import TrainConfig
 from core.training.fit import train
 
@@ -115,6 +116,17 @@ def adapt(deployed_dir, site_dirs: list, name: str, folds: int | None = None, se
     fold = patient_folds(index, folds, seed)
     work = sites_dir() / name / "adaptation"
     work.mkdir(parents=True, exist_ok=True)
+    # One lock for the whole adaptation (its runs train with exclusive=False): no other training slips in
+    # between two folds, and a lock handed over by core.jobs.background.launch_adaptation is kept.
+    lock.acquire_training_lock(f"site-{name}", runs_root)
+    try:
+        return _adapt_locked(deployed_dir, index, fold, work, name, classes, seed, report, runs_root)
+    finally:
+        lock.release_training_lock(runs_root)
+
+
+def _adapt_locked(deployed_dir: Path, index: pd.DataFrame, fold: np.ndarray, work: Path, name: str,
+                  classes: tuple[str, str], seed: int, report, runs_root) -> dict:
 
     everything = index.copy()
     everything.attrs["staged"] = stage(index, work / "all", name, classes, as_training=False)
@@ -128,11 +140,11 @@ def adapt(deployed_dir, site_dirs: list, name: str, folds: int | None = None, se
         source = stage(index[fold != number], work / f"fold{number + 1}-training", name, classes,
                        as_training=True)
         run_dir = train(adaptation_config(deployed_dir, source, seed), name=f"site-{name}-fold{number + 1}",
-                        report=report, runs_root=runs_root)
+                        report=report, runs_root=runs_root, exclusive=False)
         after.append(calibrated_scores(run_dir, held_out, f"site-{name}-held-out", report))
     source = stage(index, work / "adapted", name, classes, as_training=True)
     adapted = train(adaptation_config(deployed_dir, source, seed), name=f"site-{name}-adapted", report=report,
-                    runs_root=runs_root)
+                    runs_root=runs_root, exclusive=False)
     result = {"site": name, "deployed": deployed_dir.name, "adapted_run": adapted.name, "folds": int(fold.max() + 1),
               "patients": int(index["patient_id"].nunique()), "slices": len(index),
               "before": site_figures(before, seed), "after": site_figures(pd.concat(after), seed)}
