@@ -26,10 +26,10 @@ import pydicom
 
 from core.base.files import Refused, files_under, read_regular
 from core.data import dicom_frames, images
+from core.data.slice_order import slice_order
 from core.data import nifti
 from core.data.limits import MAX_SCAN_BYTES, MAX_SLICES, MAX_VOXELS, ImageReadError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-GAP_FACTOR = 1.5  # a step between neighbouring slices over 1.5x the usual spacing means slices are missing
 # Members a zip of a series may carry besides its slices: folders, macOS metadata, the DICOMDIR index.
 IGNORED_MEMBERS = re.compile(r"(^|/)(__MACOSX/|\.[^/]*$|DICOMDIR$)", re.IGNORECASE)
 
@@ -224,7 +224,7 @@ def _dicom_series(opened: list[tuple[pydicom.Dataset, str]], name: str) -> Scan:
         if int(dataset.get("NumberOfFrames") or 1) > 1:
             raise ImageReadError(f"{file_name}: a multi-frame DICOM file inside a series; give single-slice files")
     _check_voxels([(int(d.Rows), int(d.Columns)) for d, _ in opened], name)
-    order, positions, notes = _slice_order([d for d, _ in opened], [f for _, f in opened])
+    order, positions, notes = slice_order([d for d, _ in opened], [f for _, f in opened])
     slices = list(images.in_threads(lambda i: _dicom_grey(*opened[i]), order))
     return Scan(name, slices, [opened[i][1] for i in order], "DICOM series", positions, notes)
 
@@ -237,7 +237,7 @@ def _frames_scan(dataset: pydicom.Dataset, file_name: str, name: str) -> Scan:
         raise ImageReadError(f"{file_name}: {frames} frames, more than the {MAX_SLICES} slices a scan may have")
     _check_voxels([(int(dataset.Rows), int(dataset.Columns))] * frames, name)
     names = [f"{file_name} frame {k + 1}" for k in range(frames)]
-    order, positions, notes = _slice_order(dicom_frames.frame_headers(dataset), names)
+    order, positions, notes = slice_order(dicom_frames.frame_headers(dataset), names)
     notes = [note.replace("InstanceNumber", "frame number") for note in notes]
     slices = list(images.in_threads(lambda k: _dicom_grey(dataset, file_name, k), order))
     return Scan(name, slices, [names[k] for k in order], "DICOM series", positions, notes)
@@ -246,56 +246,6 @@ def _frames_scan(dataset: pydicom.Dataset, file_name: str, name: str) -> Scan:
 def _dicom_grey(dataset: pydicom.Dataset, file_name: str, frame: int | None = None) -> np.ndarray:
     # Grey in all three channels: keep one, copied so that the RGB array is freed.
     return np.ascontiguousarray(images.decode_image(dataset, file_name, frame=frame)[:, :, 0])
-
-
-def _slice_order(datasets: list[pydicom.Dataset], names: list[str]):
-    """(order, positions in mm or None, notes): by ImagePositionPatient along
-    the slice normal (ImageOrientationPatient's row x column), else by
-    InstanceNumber, else by file name."""
-    try:
-        normal = np.cross(*np.reshape(np.asarray(datasets[0].ImageOrientationPatient, float), (2, 3)))
-        along = np.array([float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)) for d in datasets])
-        if abs(normal[2]) < 0.5:  # a sagittal or coronal series: its slices are not along the body axis
-            order, positions, notes = _by_position(along, names)
-            return order, positions, notes + ["slices are not axial (a sagittal or coronal series)"]
-        return _by_position(along * np.sign(normal[2]), names)  # feet to head
-    except (AttributeError, TypeError, ValueError, KeyError):
-        pass  # no usable position: fall back on the instance numbers
-    try:
-        numbers = np.array([int(d.InstanceNumber) for d in datasets])
-    except (AttributeError, TypeError, ValueError):
-        return list(range(len(datasets))), None, ["no slice position or instance number: slices in file-name order"]
-    order = [int(i) for i in np.argsort(numbers, kind="stable")]
-    steps = np.diff(numbers[order])
-    notes = ["no slice position: slices ordered by InstanceNumber"]
-    missing = int(np.sum(np.clip(steps - 1, 0, None))) if len(steps) else 0
-    if missing:
-        notes.append(f"{missing} instance numbers missing between slices: some slices are not here")
-    return order, None, notes
-
-
-def _by_position(along: np.ndarray, names: list[str]):
-    if not np.all(np.isfinite(along)):
-        raise ValueError("non-finite slice position")
-    order = [int(i) for i in np.argsort(along, kind="stable")]
-    positions = [float(along[i]) for i in order]
-    return order, positions, gap_notes(positions, [names[i] for i in order])
-
-
-def gap_notes(positions: list[float], names: list[str]) -> list[str]:
-    """Notes on missing slices (a step over GAP_FACTOR x the usual spacing) and on slices at one position."""
-    steps = np.diff(positions)
-    if len(steps) == 0:
-        return []
-    notes = []
-    repeated = int(np.sum(steps < 1e-3))
-    if repeated:
-        notes.append(f"{repeated} slices share a position with another")
-    spacing = float(np.median(steps[steps >= 1e-3])) if np.any(steps >= 1e-3) else 0.0
-    for i in np.flatnonzero(steps > GAP_FACTOR * spacing) if spacing else []:
-        notes.append(f"missing slices: a gap of {steps[i]:.1f} mm (about {round(steps[i] / spacing) - 1} "
-                     f"slices at {spacing:.1f} mm) between {names[i]} and {names[i + 1]}")
-    return notes
 
 
 def read_nifti(content: bytes, name: str) -> Scan:
