@@ -192,11 +192,13 @@ def before_after_table(result: dict) -> pd.DataFrame:
     rows = []
     for level in ("patients", "slices"):
         for figure in ("roc_auc", "sensitivity", "specificity", "ece"):
+            if figure not in result["before"][level]:
+                continue  # the calibration error is a slices' figure
             row = {"level": level, "figure": figure}
             for when in ("before", "after"):
                 found = result[when][level]
                 value, interval = found.get(figure), found.get(f"{figure}_ci")
-                row[when] = _with_interval(value, interval) if figure in found else ""
+                row[when] = _with_interval(value, interval)
             rows.append(row)
     return pd.DataFrame(rows)
 
