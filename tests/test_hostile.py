@@ -216,7 +216,9 @@ def test_a_link_out_of_a_scan_folder_is_refused_and_its_target_never_read(tmp_pa
 # Where the tool reads and writes
 
 def test_an_unreadable_runs_folder_is_an_error_and_a_missing_one_names_where_it_looked(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "nowhere"))  # named on purpose, and missing
+    assert main(["runs"]) == 2 and "COVIDCT_ARTIFACTS=" in one_line_error(capsys)
+    (tmp_path / "nowhere").mkdir()  # there, with no run made yet: no runs, and where it looked
     assert main(["runs"]) == 0 and f"no runs yet in {tmp_path / 'nowhere' / 'runs'}" in capsys.readouterr().out
     monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path))
     (tmp_path / "runs").write_text("a file where the runs folder belongs")
