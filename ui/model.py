@@ -23,9 +23,15 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"]
 CAM_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _model(run_path: str, model_stamp: float) -> Predictor:
+    return Predictor.from_run(run_path)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
 def _predictor(run_path: str, model_stamp: float, site: str | None = None, profile_stamp: float = 0.0) -> Predictor:
-    return Predictor.from_run(run_path, site=site)
+    """The run's one loaded model, calibrated for `site` (profile_stamp: its profile's time)."""
+    return _model(run_path, model_stamp).for_site(site)
 
 
 def model_stamp(run: dict) -> float:

@@ -6,7 +6,7 @@ chosen on validation; the app caches it and shares it between sessions.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,16 +98,20 @@ class Predictor:
         checked = checks.check_run(run_dir)  # each file validated on its schema, and intact
         config, metrics = checked["config"], checked["metrics"]
         negative, positive = storage.class_names(config, metrics)
-        calibration, threshold = for_run(run_dir), storage.decision_threshold(metrics)
-        if site:  # the site's map and threshold, both on the model's raw scale as the run's are
-            from core.inference import site_store
-            calibration = site_store.calibration_for(run_dir, site)
-            threshold = calibration.raw_threshold
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
-                   threshold=threshold, positive_class=positive,
+                   threshold=storage.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
                    lung_crop=bool(config.get("lung_crop", False)),
-                   calibration=calibration, guard=Guard.from_run(run_dir), site=site or None)
+                   calibration=for_run(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
+
+    def for_site(self, site: str | None) -> "Predictor":
+        """This predictor calibrated and decided by a site profile: the same
+        model, shared (a site costs no second copy); itself without a site."""
+        if not site:
+            return self
+        from core.inference import site_store  # the site's map and threshold, on the model's raw scale
+        calibration = site_store.calibration_for(self.run_dir, site)
+        return replace(self, calibration=calibration, threshold=calibration.raw_threshold, site=site)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return model_input(image, self.input_size, self.lung_crop).astype("float32")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from core.base import files
+from core.base.files import files_under
 from core.data.images import IMAGE_EXTENSIONS, load_image
 from core.data.limits import ImageReadError
 from core.inference.ood import image_problems
@@ -50,10 +51,10 @@ def site_files(folder) -> tuple[list[str], list[str | None]]:
             patients = [None if pd.isna(patient) else patient for patient in table["patient"]]
             return [str(root / path) for path in table["path"]], patients
     files = []
-    for path in sorted(root.rglob("*")):
+    for path, problem in files_under(root):  # regular files only, links kept inside the folder
         hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-        if path.is_file() and not hidden and (path.suffix.lower() in IMAGE_EXTENSIONS or
-                                              (not path.suffix and _looks_like_dicom(path))):
+        if problem is None and not hidden and (path.suffix.lower() in IMAGE_EXTENSIONS or
+                                               (not path.suffix and _looks_like_dicom(path))):
             files.append(path)
     if not files:
         raise ValueError(f"{root}: no images or DICOM files in it")
