@@ -1,10 +1,12 @@
-"""Home: what the app does, the dataset in use, the trained runs, and the pages.
+"""Home: what the app does, a newcomer's first model in one step (ui.first_model), the dataset in use,
+the trained runs, and the pages.
 It loads no TensorFlow (tests/test_app_layout.py), so the app opens fast."""
 import streamlit as st
 
 from core.base import paths
 from ui import frame, navigation
-from ui.dataset_cache import dataset_error, load_index
+from ui.dataset_cache import dataset_error, load_index, training_images
+from ui.first_model import first_model_step
 from ui.runs import all_runs, no_runs_yet, runs_table
 
 PAGE_SUMMARIES = (
@@ -68,6 +70,7 @@ def pages_section() -> None:
 
 
 introduction()
+first_model_step(training_images())
 dataset_section()
 runs_section()
 pages_section()

@@ -18,21 +18,23 @@ from core.runs.train_config import TrainConfig
 from core.runs.promoted import promoted_from, reset_default
 from core.training import pipeline, presets
 from ui.cache_keys import mtime
-from ui.dataset_cache import load_index, read_image
+from ui.dataset_cache import load_index, read_image, training_images
 from ui.formatting import fmt
 from ui.train_form import forget_train_form, form_defaults, settings_form
 from ui.train_progress import live_progress
 
 
-def presets_row(defaults: TrainConfig) -> None:
-    """One button per preset; each fills the form (a callback: widgets take new values before they are drawn)."""
+def presets_row(defaults: TrainConfig, n_train: int) -> None:
+    """One button per preset, labelled with its estimate (the box's figure); each fills the form
+    (a callback: widgets take new values before they are drawn)."""
     def apply_preset(name: str) -> None:
         for setting, value in presets.preset_config(name, defaults).items():
             st.session_state[f"cfg_{setting}"] = "" if value is None else value
 
-    columns = st.columns([1, 1, 1, 3], vertical_alignment="center")
+    columns = st.columns([1.3, 1, 1, 2], vertical_alignment="center")
     for column, preset in zip(columns, presets.PRESETS):
-        column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
+        column.button(presets.preset_label(preset, defaults, n_train), width="stretch",
+                      key=f"preset_{preset.split(',')[0].lower().replace(' ', '_')}",
                       on_click=apply_preset, args=(preset,))
     columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
                         "hidden from comparisons and not for predictions).")
@@ -61,12 +63,8 @@ def problems_or_estimate(config: TrainConfig) -> list[str]:
     if problems:
         st.error("Fix these settings before starting:\n" + "\n".join(f"- {p}" for p in problems))
         return problems
-    try:
-        n_train = int((load_index(config.data_dir)["split"] == "train").sum())
-    except ValueError:
-        n_train = presets.REFERENCE_TRAIN_IMAGES
-    cost = presets.estimate(config, n_train)
-    st.info(f"Estimate for these settings on this machine: up to about **{cost['minutes']:.0f} min** "
+    cost = presets.estimate(config, training_images(config.data_dir))
+    st.info(f"Estimate for these settings on this machine: up to about **{presets.minutes_text(cost['minutes'])}** "
             f"(early stopping can end it sooner), **{cost['gigabytes']:.1f} GB** of memory and "
             f"{cost['cache_gigabytes']:.1f} GB of disk for the cache of frozen-layer outputs. Rough: scaled from "
             "the runs measured in docs/benchmarks.md; other work on the machine slows it.", icon=":material/timer:")
@@ -133,7 +131,7 @@ st.caption("Every setting of a run (core.runs.train_config.TrainConfig); the def
            "An ImageNet ResNet trains its new head on a frozen backbone first, then the stages "
            "from 'train from' up are fine-tuned at a lower learning rate.")
 defaults = form_defaults()
-presets_row(defaults)
+presets_row(defaults, training_images(defaults.data_dir))
 promoted_banner()
 config = settings_form(defaults)
 problems = problems_or_estimate(config)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from core.base import paths
 from core.data import audit, datasets, images
+from core.training import presets
 from ui.cache_keys import dataset_stamp
 
 
@@ -25,6 +26,15 @@ def load_index(root=None) -> pd.DataFrame:
     root = root or paths.data_dir()
     root = os.pathsep.join(map(str, root)) if isinstance(root, (list, tuple)) else str(root)
     return _index(root, dataset_stamp(root))
+
+
+def training_images(root=None) -> int:
+    """The training split's size, which training time estimates scale with
+    (core.training.presets.estimate); the reference run's when the dataset cannot be read."""
+    try:
+        return int((load_index(root)["split"] == "train").sum())
+    except ValueError:
+        return presets.REFERENCE_TRAIN_IMAGES
 
 
 def index_or_stop() -> pd.DataFrame:

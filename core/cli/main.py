@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a run (head warm-up, then fine-tuning), then evaluate it")
     train.add_argument("--name", help="suffix for the run id")
     train.add_argument("--run-dir", help="train into this existing run folder with its config.json")
+    train.add_argument("--deploy-when-fit", action="store_true",
+                       help="then deploy the run if it passes the quality floor (Home's first model)")
     training.add_config_options(train)
     train.set_defaults(func=training.cmd_train)
 

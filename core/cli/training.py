@@ -58,9 +58,13 @@ def cmd_train(args) -> int:
 
     if args.run_dir:  # a folder prepared by launch_training (the app), or a run to resume
         config = TrainConfig.from_dict(files.read_json(Path(args.run_dir) / "config.json", {}), starting=True)
-        train(config, run_dir=Path(args.run_dir), report=report)
+        run_dir = train(config, run_dir=Path(args.run_dir), report=report)
     else:
-        train(config_from_args(args), name=args.name, report=report)
+        run_dir = train(config_from_args(args), name=args.name, report=report)
+    if args.deploy_when_fit:
+        from core.jobs.first_model import deploy_when_fit
+
+        deploy_when_fit(run_dir, report=report)
     return 0
 
 

@@ -57,9 +57,10 @@ def start_with_lock(args: list[str], log_path, holder: str, runs_root=None) -> i
     return pid
 
 
-def launch_training(config, name: str | None = None, runs_root=None) -> Path:
+def launch_training(config, name: str | None = None, runs_root=None, deploy_when_fit: bool = False) -> Path:
     """Start a run of `config` (a TrainConfig) in a background process; returns
-    its folder at once. Refused while another training is alive."""
+    its folder at once. Refused while another training is alive. `deploy_when_fit`:
+    the process then deploys the run if it passes the quality floor (core.jobs.first_model)."""
     config.validate()
     acquire_training_lock("starting", runs_root)
     try:
@@ -67,7 +68,8 @@ def launch_training(config, name: str | None = None, runs_root=None) -> Path:
     except BaseException:
         release_training_lock(runs_root)
         raise
-    pid = start_with_lock(["train", "--run-dir", str(run_dir)], run_dir / "train.log", run_dir.name, runs_root)
+    args = ["train", "--run-dir", str(run_dir)] + (["--deploy-when-fit"] if deploy_when_fit else [])
+    pid = start_with_lock(args, run_dir / "train.log", run_dir.name, runs_root)
     storage.set_status(run_dir, "running", **storage.owner(pid))
     return run_dir
 

@@ -14,7 +14,8 @@ from dataclasses import asdict
 
 from core.runs.train_config import RETIRED
 
-REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18  # default recipe, 425 training slices at 224 px, ResNet-50
+# The 224-px recipe's seed-0 run: 17.9 min for 18 epochs on 425 training slices, ResNet-50 (docs/benchmarks.md).
+REFERENCE_MINUTES_PER_EPOCH = 17.9 / 18
 REFERENCE_TRAIN_IMAGES = 425
 OVERHEAD_MINUTES = 1.5   # starting TensorFlow, building the model, decoding, evaluating (a smoke run: 2.7 min)
 BASE_GB = 1.5            # TensorFlow and the model
@@ -26,17 +27,30 @@ TRAIN_FROM_TIME = {"conv1": 1.5, "conv2": 1.15, "conv3": 1.0, "conv4": 1.0, "con
 CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 8, 512),
                      "conv5": (1 / 16, 1024), "head": (1 / 32, 2048)}
 
+# Names only: each button's minutes come from estimate() (preset_label), as the
+# Train page's estimate box does, so a label never promises another time than the box.
+QUICK_LOOK = "Quick look, not for predictions"
 PRESETS = {
-    "Quick look (~2 min)": {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1,
-                            "finetune_epochs": 2},
-    "Default (~20 min)": {},
-    "Thorough (~40 min)": {"finetune_epochs": 30, "early_stopping_patience": 8},
+    QUICK_LOOK: {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1, "finetune_epochs": 2},
+    "Default": {},
+    "Thorough": {"finetune_epochs": 30, "early_stopping_patience": 8},
 }
 
 
 def preset_config(name: str, defaults) -> dict:
     """Every setting of the preset `name`: the defaults (a TrainConfig) with its changes."""
     return {**asdict(defaults), **PRESETS[name]}
+
+
+def minutes_text(minutes: float) -> str:
+    """Minutes as every estimate is shown (the presets' labels, the Train page's box, Home)."""
+    return f"{max(1, round(minutes))} min"
+
+
+def preset_label(name: str, defaults, n_train: int) -> str:
+    """The preset's button label: its name and its estimated time (estimate(), the box's figure)."""
+    config = type(defaults)(**preset_config(name, defaults))
+    return f"{name} (up to {minutes_text(estimate(config, n_train)['minutes'])})"
 
 
 def estimate(config, n_train: int) -> dict:
