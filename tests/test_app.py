@@ -407,13 +407,18 @@ def test_a_preset_fills_the_form_and_the_estimate_follows(empty_artifacts, data_
     default_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
     at.button(key="preset_quick_look").click().run()
     assert_no_exception(at)
-    quick = presets.PRESETS["Quick look (~2 min)"]
+    quick = presets.PRESETS[presets.QUICK_LOOK]
     for setting, value in quick.items():
         assert at.session_state[f"cfg_{setting}"] == value, setting
     assert at.number_input(key="cfg_max_images_per_split").value == 40
     assert at.session_state["cfg_seed"] == TrainConfig().seed  # the rest stays at the defaults
     quick_estimate = next(i.value for i in at.info if i.value.startswith("Estimate"))
     assert quick_estimate != default_estimate and "about **2 min**" in quick_estimate
+    # Each preset's label states the minutes its box states (one estimate, core.training.presets).
+    assert at.button(key="preset_quick_look").label == f"{presets.QUICK_LOOK} (up to 2 min)"
+    at.button(key="preset_default").click().run()
+    default_minutes = next(i.value for i in at.info if i.value.startswith("Estimate")).split("**")[1]
+    assert at.button(key="preset_default").label == f"Default (up to {default_minutes})"
     # Every setting has a human label and a one-line help.
     form = {w.key: w for w in [*at.number_input, *at.checkbox, *at.selectbox, *at.text_input]
             if str(w.key).startswith("cfg_")}

@@ -377,4 +377,4 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
 
     button(at, "Back to the project's defaults").click().run()
     assert not paths.default_config_path().exists()
-    assert at.number_input(key="cfg_input_size").value == 224
+    assert at.number_input(key="cfg_input_size").value == TrainConfig().input_size

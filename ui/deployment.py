@@ -10,6 +10,7 @@ from core.inference import deploy, external
 from core.inference.calibration import percent
 from ui import navigation
 from ui.external import completed_sets
+from ui.first_model import BUTTON as FIRST_MODEL_STEP
 from ui.formatting import fmt
 from ui.runs import all_runs, run_calibration, run_label
 
@@ -61,7 +62,9 @@ def nothing_deployed() -> None:
     best = deploy.best_run(all_runs())
     if best is None:
         st.markdown("No completed run is fit to deploy (completed on the full data, above the quality floor: "
-                    f"{deploy.FLOOR}). Train one, or review runs on Evaluate.")
+                    f"{deploy.FLOOR}). Home trains one and deploys it in one step; Evaluate reviews the runs.")
+        # Straight to the step that ends here with an answer, not to Evaluate and then Train.
+        st.page_link(navigation.HOME, label=FIRST_MODEL_STEP, icon=":material/rocket_launch:")
         st.page_link(navigation.EVALUATE, label="Go to Evaluate", icon=navigation.icon(navigation.EVALUATE))
         return
     st.markdown(f"The best completed run by validation ROC-AUC is **{run_label(best)}**.")
