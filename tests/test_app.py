@@ -100,9 +100,15 @@ def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
     assert not at.error, texts(at.error)
     if page == navigation.PREDICT:
         assert "No model is deployed yet" in texts(at.info)
+        # Straight to Home's one step, which ends with an answer here.
+        assert "Train and use a first model" in [link.value for link in at.page_link]
     elif page in NEEDS_A_RUN:
         assert "Train one first" in texts(at.info)
         assert "Go to Train" in [link.value for link in at.page_link]
+    if page == "streamlit_app.py":  # Home: the first model's button, with the default recipe's estimate
+        assert at.button(key="first_model_start").label == "Train and use a first model"
+        minutes = presets.minutes_text(presets.estimate(TrainConfig(), presets.REFERENCE_TRAIN_IMAGES)["minutes"])
+        assert f"up to about {minutes}" in texts(at.markdown)  # COVID-CT's 425 training slices
 
 
 @pytest.mark.parametrize("page", PAGES)

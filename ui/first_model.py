@@ -83,8 +83,9 @@ def _training(run: dict, n_train: int) -> None:
                  f"epoch {status.get('epoch')}/{status.get('epochs')}")
     st.progress(done["fraction"], text=f"Run {run['id']}: {phase}")
     st.markdown(f"**About {presets.minutes_text(done['remaining'] / 60)} left** "
-                f"({presets.minutes_text(done['elapsed'] / 60)} so far; early stopping can end it sooner). "
-                "It is deployed by itself when it passes the quality floor; you can close this tab.")
+                f"({int(done['elapsed'] // 60)}:{int(done['elapsed'] % 60):02d} so far; early stopping can end "
+                "it sooner). "
+                "It deploys itself when it passes the quality floor; you can close this tab.")
     if st.button("Cancel", key="first_model_cancel", disabled=(run["path"] / "cancel").exists()):
         background.request_cancel(run["path"])
         st.info("Cancel requested: the run stops after its current batch.")
