@@ -5,6 +5,7 @@ the run deploys itself only above the quality floor."""
 import re
 import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,32 @@ def test_the_first_model_deploys_itself_above_the_floor(own_artifacts):
     shutil.copytree(own_artifacts, second)
     assert "stays" in first_model.deploy_when_fit(second, report=lambda line: None)[0]
     assert deploy.deployed_record()["run"] == own_artifacts.name
+
+
+def test_home_follows_the_first_model_and_says_why_it_was_not_deployed(own_artifacts):
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    def home() -> AppTest:
+        at = AppTest.from_file(str(Path(__file__).parent.parent / "streamlit_app.py"), default_timeout=120).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = home()  # finished below the floor: why, and the button to try again
+    warnings = "\n".join(w.value for w in at.warning)
+    assert "not fit to answer" in warnings and "trained on a subset" in warnings
+    assert at.button(key="first_model_start").label == "Train and use a first model"
+
+    status = files.read_json(own_artifacts / "status.json")
+    files.write_json(own_artifacts / "status.json", {**status, "pid": os.getpid(), "pid_start": None})
+    at = home()  # trained, and its process (alive) deploys it
+    assert "preparing it for Predict" in "\n".join(i.value for i in at.info)
+
+    files.write_json(own_artifacts / "status.json", {
+        **status, "state": "running", "pid": os.getpid(), "pid_start": None, "phase": "finetune", "epoch": 1,
+        "epochs": 1, "batch": 1, "steps": 2, "started_at": datetime.now().astimezone().isoformat()})
+    at = home()  # training: its phase, the time left, Cancel, and no second start
+    assert "fine-tuning, epoch 1/1" in at.get("progress")[0].proto.text
+    assert any(" left** (0:0" in m.value for m in at.markdown)
+    assert [b.key for b in at.button if b.key.startswith("first_model")] == ["first_model_cancel"]
