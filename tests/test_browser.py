@@ -3,7 +3,8 @@ tiny trained run, driven by Debian's Chromium through Playwright. The smoke
 run is refused for predictions until the user confirms on Evaluate; then a
 real COVID-CT slice uploaded on the Predict page gets a calibrated
 probability, Grad-CAM overlays and their colour bar, and a photo is refused;
-the screenshots land in test-artifacts/ (git-ignored)."""
+the screenshots land in test-artifacts/ (git-ignored). A newcomer on a fresh
+artifacts folder gets from Home's one step to an answer on Predict."""
 import contextlib
 import os
 import re
