@@ -8,8 +8,18 @@ calibrated probability. Every recipe comparison reports this table.
 RUN: a run id or folder. Each run is evaluated on a panel set only where it
 has no current result (stored in the run, as `python -m core panel` does).
 Prints one Markdown table.
+
+    python bench/external_panel.py --loso [--recipe RUN] [--name NAME]
+
+Leave-one-source-out across COVID-CT, SY575 and the COVID-CT-MD sample
+(core.training.cross_validation.leave_one_source_out): three runs of the
+recipe (RUN's, default: the default recipe), each trained on two of the
+sources and evaluated on the third; the table gives each run on the source
+it never saw. It TRAINS three runs (about the time of three trainings).
 """
 import argparse
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -28,18 +38,55 @@ def cell(row) -> str:
     return f"{row.roc_auc:.2f}{interval}"
 
 
+def rows_of(label: str, run_dir, results: dict) -> list[dict]:
+    """The table's rows for one run: per set and level."""
+    rows = []
+    for row in panel.panel_table(run_dir, results).itertuples():
+        rows.append({"recipe": label, "set": row.set, "level": row.level, "n": row.n,
+                     "ROC-AUC [95% CI]": cell(row), "sensitivity": f"{row.sensitivity:.2f}",
+                     "specificity": f"{row.specificity:.2f}", "ECE": f"{row.ece:.3f}"})
+    return rows
+
+
+def loso_rows(recipe_run: str | None, name: str) -> list[dict]:
+    """Train one run per source left out (COVID-CT and the panel's sets) and score each on its own."""
+    from core.base import files, paths
+    from core.inference import external
+    from core.runs.train_config import TrainConfig
+    from core.training.cross_validation import leave_one_source_out
+
+    recipe = (TrainConfig.from_dict(files.read_json(run_dir_for(recipe_run) / "config.json", {}))
+              if recipe_run else TrainConfig())
+    sources = [paths.data_dir(), *paths.panel_dirs()]
+    config = dataclasses.replace(recipe, data_dir=os.pathsep.join(str(s) for s in sources), holdout_source="",
+                                 cv_folds=0, cv_fold=0, start_from_run="").validate()
+    rows = []
+    for run_dir in leave_one_source_out(config, name=name, report=print):
+        held_out = {found["name"]: found["metrics"] for found in external.list_external(run_dir) if found["metrics"]}
+        rows += rows_of(f"without {config_source(run_dir)}", run_dir, held_out)
+    return rows
+
+
+def config_source(run_dir) -> str:
+    from core.base import files
+
+    return (files.read_json(run_dir / "config.json", {}) or {}).get("holdout_source", "?")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", nargs=2, action="append", metavar=("LABEL", "RUN"), required=True)
+    parser.add_argument("--run", nargs=2, action="append", metavar=("LABEL", "RUN"))
+    parser.add_argument("--loso", action="store_true", help="leave-one-source-out over COVID-CT and the panel "
+                                                            "(trains three runs)")
+    parser.add_argument("--recipe", help="with --loso: the run whose recipe is trained (default: the default)")
+    parser.add_argument("--name", default="loso-panel", help="with --loso: prefix of the run ids")
     args = parser.parse_args()
-    rows = []
-    for label, run_id in args.run:
+    if not args.run and not args.loso:
+        parser.error("give --run LABEL RUN (one or more) or --loso")
+    rows = loso_rows(args.recipe, args.name) if args.loso else []
+    for label, run_id in args.run or []:
         run_dir = run_dir_for(run_id)
-        table = panel.panel_table(run_dir, panel.panel_results(run_dir, report=lambda line: None))
-        for row in table.itertuples():
-            rows.append({"recipe": label, "set": row.set, "level": row.level, "n": row.n,
-                         "ROC-AUC [95% CI]": cell(row), "sensitivity": f"{row.sensitivity:.2f}",
-                         "specificity": f"{row.specificity:.2f}", "ECE": f"{row.ece:.3f}"})
+        rows += rows_of(label, run_dir, panel.panel_results(run_dir, report=lambda line: None))
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:

@@ -9,6 +9,7 @@ from core.inference import calibration, deploy
 from ui import charts, navigation, scans
 from ui.deployment import deploy_controls
 from ui.external import external_section
+from ui.external_site_check import external_site_checks
 from ui.formatting import fmt
 from ui.metrics_table import metrics_table
 from ui.runs import (CELLS, all_runs, chosen_threshold, class_names, cross_validation_table, history, pick_run,
@@ -124,4 +125,5 @@ st.subheader("Deployment")
 deploy_controls(run, key="evaluate")
 resolution_section(run, test)
 external_section(run, test["y_true"], test["prob"], class_names(run))
+external_site_checks(run)
 runs_section(run)

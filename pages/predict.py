@@ -21,7 +21,7 @@ from ui.formatting import upload_name
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
                       lung_outline_toggle, png_bytes, predict_upload, predictor)
 from ui.runs import class_names
-from ui.sites import calibration_words, site_choice
+from ui.sites import calibration_words, site_choice, uploads_check
 
 
 def upload_controls():
@@ -108,3 +108,4 @@ for scan_name, files in whole_scans:
     scans.show_scan(run, scan_name, files, opacity, site)
 for i, (file_name, content) in enumerate(singles):
     single_slice(run, i, file_name, content, opacity, site)
+uploads_check(run, site, whole_scans, singles)

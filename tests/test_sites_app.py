@@ -151,3 +151,25 @@ def test_launch_adaptation_holds_the_lock_and_refuses_a_second_training(tmp_path
         background.launch_adaptation([sy575], "another", runs_root=tmp_path)
     with pytest.raises(ValueError, match="not found"):
         background.launch_adaptation([tmp_path / "nowhere"], "third", runs_root=tmp_path)
+
+
+def test_predict_checks_the_site_once_enough_scans_were_uploaded(deployed, trained_run, data_dir):  # noqa: F811
+    """Three scans of 7 slices, uploaded one after the other: after the first the
+    check says how many more it needs; after the third (3 patients, 21 slices) it
+    gives a verdict, from the features kept in the session (not the images)."""
+    at = open_page(navigation.PREDICT)
+    at.checkbox(key="one_scan").check().run()
+    slices = sorted((data_dir / "COVID").rglob("*.png"))[:21]
+    for scan in range(3):
+        batch = [(f"scan{scan}-{i}.png", path.read_bytes(), "image/png")
+                 for i, path in enumerate(slices[7 * scan:7 * scan + 7])]
+        at.file_uploader(key="uploads").set_value(batch).run()
+        assert_no_exception(at)
+        shown = texts(at.error) + texts(at.success) + texts(at.info)
+        if scan == 0:
+            assert "Too few scans to check (1 patient, 7 slices)" in shown, shown
+            assert "13 more slices and 2 more patients" in shown, shown
+    kept = at.session_state["site_check_uploads"][""]
+    assert len(kept) == 3 and all(set(entry) == {"features", "raw", "refused", "patient"} for entry in kept.values())
+    assert "Too few scans" not in shown and any(words in shown for words in (
+        "differ from the scans this model was tested on", "Similar:", "validation set is too small")), shown

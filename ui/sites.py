@@ -61,6 +61,85 @@ def calibration_words(site: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Predict: the site check of this session's uploads
+# ---------------------------------------------------------------------------
+
+UPLOADS_SEEN = "site_check_uploads"  # session state: {site: {upload key: its slices through the model}}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _through_model(run_path: str, model_stamp: float, key: str, names: tuple, _images: list, _model) -> dict:
+    from core.inference import site_features
+
+    scored = site_features.score(_model, _images, list(names))
+    return {"features": scored["features"].astype("float32"), "raw": scored["raw"], "refused": scored["refused"]}
+
+
+def _upload_slices(run: dict, site: str | None, whole_scans: list, singles: list) -> dict:
+    """{upload key: {"features", "raw", "refused", "patient"}}: an uploaded scan (a
+    series, a zip, slices ticked as one scan) is one patient; a single slice is its own
+    (patient None). Only features are kept, no image; an unreadable upload is left out
+    (Predict names it already)."""
+    from ui import scans
+    from ui.dataset_cache import read_image
+    from ui.model import model_stamp, predictor
+
+    model, stamp, found = predictor(run), model_stamp(run), {}
+    for name, scan_files in whole_scans:
+        key = scans.files_key(scan_files)
+        try:
+            result = scans.score_upload(run, name, scan_files, site)
+        except ValueError:
+            continue
+        images = [result.scan.rgb(i) for i in result.scored]
+        if images:
+            slices = _through_model(str(run["path"]), stamp, key, tuple(f"{name} {i}" for i in result.scored),
+                                    images, model)
+            found[key] = {**slices, "patient": key[:16]}
+    for name, content in singles:
+        key = scans.files_key([(name, content)])
+        try:
+            image = read_image(content, name)
+        except ValueError:
+            continue
+        found[key] = {**_through_model(str(run["path"]), stamp, key, (name,), [image], model), "patient": None}
+    return found
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking this session's scans against the model's validation scans…")
+def _check_uploads(run_path: str, model_stamp: float, site: str | None, keys: tuple, _seen: dict, _model) -> dict:
+    import numpy as np
+
+    from core.inference import site_check
+
+    chosen = [_seen[key] for key in keys]
+    patients = [entry["patient"] for entry in chosen for _ in range(len(entry["raw"]))]
+    return site_check.check_features(_model, np.concatenate([entry["features"] for entry in chosen]),
+                                     np.concatenate([entry["raw"] for entry in chosen]),
+                                     np.concatenate([entry["refused"] for entry in chosen]), patients)
+
+
+def uploads_check(run: dict, site: str | None, whole_scans: list, singles: list) -> None:
+    """Predict's site check: the features of the slices scored this session are kept by
+    site (never the images); once there are enough, the check's verdict in plain words,
+    before that how many more slices and scans it needs."""
+    from ui.model import model_stamp, predictor
+
+    seen = st.session_state.setdefault(UPLOADS_SEEN, {}).setdefault(site or "", {})
+    seen.update(_upload_slices(run, site, whole_scans, singles))
+    if not seen:
+        return
+    where = f"site {site}" if site else "this session's uploads"
+    st.subheader("Does the model hold for these scans?")
+    result = _check_uploads(str(run["path"]), model_stamp(run), site, tuple(sorted(seen)), seen, predictor(run))
+    show, icon = VERDICT_SHOWN[result["verdict"]]
+    show(result["message"], icon=icon)
+    st.caption(f"The site check of {where}: every scan scored this session (each uploaded scan, zip or ticked "
+               "group is one patient; a single slice counts as its own), against the model's validation scans. "
+               "Only the model's features of each slice are kept for it, not the images.")
+
+
+# ---------------------------------------------------------------------------
 # The site check
 # ---------------------------------------------------------------------------
 

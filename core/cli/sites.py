@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from core.base import files
-from core.cli.common import EXIT_BAD_INPUT, report, run_dir_for
+from core.cli.common import EXIT_BAD_INPUT, report, run_dir_for, shown
 
 
 def add_parsers(commands) -> None:
@@ -32,6 +32,13 @@ def add_parsers(commands) -> None:
     adapt.add_argument("--folds", type=int, help="folds of patients (default: as many as the site allows, "
                                                  "at most core.training.site_adaptation.MAX_FOLDS)")
     adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--unlabelled", action="store_true",
+                       help="no labels, no training: re-estimate the model's BatchNorm statistics on the site's "
+                            "slices (AdaBN); SITE_DIR as for site-check. Where SITE_DIR is labelled, its figures "
+                            "before and after are printed (the labels are not used to adapt)")
+    adapt.add_argument("--flip", action="store_true",
+                       help="with --unlabelled: the statistics over each slice and its mirror (the flip "
+                            "test-time augmentation's views)")
     adapt.set_defaults(func=cmd_adapt)
     add_site_parsers(commands)
 
@@ -51,6 +58,10 @@ def cmd_adapt(args) -> int:
     from core.inference import deploy
     from core.training import site_adaptation  # TensorFlow: only when a site is adapted
 
+    if args.unlabelled:
+        return adapt_unlabelled(args, deploy.deployed_run_dir())
+    if args.flip:
+        raise ValueError("--flip goes with --unlabelled")
     if args.folds is not None and not 2 <= args.folds <= site_adaptation.MAX_FOLDS:
         raise ValueError(f"--folds {args.folds} must be between 2 and {site_adaptation.MAX_FOLDS}")
     result = site_adaptation.adapt(deploy.deployed_run_dir(), args.site_dirs, args.site, folds=args.folds,
@@ -61,6 +72,22 @@ def cmd_adapt(args) -> int:
     print(f"adapted run (all the site's patients): {result['adapted_run']}; "
           "no interval where the site has too few patients to estimate one")
     return 0
+
+
+def adapt_unlabelled(args, deployed_dir) -> int:
+    from core.training import site_adaptation, site_unlabelled  # TensorFlow: only when a site is adapted
+
+    result = site_unlabelled.adapt_unlabelled(deployed_dir, args.site_dirs, args.site, flip=args.flip,
+                                              report=report)
+    print(f"site {result['site']}: BatchNorm statistics of {result['batchnorm_layers']} layers re-estimated on "
+          f"{result['slices']} slices{' and their mirrors' if result['flip'] else ''}; model: {result['model']}")
+    if "before" in result:
+        print(f"{result['patients']} labelled patients, before: {result['deployed']}, after: its BatchNorm "
+              "statistics re-estimated on the same unlabelled slices")
+        print(site_adaptation.before_after_table(result).to_string(index=False))
+    for problem in result["problems"]:
+        print(f"error: {shown(problem)}", file=sys.stderr)
+    return EXIT_BAD_INPUT if result["problems"] else 0
 
 
 def add_site_parsers(commands) -> None:

@@ -143,26 +143,42 @@ def check_site(run_dir, sources, patients=None, names=None, n_permutations: int 
     if patients is not None and len(patients) != len(sources):
         raise ValueError(f"{len(patients)} patient ids for {len(sources)} slices: give one per slice")
     predictor = predictor or Predictor.from_run(run_dir)
-    validation = reference(predictor, report)
     scored = score(predictor, sources, names, report)
-    kept = scored["kept"]
     # A slice without a patient is its own: named by its position, never merged with another.
-    groups = None if patients is None else [f"slice {i}" if patients[i] is None else patients[i] for i in kept]
-    result = compare_features(scored["features"], validation["features"], groups, validation["patients"],
-                              n_permutations=n_permutations, seed=seed)
-    result["run"] = Path(predictor.run_dir).name
+    groups = None if patients is None else [patients[i] for i in scored["kept"]]
+    result = check_features(predictor, scored["features"], scored["raw"], scored["refused"], groups,
+                            n_permutations=n_permutations, seed=seed, report=report)
     result["problems"] = scored["problems"]
-    result["guard"] = {"refused": int(scored["refused"].sum()), "slices": len(kept),
-                       "rate": float(scored["refused"].mean()) if len(kept) else 0.0,
+    return result
+
+
+def check_features(predictor, features, raw, refused, groups=None, n_permutations: int = N_PERMUTATIONS,
+                   seed: int = 0, report=lambda line: None) -> dict:
+    """The site check on slices already through the model (Predictor.raw_and_features
+    and its guard): features N x D, raw probabilities and the guard's refusals
+    (one each), groups: a patient per slice, None for a slice that is its own
+    (None: every slice its own). The same dict as check_site, "problems" empty;
+    "site" also counts "single_slices" (slices that are their own patient)."""
+    features, raw, refused = np.asarray(features), np.asarray(raw, float), np.asarray(refused, bool)
+    validation = reference(predictor, report)
+    single = len(raw) if groups is None else sum(g is None for g in groups)
+    groups = None if groups is None else [f"slice {i}" if g is None else f"patient {g}" for i, g in enumerate(groups)]
+    result = compare_features(features, validation["features"], groups, validation["patients"],
+                              n_permutations=n_permutations, seed=seed)
+    result["site"]["single_slices"] = single
+    result["run"] = Path(predictor.run_dir).name
+    result["problems"] = []
+    result["guard"] = {"refused": int(refused.sum()), "slices": len(raw),
+                       "rate": float(refused.mean()) if len(raw) else 0.0,
                        "expected_rate": 1 - ood.PERCENTILE / 100, "guarded": predictor.guard is not None}
-    if len(kept):
+    if len(raw):
         calibrated = predictor.calibration.apply
         result["probabilities"] = {
-            "site_mean": float(np.mean(calibrated(scored["raw"]))),
+            "site_mean": float(np.mean(calibrated(raw))),
             "reference_mean": float(np.mean(calibrated(validation["raw"]))),
-            "site_positive_share": float(np.mean(scored["raw"] >= predictor.threshold)),
+            "site_positive_share": float(np.mean(raw >= predictor.threshold)),
             "reference_positive_share": float(np.mean(validation["raw"] >= predictor.threshold)),
-            "ks": float(ks_2samp(scored["raw"], validation["raw"]).statistic)}
+            "ks": float(ks_2samp(raw, validation["raw"]).statistic)}
     result["message"] = message(result)
     return result
 
@@ -218,6 +234,9 @@ def message(result: dict) -> str:
     if not site["patients_known"] and site["slices"]:
         text += (" Patients were not given: each slice counted as its own patient, which makes slices of one "
                  "patient look like a difference.")
+    elif site.get("single_slices"):
+        text += (f" {_count(site['single_slices'], 'slice')} without a patient counted each as its own patient, "
+                 "which makes slices of one patient look like a difference.")
     return text
 
 
