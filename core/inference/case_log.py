@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -94,7 +94,7 @@ def log_case(values: dict, inputs: list[tuple[str, bytes]], file_name: str, sour
     `kept`: the images to keep beside it (name, bytes), only when the user asked."""
     folder = Path(folder or paths.cases_dir())
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     digest = input_digest(inputs)
     case = f"{now:%Y%m%dT%H%M%S%f}Z-{digest[:12]}-{secrets.token_hex(3)}"
     images = _keep(folder / IMAGES / case, kept) if kept else []
@@ -210,7 +210,7 @@ def set_label(case: str, label: str, patient=UNSET, folder=None) -> dict:
         record["label"] = label
         if patient is not UNSET:
             record["patient"] = check_patient(patient)
-        record["labelled_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["labelled_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         files.write_json(path, record)
     return record
 
@@ -226,3 +226,18 @@ def case_table(records: list[dict]) -> pd.DataFrame:
     rows = [{**{column: record.get(column) for column in TABLE_COLUMNS}, "image_kept": bool(record["images"])}
             for record in records]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def png(image) -> bytes:
+    """A decoded slice (uint8 RGB) as PNG bytes: how a scan's slices are kept."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("a slice could not be encoded as PNG")
+    return encoded.tobytes()
+
+
+def scan_images(result) -> list[tuple[str, bytes]]:
+    """The slices a scan's decision counted (scored, passed by the guard), as PNGs to keep."""
+    return [(f"{index:04d}.png", png(result.scan.rgb(index))) for index in result.counted]

@@ -9,7 +9,7 @@ DISCLAIMER is the one wording of the research-use label: the app's frame
 from __future__ import annotations
 
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cv2
 import numpy as np
@@ -81,7 +81,7 @@ def report_pdf(record: dict, model: dict, image: np.ndarray, overlay: np.ndarray
     pdf.multi_cell(width, 8, latin1(f"COVID-19 CT Explorer: {record['kind']} report"), new_x="LMARGIN", new_y="NEXT")
     _disclaimer(pdf, width)
     pdf.set_font(REPORT_FONT, size=10)
-    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     _lines(pdf, width, [f"File: {record['file']} ({record['slices']} slice(s))", f"sha256: {record['sha256']}",
                         f"Predicted: {record['time']} - report made {made} - case {record['case']}"])
     pdf.ln(2)
@@ -131,9 +131,10 @@ def _pictures(pdf, width: float, image, overlay, image_caption: str, overlay_cap
     if overlay is not None:
         evidence_for = record["decision"] if record["decision"] != "refused" else record["positive_class"]
         pdf.image(Image.fromarray(colour_bar(512, 16)), x=pdf.l_margin, w=side)
-        _lines(pdf, width, [f"Heatmap colours: blue = no evidence for {evidence_for}, red = the strongest evidence "
-                            "for it in this image. Each map is scaled to its own image: red marks where the "
-                            "model found evidence, not how much."], height=4)
+        reading = (f"Heatmap colours: blue = no evidence for {evidence_for}, red = the strongest evidence for it "
+                   "in this image. Each map is scaled to its own image: red marks where the model found "
+                   "evidence, not how much.")
+        _lines(pdf, width, [reading], height=4)
     pdf.ln(2)
 
 
