@@ -6,6 +6,7 @@ probability, Grad-CAM overlays and their colour bar, and a photo is refused;
 the screenshots land in test-artifacts/ (git-ignored)."""
 import os
 import re
+import zipfile
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from core.inference import deploy
+from core.inference import case_log, deploy
 from core.inference import ood
 from core.base import files
 
@@ -128,12 +129,14 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             # Nothing is cut off at 1280 px: no element wider than the page.
             assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
-            # The overlay PNG is encoded when asked for: the download is a PNG of the scan's size.
+            # The overlay PNG is encoded when asked for: the scan's picture, with a band under it that
+            # carries the answer, the colour bar and the research-use label (ui.records.labelled_png).
             with page.expect_download(timeout=SLOW) as download:
                 page.get_by_role("button", name="Download Grad-CAM PNG").click()
             assert download.value.suggested_filename == f"{scan.stem}-gradcam.png"
-            with Image.open(download.value.path()) as overlay:
-                assert overlay.format == "PNG" and overlay.size == Image.open(scan).size
+            with Image.open(download.value.path()) as overlay, Image.open(scan) as original:
+                assert overlay.format == "PNG" and overlay.width == max(original.width, 480)
+                assert overlay.height > original.height
 
             # A photo is not like the training slices: no prediction.
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(photo))
@@ -143,5 +146,48 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             expect(page.get_by_test_id("stMetric")).to_have_count(1, timeout=SLOW)
             assert page.get_by_test_id("stException").count() == 0
             page.screenshot(path=str(screenshots / "predict-refused.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(app_url, trained_run, tmp_path):
+    """The shared COVID-CT-MD series (real JPEG-Lossless DICOM) uploaded as a zip: one decision for the
+    scan, logged in the case log, and its PDF report downloaded with the answer in it."""
+    from pypdf import PdfReader
+
+    series = ROOT.parent / "shared" / "data" / "external" / "COVID-CT-MD-dicom" / "COVID" / "P002"
+    if not series.is_dir():
+        pytest.skip(f"no DICOM series at {series}")
+    upload = tmp_path / "P002.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for path in sorted(series.glob("*.dcm")):
+            archive.write(path, f"P002/{path.name}")
+    deploy.deploy(trained_run.name, force=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(upload))
+            expect(page.get_by_text("DICOM series", exact=False).first).to_be_visible(timeout=SLOW)
+            button = page.get_by_role("button", name="Download the PDF report")
+            expect(button).to_be_visible(timeout=SLOW)
+            records, problems = case_log.list_cases()
+            assert problems == [] and len(records) == 1
+            record = records[0]
+            assert (record["kind"], record["file"], record["source"]) == ("scan", "P002.zip", "app")
+            assert record["images"] == []  # no image kept unless asked
+            with page.expect_download(timeout=SLOW) as download:
+                button.click()
+            assert download.value.suggested_filename == "P002-report.pdf"
+            content = Path(download.value.path()).read_bytes()
+            assert content.startswith(b"%PDF")
+            text = " ".join(PdfReader(download.value.path()).pages[0].extract_text().split())
+            assert f"Decision: {record['decision']}" in text and record["sha256"] in text
+            assert "Research use only" in text
+            assert page.get_by_test_id("stException").count() == 0
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+            page.screenshot(path=str(ROOT / "test-artifacts" / "predict-scan-report.png"), full_page=True)
         finally:
             browser.close()
