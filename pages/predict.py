@@ -104,9 +104,9 @@ if run is None:
 deployed_model_card(run)
 site = site_choice(run)
 uploads, one_scan, opacity = upload_controls()
-records.case_log_expander()
 if not uploads:
     st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
+    records.case_log_expander()  # earlier answers, of this session or any other: they survive a reload
     st.stop()
 whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
 for scan_name, files in whole_scans:
@@ -114,3 +114,4 @@ for scan_name, files in whole_scans:
 for i, (file_name, content) in enumerate(singles):
     single_slice(run, i, file_name, content, opacity, site)
 records.session_table()
+records.case_log_expander()

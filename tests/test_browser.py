@@ -163,6 +163,7 @@ def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(
         for path in sorted(series.glob("*.dcm")):
             archive.write(path, f"P002/{path.name}")
     deploy.deploy(trained_run.name, force=True)
+    earlier = {r["case"] for r in case_log.list_cases()[0]}  # the tiny run's artifacts are shared by the session
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -173,7 +174,11 @@ def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(
             expect(page.get_by_text("DICOM series", exact=False).first).to_be_visible(timeout=SLOW)
             button = page.get_by_role("button", name="Download the PDF report")
             expect(button).to_be_visible(timeout=SLOW)
+            # The page is done (its Grad-CAM drawn, no script running): the button takes clicks.
+            expect(page.get_by_text("Grad-CAM: evidence for", exact=False)).to_be_visible(timeout=SLOW)
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW)
             records, problems = case_log.list_cases()
+            records = [r for r in records if r["case"] not in earlier]
             assert problems == [] and len(records) == 1
             record = records[0]
             assert (record["kind"], record["file"], record["source"]) == ("scan", "P002.zip", "app")
