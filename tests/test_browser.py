@@ -168,8 +168,13 @@ def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            # The first visit to a fresh server can meet Streamlit's "Page not found" dialog (its pages not
+            # yet registered), which makes the page behind it inert: a second visit finds them.
             page.goto(f"{app_url}/Predict")
             expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
+            page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(upload))
             expect(page.get_by_text("DICOM series", exact=False).first).to_be_visible(timeout=SLOW)
             button = page.get_by_role("button", name="Download the PDF report")
