@@ -17,6 +17,7 @@ import pytest
 from pypdf import PdfReader
 
 from core.inference import case_export, case_log, report, site_labels
+from test_app import deployed, run_id  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +164,32 @@ def test_the_cli_logs_its_predictions_and_lists_and_exports_them(trained_artifac
     assert all(r["case"] in listed for r in records)
     assert main(["cases", "export", str(tmp_path / "site")]) == 0
     assert len(site_labels.site_index(tmp_path / "site", "NonCOVID", "COVID")) == 2
+
+
+def test_predict_stores_a_wrong_answer_and_shows_it_after_a_reload(deployed, data_dir):  # noqa: F811
+    from test_app import assert_no_exception, open_page
+
+    from ui import navigation
+
+    scan = min((data_dir / "COVID").glob("*.png"))
+    earlier = {r["case"] for r in case_log.list_cases()[0]}
+    at = open_page(navigation.PREDICT)
+    at.toggle(key="keep_case_images").set_value(True)
+    at.file_uploader(key="uploads").set_value([(scan.name, scan.read_bytes(), "image/png")]).run()
+    assert_no_exception(at)
+    [record] = [r for r in case_log.list_cases()[0] if r["case"] not in earlier]
+    assert record["images"] and record["source"] == "app"
+    other = "NonCOVID" if record["decision"] == "COVID" else "COVID"
+    assert at.radio(key="wrong_label_slice_0").value == other  # the other class, preselected
+    at.text_input(key="wrong_patient_slice_0").set_value("P-42")
+    next(b for b in at.button if b.label == "Store the correct label").click().run()
+    assert_no_exception(at)
+    stored = case_log.read_case(case_log.find_case(record["case"]))
+    assert (stored["label"], stored["patient"]) == (other, "P-42")
+    assert len(case_log.list_cases()[0]) == len(earlier) + 1  # the reruns logged nothing more
+
+    reloaded = open_page(navigation.PREDICT)  # a new session, no upload: the answer is still there
+    assert_no_exception(reloaded)
+    table = next(frame.value for frame in reloaded.dataframe)
+    row = table[table["case"] == record["case"]].iloc[0]
+    assert (row["label"], row["patient"], row["file"]) == (other, "P-42", scan.name)
