@@ -91,7 +91,8 @@ def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method
     note = evidence_note(run, content, name, method, class_index)
     if note:
         st.warning(note, icon=":material/info:")
-    st.download_button(f"Download {CAM_METHODS[method]} PNG", partial(records.labelled_png, image, record, CAM_METHODS[method]),
+    labelled = partial(records.labelled_png, image, record, CAM_METHODS[method])  # the answer written under it
+    st.download_button(f"Download {CAM_METHODS[method]} PNG", labelled,
                        file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
                        mime="image/png", key=f"download_{i}_{method}", on_click="ignore")
 

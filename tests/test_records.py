@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pypdf import PdfReader
+from test_app import deployed, run_id  # noqa: F401 (fixtures)
 
 from core.inference import case_export, case_log, report, site_labels
-from test_app import deployed, run_id  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -91,7 +91,8 @@ def _wrong_answer_form(record: dict, key: str) -> None:
     with st.form(f"wrong_{key}", border=False):
         label = st.radio("The correct label", classes, index=classes.index(other), horizontal=True,
                          key=f"wrong_label_{key}")
-        patient = st.text_input("Patient id (optional)", max_chars=case_log.MAX_PATIENT_LENGTH, key=f"wrong_patient_{key}",
+        patient = st.text_input("Patient id (optional)", max_chars=case_log.MAX_PATIENT_LENGTH,
+                                key=f"wrong_patient_{key}",
                                 help="Letters, digits, '.', '_' and '-'. Slices of one patient are then kept "
                                      "together when the log is exported as a site's labelled set.")
         if not st.form_submit_button("Store the correct label"):

@@ -120,8 +120,8 @@ def _keep(folder: Path, kept: list[tuple[str, bytes]]) -> list[str]:
 
 def validate(record, name: str) -> dict:
     """`record` when it is a case record this tool writes; ValueError naming the file and field otherwise."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{name}: not a case record (a JSON object)")
+    if not isinstance(record, dict):  # a bad file, as every other problem: ValueError, which callers list
+        raise ValueError(f"{name}: not a case record (a JSON object)")  # noqa: TRY004
     for field, kinds in SCHEMA.items():
         value = record.get(field)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
