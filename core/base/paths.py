@@ -52,8 +52,9 @@ def runs_dir() -> Path:
 
 
 def cases_dir() -> Path:
-    """The case log: one JSON file per prediction made in the app or the CLI (core.inference.case_log)."""
-    return artifacts_dir() / "cases"
+    """The case log: one JSON file per prediction made in the app or the CLI
+    (core.inference.case_log): $COVIDCT_CASES, else the artifacts folder's cases/."""
+    return Path(os.environ.get("COVIDCT_CASES", artifacts_dir() / "cases"))
 
 
 def keep_case_images() -> bool:
