@@ -196,6 +196,7 @@ def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(
             text = " ".join(PdfReader(download.value.path()).pages[0].extract_text().split())
             assert f"Decision: {record['decision']}" in text and record["sha256"] in text
             assert "Research use only" in text
+            assert f"Run: {trained_run.name}" in text and "Figures: test split" in text and "Calibration:" in text
             assert page.get_by_test_id("stException").count() == 0
             assert page.evaluate("document.documentElement.scrollWidth") <= 1280
             page.screenshot(path=str(ROOT / "test-artifacts" / "predict-scan-report.png"), full_page=True)

@@ -33,13 +33,14 @@ def test_the_pdf_report_states_the_answer_the_model_and_the_disclaimer(tmp_path)
     record = case_log.log_case(values(0.734, borderline=True), [("a.png", b"bytes")], "scan-7.png", "app",
                                folder=tmp_path)
     image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    model = {"run": "smoke-run", "recipe": "input_size=64", "figures": "test split (8 slices): ROC-AUC 0.750"}
+    model = {"run": "smoke-run", "recipe": "input_size=64", "figures": "test split (8 slices): ROC-AUC 0.750",
+             "calibration": "platt scaling fitted on the validation split (8 slices); borderline between 40% and 60%"}
     pdf = report.report_pdf(record, model, image, image)
     assert pdf.startswith(b"%PDF")
     text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
     for expected in ("Probability of COVID: 73%", "Decision: COVID (borderline: too close to call)",
                      "Threshold: 50%, the model's own calibration", "Run: smoke-run", "Recipe: input_size=64",
-                     "ROC-AUC 0.750", "scan-7.png", record["sha256"], " ".join(report.DISCLAIMER.split())):
+                     "ROC-AUC 0.750", "borderline between 40% and 60%", "scan-7.png", record["sha256"], " ".join(report.DISCLAIMER.split())):
         assert expected in text
 
 
@@ -195,3 +196,14 @@ def test_predict_stores_a_wrong_answer_and_shows_it_after_a_reload(deployed, dat
     table = next(frame.value for frame in reloaded.dataframe)
     row = table[table["case"] == record["case"]].iloc[0]
     assert (row["label"], row["patient"], row["file"]) == (other, "P-42", scan.name)
+
+
+def test_the_report_names_the_run_its_test_figures_and_its_calibration(trained_run):
+    from core.runs import catalogue
+
+    run = catalogue.load_run(trained_run)
+    model = report.model_summary(run)
+    assert model["run"] == trained_run.name and model["recipe"]  # the smoke run's changes, e.g. input_size=64
+    assert model["figures"].startswith("test split (") and "95% CI" in model["figures"]
+    line = report.calibration_line(trained_run, None)
+    assert "borderline between" in line and ("validation split" in line or "not calibrated" in line)

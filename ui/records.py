@@ -65,8 +65,8 @@ def scan_case(run: dict, name: str, files: list[tuple[str, bytes]], result) -> d
 def _pdf(run: dict, case: str, image, overlay, image_caption: str, overlay_caption: str) -> bytes:
     """The report, built on click from the case's record as it is now (with a label stored since)."""
     record = case_log.read_case(case_log.find_case(case))
-    return report.report_pdf(record, report.model_summary(run), image, overlay() if overlay else None,
-                             image_caption, overlay_caption)
+    model = {**report.model_summary(run), "calibration": report.calibration_line(run["path"], record["site"])}
+    return report.report_pdf(record, model, image, overlay() if overlay else None, image_caption, overlay_caption)
 
 
 def answer_controls(run: dict, record: dict | None, image, overlay=None, key: str = "",

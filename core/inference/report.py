@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.inference import deploy
-from core.inference.calibration import percent
+from core.inference import deploy, site_store
+from core.inference.calibration import for_run, percent
 from core.inference.heatmaps import colour_bar
 from core.runs.train_config import recipe_changes
 
@@ -44,6 +44,18 @@ def model_summary(run: dict) -> dict:
     return {"run": run["id"], "recipe": recipe_changes(run.get("config") or {}), "figures": figures}
 
 
+def calibration_line(run_dir, site: str | None) -> str:
+    """How the probabilities were calibrated and where the borderline band lies: the
+    site profile's calibration (core.inference.site_store) or the run's own (calibration.for_run)."""
+    calibration = site_store.calibration_for(run_dir, site) if site else for_run(run_dir)
+    fitted_on = f"site {site}'s labelled patients" if site else "the validation split"
+    how = (f"{calibration.method} scaling fitted on {fitted_on} ({calibration.n_val} slices)"
+           if calibration.method != "none" else "not calibrated: the model's own scale"
+           + (f" ({calibration.note})" if calibration.note else ""))
+    low, high = calibration.borderline
+    return f"{how}; borderline between {percent(low)} and {percent(high)}"
+
+
 def _number(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
@@ -69,8 +81,9 @@ def answer_lines(record: dict) -> list[str]:
 def report_pdf(record: dict, model: dict, image: np.ndarray, overlay: np.ndarray | None,
                image_caption: str = "slice", overlay_caption: str = "Grad-CAM") -> bytes:
     """A one-page PDF of one case (a case_log record): the image and its Grad-CAM
-    with the colour bar, the answer, the model and its figures, the date and
-    the disclaimer. Returns the PDF's bytes."""
+    with the colour bar, the answer, the model and its figures (model_summary, and
+    optionally its "calibration": calibration_line), the date and the disclaimer.
+    Returns the PDF's bytes."""
     from fpdf import FPDF  # only when a report is asked for
 
     pdf = FPDF(format="A4")
@@ -94,7 +107,8 @@ def report_pdf(record: dict, model: dict, image: np.ndarray, overlay: np.ndarray
     _lines(pdf, width, ["Model"])
     pdf.set_font(REPORT_FONT, size=9)
     _lines(pdf, width, [f"Run: {model['run']}", f"Recipe: {model['recipe']}", f"Figures: {model['figures']}",
-                        f"Site / calibration: {record['site'] or 'none'} / {record['calibration']}"])
+                        f"Site / calibration: {record['site'] or 'none'} / {record['calibration']}"]
+           + ([f"Calibration: {model['calibration']}"] if model.get("calibration") else []))
     pdf.ln(3)
     _disclaimer(pdf, width)
     return bytes(pdf.output())
