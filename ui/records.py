@@ -50,7 +50,7 @@ def slice_case(run: dict, file_name: str, content: bytes, prediction) -> dict | 
     keep = st.session_state.get("keep_case_images", paths.keep_case_images())
     return _logged(key, lambda: case_log.log_case(
         case_log.slice_values(prediction, run["path"]), inputs, file_name, "app",
-        report.model_summary(run)["recipe"], kept=inputs if keep else None))
+        report.model_summary(run)["recipe"], kept=case_log.slice_image(prediction) if keep else None))
 
 
 def scan_case(run: dict, name: str, files: list[tuple[str, bytes]], result) -> dict | None:

@@ -81,7 +81,7 @@ def log_slices(run_dir, results, keep: bool) -> None:
         content = files.read_regular(result.name, MAX_FILE_BYTES)
         inputs = [(Path(result.name).name, content)]
         case_log.log_case(case_log.slice_values(result, run_dir), inputs, Path(result.name).name, "cli", recipe,
-                          kept=inputs if keep else None)
+                          kept=case_log.slice_image(result) if keep else None)
 
 
 def log_scan(run_dir, path: str, result, keep: bool) -> None:

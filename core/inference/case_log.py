@@ -238,6 +238,12 @@ def png(image) -> bytes:
     return encoded.tobytes()
 
 
+def slice_image(prediction) -> list[tuple[str, bytes]]:
+    """A slice to keep: its decoded pixels as PNG, never the file as uploaded, whose
+    DICOM header can hold a patient's name and ids."""
+    return [("slice.png", png(prediction.image))]
+
+
 def scan_images(result) -> list[tuple[str, bytes]]:
     """The slices a scan's decision counted (scored, passed by the guard), as PNGs to keep."""
     return [(f"{index:04d}.png", png(result.scan.rgb(index))) for index in result.counted]
