@@ -2,7 +2,7 @@
 (predict, predict-scan), one JSON file per case under paths.cases_dir().
 
 A record holds what was asked and what was answered: the sha256 of the
-input's bytes (the input itself only when the user asks to keep images:
+input's bytes (its decoded pixels too only when the user asks to keep images:
 paths.keep_case_images), its file name, the time, the model run, the site
 profile, the probability, threshold, decision, borderline flag, and whether
 the guard refused it. A clinician can later store the correct label (and a
