@@ -207,3 +207,24 @@ def test_the_report_names_the_run_its_test_figures_and_its_calibration(trained_r
     assert model["figures"].startswith("test split (") and "95% CI" in model["figures"]
     line = report.calibration_line(trained_run, None)
     assert "borderline between" in line and ("validation split" in line or "not calibrated" in line)
+
+
+def test_predict_scan_logs_one_case_per_scan_with_its_counted_slices_kept(trained_artifacts, trained_run, data_dir,
+                                                                           tmp_path):
+    from core.cli.main import main
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for path in sorted((data_dir / "COVID").glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    earlier = {r["case"] for r in case_log.list_cases()[0]}
+    assert main(["predict-scan", str(folder), "--run", str(trained_run), "--keep-images"]) == 0
+    [record] = [r for r in case_log.list_cases()[0] if r["case"] not in earlier]
+    assert (record["kind"], record["file"], record["slices"], record["source"]) == ("scan", "scan", 3, "cli")
+    names = sorted(p.name for p in folder.iterdir())
+    digest = hashlib.sha256()
+    for name in names:  # a folder's digest: its files' names and digests, in order
+        digest.update(name.encode() + b"\0" + hashlib.sha256((folder / name).read_bytes()).digest())
+    assert record["sha256"] == digest.hexdigest()
+    kept = case_log.kept_images(record)
+    assert kept and all(path.read_bytes().startswith(b"\x89PNG") for path in kept)
