@@ -15,11 +15,11 @@ from core.data.scans import group_uploads
 from core.inference import deploy
 from core.inference.calibration import percent
 from core.inference.ood import REFUSAL
-from ui import frame, scans
+from ui import frame, records, scans
 from ui.deployment import deployed_model_card, nothing_deployed
 from ui.formatting import upload_name
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
-                      lung_outline_toggle, png_bytes, predict_upload, predictor)
+                      lung_outline_toggle, predict_upload, predictor)
 from ui.runs import class_names
 from ui.sites import calibration_words, site_choice, uploads_check
 
@@ -36,6 +36,7 @@ def upload_controls():
                "unless ticked above.")
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity", persist_state="session")
     lung_outline_toggle()
+    records.keep_images_toggle()
     return uploads, one_scan, opacity
 
 
@@ -50,6 +51,7 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
             st.error(f"Cannot use this file: {error}")
             return
         st.markdown(f"#### {name}")
+        record = records.slice_case(run, file_name, content, prediction)  # logged once per session
         if prediction.refused:
             st.warning(f"{REFUSAL.capitalize()}: " + "; ".join(prediction.ood_problems) + ".",
                        icon=":material/block:")
@@ -61,8 +63,10 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in zip(heatmaps, CAM_METHODS):
             with column, st.spinner(f"{CAM_METHODS[method]}…"):
-                heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index)
+                heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index, record)
         heatmap_colour_bar(prediction.label)
+        records.answer_controls(run, record, prediction.image, key=f"slice_{i}", overlay=partial(
+            gradcam_overlay, run, content, name, "gradcam", opacity, class_index=prediction.class_index))
 
 
 def decision(run: dict, column, prediction) -> None:
@@ -79,15 +83,16 @@ def decision(run: dict, column, prediction) -> None:
 
 
 def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method: str, opacity: float,
-            class_index: int) -> None:
-    """One heatmap overlay and its download (the PNG is encoded on click, not on every run)."""
+            class_index: int, record: dict | None) -> None:
+    """One heatmap overlay and its download, which carries the answer (the PNG is encoded on click)."""
     image = gradcam_overlay(run, content, name, method, opacity, class_index=class_index,
                             outline=st.session_state.get("lung_outline", False))
     st.image(image, caption=CAM_METHODS[method], width="stretch")
     note = evidence_note(run, content, name, method, class_index)
     if note:
         st.warning(note, icon=":material/info:")
-    st.download_button(f"Download {CAM_METHODS[method]} PNG", partial(png_bytes, image),
+    labelled = partial(records.labelled_png, image, record, CAM_METHODS[method])  # the answer written under it
+    st.download_button(f"Download {CAM_METHODS[method]} PNG", labelled,
                        file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
                        mime="image/png", key=f"download_{i}_{method}", on_click="ignore")
 
@@ -102,6 +107,7 @@ site = site_choice(run)
 uploads, one_scan, opacity = upload_controls()
 if not uploads:
     st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
+    records.case_log_expander()  # earlier answers, of this session or any other: they survive a reload
     st.stop()
 whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
 for scan_name, files in whole_scans:
@@ -109,3 +115,5 @@ for scan_name, files in whole_scans:
 for i, (file_name, content) in enumerate(singles):
     single_slice(run, i, file_name, content, opacity, site)
 uploads_check(run, site, whole_scans, singles)
+records.session_table()
+records.case_log_expander()

@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Decoded images of this test session, not of the user's runs (core.data.image_cache).
 os.environ.setdefault("COVIDCT_IMAGE_CACHE", tempfile.mkdtemp(prefix="covidct-image-cache-"))
+# The answers the tests' predictions log (core.inference.case_log), never in the user's case log.
+os.environ.setdefault("COVIDCT_CASES", tempfile.mkdtemp(prefix="covidct-cases-"))
 
 from core.base import paths  # noqa: E402
 

@@ -19,7 +19,7 @@ from dicom_factory import ct_dataset, dicom_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.inference import calibration
+from core.inference import calibration, case_log
 from core.inference import deploy
 from core.jobs import background
 from core.evaluation import tables
@@ -259,6 +259,7 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
                                                                         tmp_path):
     row = storage.read_predictions(trained_run).query("split == 'test'").iloc[0]
     png = shutil.copy(data_dir / row["path"], tmp_path / "slice.png")
+    earlier = {r["case"] for r in case_log.list_cases()[0]}
     at = open_page(navigation.PREDICT)
     at.file_uploader(key="uploads").set_value([
         ("slice.png", Path(png).read_bytes(), "image/png"),
@@ -283,7 +284,14 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
         assert any(c.startswith(f"Heatmap colours: blue = no evidence for {label}, red = the strongest")
                    for c in captions)
     assert "Model answering:" in texts(at.markdown) and "Deployed despite" in texts(at.warning)
-    assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG"] * 2
+    assert [b.label for b in at.download_button] == (
+        ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG", "Download the PDF report"] * 2
+        + ["Download these 2 answer(s) as CSV", "Download the case log as CSV"])
+    # Each answer is in the case log, once, however often the page reruns (docs/records.md).
+    at.run()
+    logged, problems = case_log.list_cases()
+    new = sorted(r["file"] for r in logged if r["case"] not in earlier)
+    assert problems == [] and new == ["slice.dcm", "slice.png"]
 
 
 def test_predict_refuses_a_photo_until_asked(deployed):

@@ -8,6 +8,7 @@ artifacts folder gets from Home's one step to an answer on Predict."""
 import contextlib
 import os
 import re
+import zipfile
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from core.inference import deploy
+from core.inference import case_log, deploy
 from core.inference import ood
 from core.base import files
 
@@ -138,12 +139,14 @@ def test_deploy_then_predict_in_chromium_shows_probability_gradcam_and_refuses_a
             # Nothing is cut off at 1280 px: no element wider than the page.
             assert page.evaluate("document.documentElement.scrollWidth") <= 1280
 
-            # The overlay PNG is encoded when asked for: the download is a PNG of the scan's size.
+            # The overlay PNG is encoded when asked for: the scan's picture, with a band under it that
+            # carries the answer, the colour bar and the research-use label (ui.records.labelled_png).
             with page.expect_download(timeout=SLOW) as download:
                 page.get_by_role("button", name="Download Grad-CAM PNG").click()
             assert download.value.suggested_filename == f"{scan.stem}-gradcam.png"
-            with Image.open(download.value.path()) as overlay:
-                assert overlay.format == "PNG" and overlay.size == Image.open(scan).size
+            with Image.open(download.value.path()) as overlay, Image.open(scan) as original:
+                assert overlay.format == "PNG" and overlay.width == max(original.width, 480)
+                assert overlay.height > original.height
 
             # A photo is not like the training slices: no prediction.
             page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(photo))
@@ -199,5 +202,59 @@ def test_a_newcomer_gets_a_first_prediction_from_home_in_one_step(data_dir, weig
             expect(metric).to_be_visible(timeout=SLOW)
             assert re.fullmatch(r"<1%|>99%|\d{1,2}%", metric.get_by_test_id("stMetricValue").inner_text())
             assert page.get_by_test_id("stException").count() == 0
+        finally:
+            browser.close()
+
+
+def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(app_url, trained_run, tmp_path):
+    """The shared COVID-CT-MD series (real JPEG-Lossless DICOM) uploaded as a zip: one decision for the
+    scan, logged in the case log, and its PDF report downloaded with the answer in it."""
+    from pypdf import PdfReader
+
+    series = ROOT.parent / "shared" / "data" / "external" / "COVID-CT-MD-dicom" / "COVID" / "P002"
+    if not series.is_dir():
+        pytest.skip(f"no DICOM series at {series}")
+    upload = tmp_path / "P002.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for path in sorted(series.glob("*.dcm")):
+            archive.write(path, f"P002/{path.name}")
+    deploy.deploy(trained_run.name, force=True)
+    earlier = {r["case"] for r in case_log.list_cases()[0]}  # the tiny run's artifacts are shared by the session
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            # The first visit to a fresh server can meet Streamlit's "Page not found" dialog (its pages not
+            # yet registered), which makes the page behind it inert: a second visit finds them.
+            page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
+            page.goto(f"{app_url}/Predict")
+            expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
+            expect(page.get_by_text("Page not found")).to_have_count(0)
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(upload))
+            expect(page.get_by_text("DICOM series", exact=False).first).to_be_visible(timeout=SLOW)
+            button = page.get_by_role("button", name="Download the PDF report")
+            expect(button).to_be_visible(timeout=SLOW)
+            # The page is done (its Grad-CAM drawn, no script running): the button takes clicks.
+            expect(page.get_by_text("Grad-CAM: evidence for", exact=False)).to_be_visible(timeout=SLOW)
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=SLOW)
+            records, problems = case_log.list_cases()
+            records = [r for r in records if r["case"] not in earlier]
+            assert problems == [] and len(records) == 1
+            record = records[0]
+            assert (record["kind"], record["file"], record["source"]) == ("scan", "P002.zip", "app")
+            assert record["images"] == []  # no image kept unless asked
+            with page.expect_download(timeout=SLOW) as download:
+                button.click()
+            assert download.value.suggested_filename == "P002-report.pdf"
+            content = Path(download.value.path()).read_bytes()
+            assert content.startswith(b"%PDF")
+            text = " ".join(PdfReader(download.value.path()).pages[0].extract_text().split())
+            assert f"Decision: {record['decision']}" in text and record["sha256"] in text
+            assert "Research use only" in text
+            assert f"Run: {trained_run.name}" in text and "Figures: test split" in text and "Calibration:" in text
+            assert page.get_by_test_id("stException").count() == 0
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+            page.screenshot(path=str(ROOT / "test-artifacts" / "predict-scan-report.png"), full_page=True)
         finally:
             browser.close()

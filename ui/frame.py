@@ -6,9 +6,10 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
+from core.inference.report import DISCLAIMER  # one wording: the reports print it too
+
 APP_NAME = "COVID-19 CT Explorer"
-DISCLAIMER = ("Research use only. This tool is not a medical device and must not be used "
-              "to diagnose, treat or rule out COVID-19.")
+__all__ = ["APP_NAME", "DISCLAIMER", "disclaimer_banner", "draw", "keep_tensorflow_kernels"]
 
 
 def keep_tensorflow_kernels() -> None:

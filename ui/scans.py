@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 
 import streamlit as st
 
@@ -19,7 +20,7 @@ from core.evaluation import patient_level
 from core.inference import scan_decision, site_store
 from core.inference.calibration import percent
 from core.inference.scan_decision import ScanResult
-from ui import charts
+from ui import charts, records
 from ui.formatting import plain, upload_name
 from ui.model import model_stamp, predictor, site_stamp, slice_overlay
 from ui.runs import class_names
@@ -72,12 +73,25 @@ def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: flo
             return
         st.markdown(f"#### {shown_name}")
         _decision(result)
+        record = records.scan_case(run, name, files, result)  # logged once per session
         top = result.most_suspicious
         count = len(result.scan.slices)
         index = (st.slider("Slice", 1, count, (top or 0) + 1, key=f"slice_{key}",
                            help="Starts at the most suspicious slice.") if count > 1 else 1) - 1
         st.plotly_chart(charts.scan_probability_curve(result, index), key=f"curve_{key}")
         _slice(run, result, key, index, opacity)
+        _report(run, result, record, key, opacity)
+
+
+def _report(run: dict, result: ScanResult, record: dict | None, key: str, opacity: float) -> None:
+    """The scan's report shows its most suspicious slice (the first when none was scored) and its Grad-CAM."""
+    top = result.most_suspicious
+    index = top if top is not None else 0
+    overlay = None if top is None else partial(slice_overlay, run, result, key, top, "gradcam", opacity,
+                                               int(result.decision == result.positive_class))
+    records.answer_controls(run, record, result.scan.rgb(index), overlay, key=f"scan_{key}",
+                            image_caption=f"slice {index + 1} (most suspicious)" if top is not None else "slice 1",
+                            overlay_caption="Grad-CAM: evidence for the scan's decision")
 
 
 def _decision(result: ScanResult) -> None:

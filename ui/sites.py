@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.base import files, paths
 from core.inference import site_store
+from core.inference.case_log import calibration_words  # noqa: F401  (one wording: the case log and reports say it too)
 from core.jobs import background
 from core.runs import lock
 from ui.cache_keys import mtime
@@ -55,9 +56,6 @@ def site_choice(run: dict) -> str | None:
     return None if chosen == NO_SITE else chosen
 
 
-def calibration_words(site: str | None) -> str:
-    """Which calibration a shown probability comes from."""
-    return f"calibrated for site {site}" if site else "the model's own calibration"
 
 
 # ---------------------------------------------------------------------------

@@ -51,6 +51,18 @@ def runs_dir() -> Path:
     return artifacts_dir() / "runs"
 
 
+def cases_dir() -> Path:
+    """The case log: one JSON file per prediction made in the app or the CLI
+    (core.inference.case_log): $COVIDCT_CASES, else the artifacts folder's cases/."""
+    return Path(os.environ.get("COVIDCT_CASES", artifacts_dir() / "cases"))
+
+
+def keep_case_images() -> bool:
+    """Whether the case log keeps each input's bytes beside its record
+    ($COVIDCT_KEEP_IMAGES=1; default off: only a digest of the input is kept)."""
+    return os.environ.get("COVIDCT_KEEP_IMAGES", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def studies_dir() -> Path:
     """Hyperparameter searches: one Optuna SQLite file (and a worker log) per study."""
     return artifacts_dir() / "studies"

@@ -1,5 +1,5 @@
 """Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | predict-scan
-| explain | audit | runs | site-check | site-profile.
+| explain | audit | runs | site-check | site-profile | cases.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -96,7 +96,7 @@ def cmd_runs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.base import paths
-    from core.cli import evidence, scans, sites, slices, training
+    from core.cli import cases, evidence, scans, sites, slices, training
 
     parser = OneLineParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "each cross-validated recipe from its fold runs")
     listing.set_defaults(func=cmd_runs)
     sites.add_parsers(commands)
+    cases.add_parsers(commands)
     evidence.add_parser(commands)
     return parser
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from core.cli.cases import keep_option, log_scan
+
 CSV_COLUMNS = ["scan", "kind", "slices_read", "slices_scored", "probability", "decision", "most_suspicious",
                "most_suspicious_probability", "aggregation", "threshold", "borderline", "notes"]
 
@@ -23,6 +25,7 @@ def add_parser(commands) -> None:
     predict_scan.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
     predict_scan.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
+    keep_option(predict_scan)
     predict_scan.set_defaults(func=cmd_predict_scan)
 
 
@@ -77,7 +80,9 @@ def cmd_predict_scan(args) -> int:
             print(f"error: {shown(error)}", file=sys.stderr)
             failures += 1
             continue
-        row = result_row(scan_decision.score_scan(predictor, read, settings))
+        result = scan_decision.score_scan(predictor, read, settings)
+        log_scan(run_dir, path, result, args.keep_images)  # every answer keeps a record (docs/records.md)
+        row = result_row(result)
         rows.append(row)
         print(result_line(row), flush=True)
     if args.csv:

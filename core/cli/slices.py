@@ -10,6 +10,7 @@ import io
 import sys
 from pathlib import Path
 
+from core.cli import cases
 from core.cli.common import (ALPHA, EXIT_BAD_INPUT, PREDICT_BATCH, PROGRESS_FROM, image_files, in_range, run_dir_for,
                              shown)
 
@@ -25,6 +26,7 @@ def add_parsers(commands) -> None:
                          help=f"slices per model call, {PREDICT_BATCH} (default 32)")
     predict.add_argument("--csv", help="also write path, probability, decision, ood, reason to this CSV file")
     predict.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
+    cases.keep_option(predict)
     predict.set_defaults(func=cmd_predict)
 
     explain = commands.add_parser("explain", help="save a Grad-CAM overlay for one slice")
@@ -47,7 +49,8 @@ def cmd_predict(args) -> int:
     paths, failures = image_files(args.images, report=lambda line: print(f"error: {shown(line)}", file=sys.stderr))
     # TensorFlow only now: a mistyped path is refused at once, without its start-up lines on stderr.
     from core.inference.predict import Predictor
-    predictor = Predictor.from_run(run_dir_for(args.run), site=args.site)
+    run_dir = run_dir_for(args.run)
+    predictor = Predictor.from_run(run_dir, site=args.site)
     if predictor.site:
         print(f"calibration and threshold: site profile {shown(predictor.site)}", file=sys.stderr)
     rows = []
@@ -61,7 +64,9 @@ def cmd_predict(args) -> int:
                 except (ImageReadError, OSError) as error:
                     progress.write(f"error: {shown(error)}", file=sys.stderr)
                     failures += 1
-            for result in predictor.predict_images(images, names):
+            results = predictor.predict_images(images, names)
+            cases.log_slices(run_dir, results, args.keep_images)  # every answer keeps a record (docs/records.md)
+            for result in results:
                 decision = "refused" if result.refused else result.label
                 rows.append({"path": result.name, "probability": round(result.probability, 4),
                              "decision": decision, "ood": result.refused,
