@@ -197,7 +197,7 @@ def test_a_study_with_a_dicomdir_lists_the_same_series_zipped_or_not(tmp_path):
     assert zipped_study.preselected.description == "Lung 1.0 B70f"
 
 
-def test_a_dicomdir_naming_files_that_are_missing_is_said(tmp_path):
+def test_a_dicomdir_naming_files_that_are_missing_is_said(tmp_path, monkeypatch):
     folder = dicomdir_study(tmp_path / "cd")
     lung_files = [p for p in folder.rglob("*") if p.is_file() and p.name != "DICOMDIR"
                   and "Lung" in str(dicom.dicom_header(p.read_bytes(), p.name).SeriesDescription)]
@@ -208,6 +208,10 @@ def test_a_dicomdir_naming_files_that_are_missing_is_said(tmp_path):
     for path in lung_files[2:]:
         path.unlink()
     assert dicom_study.open_study(folder).notes == ["DICOMDIR indexes 4 series; 1 of them have no file here"]
+    monkeypatch.setattr(limits, "MAX_DICOMDIR_BYTES", 100)  # an index too large to parse is not
+    assert dicom_study.open_study(folder).notes == [
+        "DICOMDIR: not compared, over 0 MB of index to parse; series listed from the files"]
+    monkeypatch.undo()
     (folder / "DICOMDIR").write_bytes(b"\0" * 200)
     assert dicom_study.open_study(folder).notes == [
         "DICOMDIR: not a readable DICOMDIR (AttributeError); series listed from the files"]

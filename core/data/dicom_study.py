@@ -8,9 +8,8 @@ list them only headers are read (each file's first bytes, up to its pixel
 data; nothing decoded, no zip member inflated past its header), within the
 bounds of core.data.limits. The chosen series is then read as one scan by
 core.data.scans, within its limits. What holds no DICOM image (slice images,
-NIfTI) is read by core.data.scans as before. The DICOMDIR is not needed to
-list a study: every file's header says its series; when one is there, the
-series it indexes are compared with the files found.
+NIfTI) is read by core.data.scans as before. A DICOMDIR is not needed: every
+file's header says its series; one found is compared with the files.
 """
 from __future__ import annotations
 
@@ -171,9 +170,9 @@ def _listing(name: str, entries: list[tuple[str, object, int]], archive: zipfile
     """Group the DICOM images among `entries` (name, source, size) by series."""
     index_files = [entry for entry in entries if DICOMDIR.search(entry[0])]
     entries = [entry for entry in entries if not scans.IGNORED_MEMBERS.search(entry[0])]
-    if len(entries) > limits.MAX_STUDY_FILES:
-        raise ImageReadError(f"{name}: {len(entries)} files, more than the {limits.MAX_STUDY_FILES} a study may "
-                             "hold; give the series to read (its folder or zip)")
+    if len(entries) + len(index_files) > limits.MAX_STUDY_FILES:
+        raise ImageReadError(f"{name}: {len(entries) + len(index_files)} files, more than the "
+                             f"{limits.MAX_STUDY_FILES} a study may hold; give the series to read (its folder or zip)")
     by_uid: dict[str, list[tuple[StudyFile, pydicom.Dataset]]] = {}
     left_out, budget = [], limits.MAX_STUDY_HEADER_BYTES
     for file_name, source, size in entries:
@@ -202,7 +201,12 @@ def _listing(name: str, entries: list[tuple[str, object, int]], archive: zipfile
         notes.append(f"its series come from {len(studies)} different studies (StudyInstanceUID): "
                      "check that they are one patient's")
     for file_name, source, size in index_files:
-        content = _head(source, min(size, limits.MAX_FILE_BYTES), file_name, archive)
+        budget -= min(size, limits.MAX_DICOMDIR_BYTES)
+        if size > limits.MAX_DICOMDIR_BYTES or budget < 0:
+            notes.append(f"{file_name}: not compared, over {limits.MAX_DICOMDIR_BYTES // 2**20} MB of index "
+                         "to parse; series listed from the files")
+            continue
+        content = _head(source, size, file_name, archive)
         notes += dicom_header.dicomdir_notes(file_name, content, {s.uid: s.images for s in series})
     return Study(name, series, preselect(series) if series else None, notes)
 

@@ -54,3 +54,6 @@ MAX_SERIES = 100  # a CT study has a handful to a few dozen series; more is an a
 STUDY_HEADER_BYTES = 64 * 2**10  # read first from each file: a CT slice's header is a few kB
 # All header bytes parsed for one listing: parsing hostile headers is slow (core.data.dicom.looks_like_dicom).
 MAX_STUDY_HEADER_BYTES = 128 * 2**20
+# A DICOMDIR indexes a study in about 300 bytes a file: 8 MB is some 25,000 files. Its bytes count against
+# MAX_STUDY_HEADER_BYTES too, as they are parsed the same way.
+MAX_DICOMDIR_BYTES = 8 * 2**20
