@@ -8,7 +8,8 @@ slice 2 mm from the last carries the compressed pixel data of the nearest
 real slice (no re-encoding: pydicom has no JPEG Lossless encoder), its own
 UIDs and position, files in shuffled order. Then prints, median of --repeats:
 - decode: pydicom's pixel_array of every file (pylibjpeg-libjpeg), alone;
-- reading the series as a scan (headers, sort, decode, lung window);
+- listing the folder as a study (headers only, core.data.dicom_study);
+- reading the series as a scan (listing, headers, sort, decode, lung window);
 - with a model: lung masks and scoring (core.inference.scan_decision) with the model
   loaded (warm, as the app's server holds it), and the whole
   `python -m core predict-scan FOLDER` command (cold: TensorFlow and the
@@ -110,7 +111,7 @@ def deployed_model(args, artifacts: Path) -> Path | None:
 
 
 def time_model(run_dir: Path, folder: Path, repeats: int) -> None:
-    from core.data import scans
+    from core.data import dicom_study
     from core.inference import scan_decision
     from core.inference.predict import Predictor
 
@@ -121,7 +122,7 @@ def time_model(run_dir: Path, folder: Path, repeats: int) -> None:
 
     def answer():
         started = time.perf_counter()
-        read = scans.read_path(folder)
+        read = dicom_study.read_scan(folder)[0]  # as predict-scan reads it
         steps["read"].append(time.perf_counter() - started)
         result = scan_decision.score_scan(predictor, read, settings)
         steps["lung masks + model"].append(time.perf_counter() - started - steps["read"][-1])
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from core.data import scans
+    from core.data import dicom_study
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "series"
@@ -158,8 +159,10 @@ def main() -> None:
         decode_s, _ = timed(lambda: decode_all(folder), args.repeats)
         print(f"decode alone (pydicom + pylibjpeg-libjpeg): {decode_s:.2f} s "
               f"({decode_s / args.slices * 1000:.0f} ms a slice)", flush=True)
-        read_s, read = timed(lambda: scans.read_path(folder), args.repeats)
-        print(f"read the series as a scan (headers, sort, decode, lung window): {read_s:.2f} s "
+        list_s, study = timed(lambda: dicom_study.open_study(folder), args.repeats)
+        print(f"list the study's series (headers only): {list_s:.2f} s ({len(study.series)} series)", flush=True)
+        read_s, read = timed(lambda: dicom_study.read_scan(folder)[0], args.repeats)
+        print(f"read the series as a scan (list, headers, sort, decode, lung window): {read_s:.2f} s "
               f"({len(read.slices)} slices)", flush=True)
         run_dir = deployed_model(args, Path(scratch) / "artifacts")
         if run_dir is None:

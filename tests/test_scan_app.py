@@ -7,7 +7,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from dicom_factory import dicom_bytes
 from PIL import Image
+from pydicom import dcmread
 from test_app import assert_no_exception, deployed, open_page, run_id, texts  # noqa: F401 (fixtures)
 from test_scan import SIDE, dicom_slice, series
 
@@ -116,3 +118,37 @@ def test_a_crafted_member_name_cannot_inject_markdown(deployed):  # noqa: F811
     at.file_uploader(key="uploads").set_value([("study.zip", buffer.getvalue(), "application/zip")]).run()
     assert_no_exception(at)
     assert len(at.error) == 1 and r"study.zip/\!\[x\]\(http://example.org/p.png\).dcm" in at.error[0].value
+
+
+def study_slice(grey, series_number: int, description: str, kernel: str, z: float) -> bytes:
+    """A slice of one series of a study, with a patient's identifiers in its header."""
+    ds = dcmread(io.BytesIO(dicom_slice(grey, z=z, number=int(z) + 1, series=f"1.2.3.4.{series_number}")))
+    ds.SeriesNumber, ds.SeriesDescription, ds.ConvolutionKernel = series_number, description, kernel
+    ds.SliceThickness, ds.PatientName, ds.StudyDate = 1.0 if kernel == "B70f" else 5.0, "Doe^Jane", "20200315"
+    return dicom_bytes(ds)
+
+
+def test_a_two_series_study_lists_both_and_preselects_the_lung_one(deployed, slices):  # noqa: F811
+    uploads = [(f"{kernel}_{k}.dcm", study_slice(grey, number, description, kernel, float(k)), "application/dicom")
+               for number, description, kernel in [(1, "Thorax 5.0 B30f", "B30f"), (2, "Lung 1.0 B70f", "B70f")]
+               for k, grey in enumerate(slices[:2])]
+    at = open_page(navigation.PREDICT)
+    at.file_uploader(key="uploads").set_value(uploads).run()
+    assert_no_exception(at)
+    table = next(frame.value for frame in at.dataframe if "kernel" in frame.value.columns)
+    assert list(table["description"]) == ["Thorax 5.0 B30f", "Lung 1.0 B70f"]
+    assert list(table["preselected"]) == [False, True]
+    choice = next(box for box in at.selectbox if box.label == "Series to read")
+    assert choice.value == 2 and len(scan_metrics(at)) == 1
+    assert "series 2 of 2 (preselected)" in texts(at.info).replace("\\", "")  # shown Markdown-escaped
+
+    def header(at) -> dict:
+        frame = next(frame.value for frame in at.dataframe if "field" in frame.value.columns)
+        return dict(zip(frame["field"], frame["value"]))
+    assert header(at)["kernel"] == "B70f" and header(at)["study date"] == "2020-03-15"
+    assert "Doe^Jane" not in header(at).values() and "patient name" not in header(at)
+    next(t for t in at.toggle if t.label == "Show patient identifiers").set_value(True).run()
+    assert header(at)["patient name"] == "Doe^Jane"
+    choice.set_value(1).run()
+    assert_no_exception(at)
+    assert "series 1 of 2 (chosen)" in texts(at.info).replace("\\", "") and header(at)["kernel"] == "B30f"

@@ -1,7 +1,9 @@
 """The Predict page's whole scans: cached reading and scoring of an uploaded
-scan (core.data.scans, core.inference.scan_decision), and its card: the
-scan's decision, the per-slice probability curve (ui.charts), and a slice
-scroller with each slice's Grad-CAM overlay (ui.model).
+scan (core.data.dicom_study, core.data.scans, core.inference.scan_decision),
+and its card: the series of a DICOM study with the lung series preselected,
+the scan's decision beside the DICOM header summary, the per-slice
+probability curve (ui.charts), and a slice scroller with each slice's
+Grad-CAM overlay (ui.model).
 
 A scored scan holds every decoded slice of the series: it is a
 resource (st.cache_resource, returned as is, never copied), keyed by the
@@ -15,7 +17,7 @@ from functools import partial
 
 import streamlit as st
 
-from core.data import scans
+from core.data import dicom_header, dicom_study
 from core.evaluation import patient_level
 from core.inference import scan_decision, site_store
 from core.inference.calibration import percent
@@ -48,31 +50,58 @@ def settings(run: dict, site: str | None = None) -> dict:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _scored(run_path: str, stamp: float, key: str, name: str, settings_text: str, _files: tuple,
-            _predictor) -> ScanResult:
-    return scan_decision.score_scan(_predictor, scans.read_files(list(_files), name), json.loads(settings_text))
+def _scored(run_path: str, stamp: float, key: str, name: str, series: str | None, settings_text: str,
+            _files: tuple, _predictor) -> ScanResult:
+    scan = dicom_study.read_upload(list(_files), name, series)[0]
+    return scan_decision.score_scan(_predictor, scan, json.loads(settings_text))
 
 
-def score_upload(run: dict, name: str, files: list[tuple[str, bytes]], site: str | None = None) -> ScanResult:
-    """The uploaded scan read and scored; ImageReadError (a ValueError) names a bad file.
-    Scored again when the run's scan settings change (a fallback replaced by a choice)."""
-    return _scored(str(run["path"]), model_stamp(run), files_key(files), name,
+def score_upload(run: dict, name: str, files: list[tuple[str, bytes]], site: str | None = None,
+                 series: str | None = None) -> ScanResult:
+    """The uploaded scan read and scored (of a DICOM study, the series whose
+    UID is `series`, by default the preselected one); ImageReadError (a
+    ValueError) names a bad file. Scored again when the run's scan settings
+    change (a fallback replaced by a choice)."""
+    return _scored(str(run["path"]), model_stamp(run), files_key(files), name, series,
                    json.dumps(settings(run, site), sort_keys=True), tuple(files), predictor(run, site))
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _study(key: str, name: str, _files: tuple) -> dicom_study.Study:
+    study = dicom_study.open_files(list(_files), name)
+    if study.archive is not None:  # the listing keeps headers only; reading opens the zip again
+        study.archive.close()
+    return study
+
+
+def study_of(name: str, files: list[tuple[str, bytes]]) -> dicom_study.Study:
+    """The DICOM series among the uploaded files, from their headers (none for other scans)."""
+    return _study(files_key(files), name, tuple(files))
+
+
 def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float, site: str | None = None) -> None:
-    """One uploaded scan: its probability and decision, the per-slice curve, and a
+    """One uploaded scan: of a study, its series to choose from; its probability
+    and decision beside the DICOM header summary, the per-slice curve, and a
     slice scroller with the Grad-CAM overlay, the most suspicious slice first."""
     shown_name, key = upload_name(name), files_key(files)[:16]
     with st.container(border=True):
+        st.markdown(f"#### {shown_name}")
         try:
             with st.spinner(f"Reading and scoring {shown_name}…"):
-                result = score_upload(run, name, files, site)
+                study = study_of(name, files)
+                chosen = series_choice(study, key)
+                if study.series and chosen is None:
+                    return
+                result = score_upload(run, name, files, site, None if chosen is None else chosen.uid)
         except ValueError as error:  # ImageReadError: its message names the file
             st.error(f"Cannot use this scan: {plain(str(error))}")
             return
-        st.markdown(f"#### {shown_name}")
-        _decision(result)
+        answer, header = st.columns([3, 2]) if chosen is not None else (st.container(), None)
+        with answer:
+            _decision(result)
+        if header is not None:
+            with header:
+                header_summary(chosen, key)
         record = records.scan_case(run, name, files, result)  # logged once per session
         top = result.most_suspicious
         count = len(result.scan.slices)
@@ -92,6 +121,37 @@ def _report(run: dict, result: ScanResult, record: dict | None, key: str, opacit
     records.answer_controls(run, record, result.scan.rgb(index), overlay, key=f"scan_{key}",
                             image_caption=f"slice {index + 1} (most suspicious)" if top is not None else "slice 1",
                             overlay_caption="Grad-CAM: evidence for the scan's decision")
+
+
+def series_choice(study: dicom_study.Study, key: str) -> dicom_study.Series | None:
+    """The series to read: a study's only one, or, of several, the table of
+    them and a choice that starts at the series preselected for the lungs
+    (core.data.dicom_study.lung_suitability); None when there is no DICOM series."""
+    if len(study.series) <= 1:
+        return study.series[0] if study.series else None
+    st.caption(f"This upload holds a DICOM study of {len(study.series)} series; the axial series best suited "
+               "to the lungs (thin, lung kernel) is preselected.")
+    st.dataframe([{"series": s.index, "description": s.description, "kernel": s.kernel,
+                   "thickness (mm)": s.thickness, "orientation": s.orientation, "images": s.images,
+                   "preselected": s is study.preselected} for s in study.series],
+                 hide_index=True, key=f"series_table_{key}")
+    by_index = {s.index: s for s in study.series}
+    chosen = st.selectbox("Series to read", list(by_index), key=f"series_{key}",
+                          index=None if study.preselected is None else study.preselected.index - 1,
+                          format_func=lambda i: f"{i}: {dicom_header.series_label(by_index[i])}"
+                                                + (" (preselected)" if by_index[i] is study.preselected else ""),
+                          placeholder="Choose a series: none is an axial CT series to preselect")
+    return None if chosen is None else by_index[chosen]
+
+
+def header_summary(series: dicom_study.Series, key: str) -> None:
+    """What the DICOM headers say about the series read; patient identifiers only when asked."""
+    st.markdown("**DICOM header**")
+    with_identifiers = st.toggle("Show patient identifiers", value=False, key=f"identifiers_{key}",
+                                 help="Name, ID, birth date, accession number and UIDs stay hidden until asked.")
+    summary = dicom_header.header_summary(series, with_identifiers)
+    st.dataframe([{"field": field.replace("_", " "), "value": "" if value is None else str(value)}
+                  for field, value in summary.items()], hide_index=True, key=f"header_{key}")
 
 
 def _decision(result: ScanResult) -> None:

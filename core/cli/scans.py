@@ -1,7 +1,9 @@
-"""python -m core predict-scan PATH [PATH ...] [--csv FILE]: one line per scan.
+"""python -m core predict-scan PATH [PATH ...] [--series N|UID] [--csv FILE]: one line per scan;
+python -m core series PATH: one line per series of a DICOM study.
 
-Each PATH is one scan (core.data.scans.read_path): a folder of one series' DICOM
-files or of slice images, a .zip of either, or a NIfTI volume. A scan that
+Each PATH is one scan: a folder or .zip of a DICOM study (its axial lung
+series preselected by core.data.dicom_study, or the one --series names) or of
+slice images, one (multi-frame) DICOM file, or a NIfTI volume. A scan that
 cannot be read gets `error: <file>: <problem>` on stderr; the others are
 still scored, and the exit code is then 2.
 """
@@ -12,7 +14,9 @@ import sys
 from core.cli.cases import keep_option, log_scan
 
 CSV_COLUMNS = ["scan", "kind", "slices_read", "slices_scored", "probability", "decision", "most_suspicious",
-               "most_suspicious_probability", "aggregation", "threshold", "borderline", "notes"]
+               "most_suspicious_probability", "aggregation", "threshold", "borderline", "notes",
+               # DICOM: the series read and its header summary (core.data.dicom_header.header_summary)
+               "series", "series_description", "kernel", "slice_thickness_mm", "study_date", "scanner"]
 
 
 def add_parser(commands) -> None:
@@ -26,7 +30,17 @@ def add_parser(commands) -> None:
     predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
     predict_scan.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     keep_option(predict_scan)
+    predict_scan.add_argument("--series", help="the series to read in a DICOM study: its number in "
+                                               "`python -m core series PATH` or its UID (default: the axial "
+                                               "lung series preselected)")
     predict_scan.set_defaults(func=cmd_predict_scan)
+    series = commands.add_parser(
+        "series", help="list the series of a DICOM study (folder, zip or file), from their headers",
+        description="One line per series: number (* = preselected for the lungs), UID, description, kernel, "
+                    "slice thickness, orientation, image type, images. Text from the files is quoted "
+                    "(JSON), so one series is always one line.")
+    series.add_argument("study", help="a folder, a .zip or a DICOM file")
+    series.set_defaults(func=cmd_series)
 
 
 def result_row(result) -> dict:
@@ -42,15 +56,64 @@ def result_row(result) -> dict:
             "notes": "; ".join(result.notes)}
 
 
+def series_row(study, chosen) -> dict:
+    """The CSV columns of the DICOM series read (empty for other scans)."""
+    from core.data import dicom_header
+
+    if chosen is None:
+        return {}
+    summary = dicom_header.header_summary(chosen)
+    return {"series": f"{chosen.index}/{len(study.series)}", "series_description": summary["series_description"],
+            "kernel": summary["kernel"], "slice_thickness_mm": summary["slice_thickness_mm"],
+            "study_date": summary["study_date"], "scanner": f"{summary['manufacturer']} {summary['model']}".strip()}
+
+
+def series_lines(study) -> list[str]:
+    """The `series` command's lines: a comment, then one line per series, its text quoted."""
+    from core.data.dicom_header import quoted
+
+    lines = [f"# {len(study.series)} series in {quoted(study.name)}; * = preselected for the lungs"]
+    for item in study.series:
+        thickness = "?" if item.thickness is None else f"{item.thickness:g}"
+        mark = "*" if item is study.preselected else ""
+        lines.append(f"{item.index}{mark}\t{quoted(item.uid)}\t{quoted(item.description)}\tkernel "
+                     f"{quoted(item.kernel)}\t{thickness} mm\t{item.orientation}\t{quoted(item.image_type)}\t"
+                     f"{item.images} images")
+    return lines
+
+
+def cmd_series(args) -> int:
+    from core.cli.common import EXIT_BAD_INPUT, shown
+    from core.data import dicom_study
+
+    try:
+        study = dicom_study.open_study(args.study)
+    except (ValueError, OSError) as error:  # ImageReadError names the file
+        print(f"error: {shown(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if study.archive is not None:
+        study.archive.close()
+    for note in study.notes:
+        print(f"note: {shown(note)}", file=sys.stderr)
+    if not study.series:
+        print(f"error: {shown(study.name)}: no DICOM image in it", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(series_lines(study)))
+    return 0
+
+
 def result_line(row: dict) -> str:
     """Tab-separated fields, names escaped (core.cli.common.shown): one scan, one line."""
     from core.cli.common import shown
+    from core.data.dicom_header import quoted
 
     probability = "n/a" if row["probability"] is None else f"{row['probability']:.4f}"
     top = [] if row["most_suspicious"] is None else \
         [f"most suspicious: {row['most_suspicious']} ({row['most_suspicious_probability']:.4f})"]
     fields = [row["scan"], f"{row['slices_read']} slices read, {row['slices_scored']} scored", probability,
               row["decision"] + (" (borderline)" if row["borderline"] else ""), *top]
+    if row.get("series"):
+        fields.append(f"series {row['series']} {quoted(row['series_description'])}, kernel {quoted(row['kernel'])}")
     return "\t".join(map(shown, fields))
 
 
@@ -58,7 +121,7 @@ def cmd_predict_scan(args) -> int:
     import pandas as pd
 
     from core.base import files
-    from core.data import scans
+    from core.data import dicom_study
     from core.inference import scan_decision
     from core.inference import site_store
     from core.cli.common import EXIT_BAD_INPUT, run_dir_for, shown
@@ -75,14 +138,14 @@ def cmd_predict_scan(args) -> int:
     rows, failures = [], 0
     for path in args.scans:
         try:
-            read = scans.read_path(path)
+            read, study, chosen = dicom_study.read_scan(path, args.series)
         except (ValueError, OSError) as error:  # ImageReadError names the file
             print(f"error: {shown(error)}", file=sys.stderr)
             failures += 1
             continue
         result = scan_decision.score_scan(predictor, read, settings)
         log_scan(run_dir, path, result, args.keep_images)  # every answer keeps a record (docs/records.md)
-        row = result_row(result)
+        row = {**result_row(result), **series_row(study, chosen)}
         rows.append(row)
         print(result_line(row), flush=True)
     if args.csv:

@@ -75,6 +75,22 @@ def _dicom_element_end(data: bytes, at: int, header: pydicom.Dataset) -> int:
     return min(len(data), start + length)
 
 
+def dicom_header(data: bytes, name: str) -> pydicom.Dataset | None:
+    """The elements before the pixel data, from a file's first bytes (a
+    deflated file inflated as for decoding); None when `data` is not DICOM or
+    reaches no pixel data in them (a DICOMDIR, a report, too few bytes).
+    Nothing is decoded: this lists a study's series cheaply (core.data.dicom_study)."""
+    if data[128:132] == b"DICM" or data[:2] == b"\x02\x00":
+        data = inflated(data, name)
+    if data[128:132] != b"DICM" and not looks_like_dicom(data):
+        return None
+    try:
+        header, pixels_at = _dicom_header(data[:MAX_DICOM_HEADER_BYTES])
+    except Exception:  # force=True parsing of damaged bytes can fail in many ways
+        return None
+    return header if pixels_at is not None else None
+
+
 def open_dicom(data: bytes, name: str) -> pydicom.Dataset:
     """The dataset, with pixel data that an installed decoder reads and a size
     within the limits; pixels not decoded yet."""

@@ -46,3 +46,14 @@ def check_size(name: str, width: int, height: int, frames: int = 1) -> None:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageReadError(f"{name}: image too small ({width}x{height} px; a CT slice needs "
                              f"at least {MIN_IMAGE_SIDE} px a side)")
+
+
+# Listing a DICOM study (core.data.dicom_study) reads headers only, within these bounds.
+MAX_STUDY_FILES = 5000  # files whose headers are read: a few series of up to MAX_SLICES slices
+MAX_SERIES = 100  # a CT study has a handful to a few dozen series; more is an archive, not a study
+STUDY_HEADER_BYTES = 64 * 2**10  # read first from each file: a CT slice's header is a few kB
+# All header bytes parsed for one listing: parsing hostile headers is slow (core.data.dicom.looks_like_dicom).
+MAX_STUDY_HEADER_BYTES = 128 * 2**20
+# A DICOMDIR indexes a study in about 300 bytes a file: 8 MB is some 25,000 files. Its bytes count against
+# MAX_STUDY_HEADER_BYTES too, as they are parsed the same way.
+MAX_DICOMDIR_BYTES = 8 * 2**20

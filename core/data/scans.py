@@ -66,7 +66,7 @@ def read_path(path, name: str | None = None) -> Scan:
             if problem:
                 raise ImageReadError(f"{name}/{p.relative_to(path).as_posix()}: {problem}")
         files = sorted((p for p, _ in listed), key=lambda p: natural_key(str(p)))
-        _check_total([p.stat().st_size for p in files], name)
+        check_total([p.stat().st_size for p in files], name)
         return read_files([(p.relative_to(path).as_posix(), p) for p in files], name)
     if not path.exists():
         raise ImageReadError(f"{name}: no such file or folder")
@@ -79,10 +79,10 @@ def read_files(files: list[tuple[str, object]], name: str) -> Scan:
     if not files:
         raise ImageReadError(f"{name}: no files")
     if len(files) == 1 and files[0][0].lower().endswith(NIFTI_SUFFIXES):
-        return read_nifti(_content(*files[0]), files[0][0])
-    if len(files) == 1 and _is_zip(files[0][1]):
-        return read_zip(_content(*files[0]), files[0][0])
-    _check_total([len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+        return read_nifti(file_content(*files[0]), files[0][0])
+    if len(files) == 1 and is_zip(files[0][1]):
+        return read_zip(file_content(*files[0]), files[0][0])
+    check_total([len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
                   for _, source in files], name)
     opened = [images.open_image(source, file_name) for file_name, source in files]
     return _from_opened(opened, name)
@@ -95,7 +95,7 @@ def group_uploads(files: list[tuple[str, bytes]], one_scan: bool = False):
     slices, predicted one by one. scans: [(name, [(file name, bytes), ...])]."""
     scans, rest = [], []
     for file_name, content in files:
-        if file_name.lower().endswith(NIFTI_SUFFIXES) or _is_zip(content):
+        if file_name.lower().endswith(NIFTI_SUFFIXES) or is_zip(content):
             scans.append((file_name, [(file_name, content)]))
         else:
             rest.append((file_name, content))
@@ -107,7 +107,7 @@ def group_uploads(files: list[tuple[str, bytes]], one_scan: bool = False):
     return scans, [item for item in rest if item not in together]
 
 
-def _content(file_name: str, source) -> bytes:
+def file_content(file_name: str, source) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
     try:
@@ -116,7 +116,7 @@ def _content(file_name: str, source) -> bytes:
         raise ImageReadError(f"{file_name}: {error if isinstance(error, Refused) else error.strerror}") from None
 
 
-def _is_zip(source) -> bool:
+def is_zip(source) -> bool:
     if isinstance(source, (bytes, bytearray)):
         head = bytes(source[:4])
     else:
@@ -127,7 +127,7 @@ def _is_zip(source) -> bool:
     return head in (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
 
 
-def _check_total(sizes: list[int], name: str) -> None:
+def check_total(sizes: list[int], name: str) -> None:
     if len(sizes) > MAX_SLICES:
         raise ImageReadError(f"{name}: {len(sizes)} files, more than the {MAX_SLICES} slices a scan may have")
     if sum(sizes) > MAX_SCAN_BYTES:
@@ -148,31 +148,40 @@ def read_zip(content: bytes, name: str) -> Scan:
     """The scan in a zip: DICOM files of one series, slice images, or one NIfTI
     volume. Sizes come from the zip's directory and are checked before any
     member is inflated; a member is never read past its declared size."""
+    archive = open_zip(content, name)
+    members = [m for m in archive.infolist() if not m.is_dir() and not IGNORED_MEMBERS.search(m.filename)]
+    if not members:
+        raise ImageReadError(f"{name}: the zip holds no files")
+    check_total([m.file_size for m in members], name)
+    if len(members) == 1 and members[0].filename.lower().endswith(NIFTI_SUFFIXES):
+        return read_nifti(member_bytes(archive, members[0], name), f"{name}/{members[0].filename}")
+    members.sort(key=lambda m: natural_key(m.filename))
+    opened = []
+    for member in members:
+        opened.append(images.open_image(member_bytes(archive, member, name), f"{name}/{member.filename}"))
+    return _from_opened(opened, name)
+
+
+def open_zip(content: bytes, name: str) -> zipfile.ZipFile:
+    """The zip in `content`, refused when a member's name points outside it."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(content))
-        members = [m for m in archive.infolist() if not m.is_dir() and not IGNORED_MEMBERS.search(m.filename)]
+        members = archive.infolist()
     except (zipfile.BadZipFile, ValueError, OSError) as error:
         raise ImageReadError(f"{name}: not a readable zip file ({error})") from error
     for member in members:
         parts = member.filename.replace("\\", "/").split("/")
         if member.filename.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", member.filename):
             raise ImageReadError(f"{name}: member {member.filename!r} points outside the archive; refused")
-    if not members:
-        raise ImageReadError(f"{name}: the zip holds no files")
-    _check_total([m.file_size for m in members], name)
-    if len(members) == 1 and members[0].filename.lower().endswith(NIFTI_SUFFIXES):
-        return read_nifti(_member(archive, members[0], name), f"{name}/{members[0].filename}")
-    members.sort(key=lambda m: natural_key(m.filename))
-    opened = []
-    for member in members:
-        opened.append(images.open_image(_member(archive, member, name), f"{name}/{member.filename}"))
-    return _from_opened(opened, name)
+    return archive
 
 
-def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:
+def member_bytes(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str, size: int | None = None) -> bytes:
+    """The member's first `size` bytes, all by default: never more than the
+    size the directory declares and was checked, so a lying directory gains nothing."""
     try:
         with archive.open(member) as stream:
-            return stream.read(member.file_size)  # at most the size checked: a lying directory gains nothing
+            return stream.read(member.file_size if size is None else min(size, member.file_size))
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as error:
         # RuntimeError: encrypted; NotImplementedError: a compression method zipfile lacks.
         raise ImageReadError(f"{name}/{member.filename}: unreadable zip member ({error})") from error
@@ -191,7 +200,7 @@ def _from_opened(opened: list[tuple[object, str]], name: str) -> Scan:
     if any(is_dicom):
         dicom = [file_name for (_, file_name), flag in zip(opened, is_dicom) if flag]
         other = [file_name for (_, file_name), flag in zip(opened, is_dicom) if not flag]
-        raise ImageReadError(f"{name}: DICOM files ({_few(dicom)}) mixed with other images ({_few(other)}); "
+        raise ImageReadError(f"{name}: DICOM files ({few(dicom)}) mixed with other images ({few(other)}); "
                              "give one series")
     _check_voxels([(image.size[1], image.size[0]) for image, _ in opened], name)
     slices = [images.decode_image(image, file_name) for image, file_name in opened]
@@ -199,7 +208,7 @@ def _from_opened(opened: list[tuple[object, str]], name: str) -> Scan:
                 notes=["slice images carry no position: ordered by file name"] if len(opened) > 1 else [])
 
 
-def _few(names: list[str], shown: int = 3) -> str:
+def few(names: list[str], shown: int = 3) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
 
@@ -216,7 +225,7 @@ def _dicom_series(opened: list[tuple[pydicom.Dataset, str]], name: str) -> Scan:
     for dataset, file_name in opened:
         series.setdefault(str(dataset.get("SeriesInstanceUID", "no series UID")), []).append(file_name)
     if len(series) > 1:
-        listed = "; ".join(f"series …{uid[-12:]}: {_few(files)}" for uid, files in series.items())
+        listed = "; ".join(f"series …{uid[-12:]}: {few(files)}" for uid, files in series.items())
         raise ImageReadError(f"{name}: files of {len(series)} different series ({listed}); give one series")
     if len(opened) == 1 and dicom_frames.frame_count(opened[0][0]) > 1:
         return _frames_scan(*opened[0], name)
