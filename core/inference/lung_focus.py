@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.base import files, paths
-from core.data import datasets, lung
+from core.data import datasets
 from core.data.images import load_image
 from core.inference import external, heatmaps
 from core.inference.predict import Predictor
@@ -31,10 +31,9 @@ AFTER_TRAINING_SLICES = 48
 
 def slice_focus(predictor, image: np.ndarray, method: str = "gradcam") -> dict | None:
     """lung_focus of the map of the class the model decided, on the slice as the model sees it."""
-    view = predictor.view(image)
     decided = predictor.predict_images([image], ["slice"])[0]
     heatmap = predictor.gradcam(image, method=method, class_index=decided.class_index)
-    return heatmaps.lung_focus(heatmap, lung.lung_mask(view))
+    return heatmaps.lung_focus(heatmap, predictor.lung_fields(image))
 
 
 def measure(predictor, image_paths, method: str = "gradcam") -> pd.DataFrame:

@@ -79,6 +79,7 @@ class Predictor:
     negative_class: str
     flip_tta: bool = False
     lung_crop: bool = False  # the run's models see each slice cropped to its lung fields
+    lung_mask: bool = False  # ... and blanked outside them (core.data.lung.lung_view)
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
     site: str | None = None  # the site profile whose calibration and threshold it uses; None: the run's own
@@ -101,7 +102,7 @@ class Predictor:
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=storage.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
-                   lung_crop=bool(config.get("lung_crop", False)),
+                   lung_crop=bool(config.get("lung_crop", False)), lung_mask=bool(config.get("lung_mask", False)),
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
 
     def for_site(self, site: str | None) -> "Predictor":
@@ -114,12 +115,16 @@ class Predictor:
         return replace(self, calibration=calibration, threshold=calibration.raw_threshold, site=site)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return model_input(image, self.input_size, self.lung_crop).astype("float32")
+        return model_input(image, self.input_size, self.lung_crop, self.lung_mask).astype("float32")
 
     def view(self, image: np.ndarray) -> np.ndarray:
-        """The part of a decoded slice the model sees, at its own resolution:
-        the lung fields where the run crops to them, else the whole scan."""
-        return lung.crop_to_lungs(image) if self.lung_crop else image
+        """What the model sees of a decoded slice, at its own resolution: the
+        lung fields where the run crops to them (and only they where it masks), else the whole scan."""
+        return lung.lung_view(image, self.lung_crop, self.lung_mask)
+
+    def lung_fields(self, image: np.ndarray) -> np.ndarray:
+        """The lung mask on the view: found before any masking (a blanked slice has no body to find them in)."""
+        return lung.lung_mask(lung.lung_view(image, self.lung_crop))
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(raw probabilities, pooled backbone features) of prepared slices, in one pass."""

@@ -209,7 +209,7 @@ def decode_splits(index: pd.DataFrame, config: TrainConfig, splits, run_dir: Pat
         rows = index[index.split == split]
         if run_dir is not None:
             storage.set_status(run_dir, "running", phase=f"decoding {split} images")
-        images[split] = cache_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        images[split] = cache_images(rows.path.tolist(), config.input_size, config.lung_crop, lung_mask=config.lung_mask)
         labels[split] = rows.y.to_numpy()
         checkpoint.kill_point("loading")
     return images, labels
