@@ -127,6 +127,11 @@ class TrainConfig:
     contrast: float = field(default=0.1, metadata=setting(
         "Random contrast (± fraction)", "Random contrast, ± fraction (0 = off).", allowed=FRACTION, step=0.05))
     flip: bool = field(default=True, metadata=setting("Random left-right flip", "Random horizontal flip."))
+    intensity_jitter: float = field(default=0.0, metadata=setting(
+        "Random window, gamma, blur and JPEG (strength, 0 = off)", "Each training slice gets its own window, "
+        "gamma, blur and JPEG quality, up to this strength (core.training.pipeline.RandomIntensity), as other "
+        "hospitals' scans come in other windows and compressions; never on evaluation or prediction.",
+        allowed=Range(0, 1), step=0.1))
     early_stopping_patience: int = field(default=5, metadata=setting(
         "Stop after this many epochs without progress",
         "Fine-tuning stops after this many epochs without a better validation AUC.", allowed=NOT_NEGATIVE))
