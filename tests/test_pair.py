@@ -90,3 +90,25 @@ def test_deploy_pair_serves_the_pair_as_the_deployed_model(two_runs, capsys):
     assert pair.members_of(deployed["path"]) == two_runs
     assert all((run / "ood.npz").exists() for run in two_runs)  # each member's guard built
     assert len(Predictor.from_run(deployed["path"]).members) == 2
+
+
+def test_predict_serves_a_deployed_pair_like_a_run(two_runs, data_dir, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from core.inference import ood
+    from test_app import ROOT, TIMEOUT, assert_no_exception, shown_percent
+    from ui import navigation
+
+    record = deploy.deploy_pair("first", "second", force=True)
+    for member in two_runs:  # 8 validation slices give no meaningful feature threshold (as test_app's `deployed`)
+        summary = files.read_json(member / ood.SUMMARY_FILE)
+        files.write_json(member / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+    path = sorted((data_dir / "COVID").glob("*.png"))[0]
+    expected = Predictor.from_run(storage.run_path(record["run"])).predict_images([load_image(path)], ["slice"])[0]
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page(navigation.PREDICT).run()
+    at.file_uploader(key="uploads").set_value([("slice.png", path.read_bytes(), "image/png")]).run()
+    assert_no_exception(at)
+    (shown,) = [m.value for m in at.metric if m.label == "Probability of COVID"]
+    assert shown_percent(shown) == pytest.approx(100 * expected.probability, abs=1.0)
+    assert [c for image in at.image for c in image.captions].count("Grad-CAM") == 1
