@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.evaluation import tables
 from core.evaluation import classification  # noqa: E402
 from core.cli.main import build_parser  # noqa: E402
-from core.inference import lung_focus  # noqa: E402
+from core.inference import lung_focus
 from core.cli.training import config_from_args  # noqa: E402
 from core.training.fit import train  # noqa: E402
 

@@ -136,7 +136,7 @@ def test_a_masked_run_decides_from_the_lungs_only(trained_run, tmp_path, data_di
     assert np.allclose(predictor.gradcam(image), predictor.gradcam(changed), atol=1e-5)
     assert np.array_equal(predictor.lung_fields(image), lung.lung_mask(image))  # found before masking
     # Training reads the same input through the image cache, under its own name.
-    path = sorted((data_dir / "NonCOVID").glob("*.jpg"))[0]
+    path = min((data_dir / "NonCOVID").glob("*.jpg"))
     masked_entry = cache_images([path], 64, lung_mask=True, root=tmp_path / "cache")
     assert np.array_equal(masked_entry.array()[0], cv2.resize(lung.mask_outside_lungs(load_image(path)), (64, 64),
                                                               interpolation=cv2.INTER_AREA))

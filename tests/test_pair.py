@@ -52,7 +52,7 @@ def test_a_pair_predicts_guards_and_explains_with_both_members(two_runs, data_di
     predictor = Predictor.from_run(pair.make_pair(first, second))
     assert predictor.model is None and [m.run_dir for m in predictor.members] == [first, second]
     assert predictor.members[0].flip_tta != predictor.members[1].flip_tta
-    image = load_image(sorted((data_dir / "COVID").glob("*.png"))[0])
+    image = load_image(min((data_dir / "COVID").glob("*.png")))
     (answer,) = predictor.predict_images([image], ["slice"])
     alone = [m.predict_images([image], ["slice"])[0].raw_probability for m in predictor.members]
     assert alone[0] != alone[1] and answer.raw_probability == pytest.approx(np.mean(alone), abs=1e-6)
@@ -94,16 +94,16 @@ def test_deploy_pair_serves_the_pair_as_the_deployed_model(two_runs, capsys):
 
 def test_predict_serves_a_deployed_pair_like_a_run(two_runs, data_dir, tmp_path):
     from streamlit.testing.v1 import AppTest
+    from test_app import ROOT, TIMEOUT, assert_no_exception, shown_percent
 
     from core.inference import ood
-    from test_app import ROOT, TIMEOUT, assert_no_exception, shown_percent
     from ui import navigation
 
     record = deploy.deploy_pair("first", "second", force=True)
     for member in two_runs:  # 8 validation slices give no meaningful feature threshold (as test_app's `deployed`)
         summary = files.read_json(member / ood.SUMMARY_FILE)
         files.write_json(member / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
-    path = sorted((data_dir / "COVID").glob("*.png"))[0]
+    path = min((data_dir / "COVID").glob("*.png"))
     expected = Predictor.from_run(storage.run_path(record["run"])).predict_images([load_image(path)], ["slice"])[0]
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run()
     at.switch_page(navigation.PREDICT).run()

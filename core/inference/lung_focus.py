@@ -95,7 +95,8 @@ def run_lung_focus(predictor, limit: int | None = None, methods=METHODS, report=
 
 def after_training(run_dir: Path, report=lambda line: None) -> dict:
     """The lung focus every run stores when it ends (AFTER_TRAINING_SLICES of its test split, Grad-CAM)."""
-    from core.inference.predict import Predictor  # TensorFlow: Evaluate reads the stored figures without it
+    # TensorFlow, loaded here only: Evaluate reads the stored figures without it.
+    from core.inference.predict import Predictor
 
     return run_lung_focus(Predictor.from_run(run_dir), limit=AFTER_TRAINING_SLICES, methods=("gradcam",),
                           report=report, panel=False)

@@ -111,7 +111,7 @@ class Predictor:
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
 
     @classmethod
-    def from_pair(cls, run_dir: Path, members: tuple[Path, Path]) -> "Predictor":
+    def from_pair(cls, run_dir: Path, members: tuple[Path, Path]) -> Predictor:
         """A pair's predictor: its members' models and guards, its own calibration and threshold."""
         first, second = (cls.from_run(member) for member in members)
         checked = checks.check_run(run_dir)

@@ -12,8 +12,7 @@ import pandas as pd
 
 from core.base import files, paths
 from core.data import datasets
-from core.runs import checks
-from core.runs import storage
+from core.runs import checks, storage
 from core.runs.storage import live_state
 from core.runs.train_config import folds_of, recipe_of
 

@@ -12,7 +12,6 @@ from core.data.image_cache import CachedImages
 from core.data.limits import ImageReadError
 from core.runs.train_config import TrainConfig
 
-
 # At intensity_jitter 1, the largest changes drawn: the window's black and white points move by up
 # to a quarter of the grey range, gamma goes from exp(-0.5) to exp(0.5), a slice is blended up to
 # all the way into its Gaussian blur (sigma 1.5 px), and JPEG quality falls to 30.
