@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.data import datasets
 from core.evaluation import folds
-from core.inference import external
+from core.inference import external, lung_focus
 from core.runs import storage  # noqa: E402
 from core.cli.common import run_dir_for  # noqa: E402
 from core.runs.recipes import averaged_folds, check_same_folds, fold_runs, paired_difference  # noqa: E402
@@ -57,7 +57,15 @@ def spread(values, standard_error: bool = False) -> str:
     return f"{np.mean(values):.3f} ± {deviation:.3f}"
 
 
-def row(name: str, predictions: dict, baseline: dict | None, outside: dict | None) -> dict:
+def focus(by_fold: dict[int, Path] | None) -> str:
+    """Mean ± std over the fold runs of their stored lung-focus ratio (test split, Grad-CAM)."""
+    ratios = [lung_focus.stored_ratio(run_dir) for run_dir in (by_fold or {}).values()]
+    ratios = [ratio for ratio in ratios if ratio is not None]
+    return spread(ratios) if ratios else "not measured"
+
+
+def row(name: str, predictions: dict, baseline: dict | None, outside: dict | None,
+        by_fold: dict[int, Path] | None = None) -> dict:
     summary = folds.cross_validation_summary(list(predictions.values()))
     val = dict(zip(predictions, summary["fold_roc_auc"]))
     found = {
@@ -68,6 +76,8 @@ def row(name: str, predictions: dict, baseline: dict | None, outside: dict | Non
         "pooled out-of-fold [95% CI]": f"{summary['pooled_roc_auc']:.3f} [{summary['pooled_ci'][0]:.3f}, "
                                        f"{summary['pooled_ci'][1]:.3f}]",
         "fold models on test (mean ± std)": spread(fold_scores(predictions, "test").values()),
+        # An averaged pair has no Grad-CAM of its own stored per fold (by_fold None): not measured.
+        "lung focus, test (mean ± std)": focus(by_fold),
     }
     if baseline is not None:
         check_same_folds(predictions, baseline)
@@ -94,9 +104,9 @@ def main() -> None:
                if args.external else {})
 
     (first, (_, baseline)), *others = recipes.items()
-    rows = [row(first, baseline, None, outside.get(first))]
-    for name, (_, predictions) in others:
-        rows.append(row(name, predictions, baseline, outside.get(name)))
+    rows = [row(first, baseline, None, outside.get(first), recipes[first][0])]
+    for name, (by_fold, predictions) in others:
+        rows.append(row(name, predictions, baseline, outside.get(name), by_fold))
         ensemble = averaged_folds([baseline, predictions])
         ensemble_outside = averaged_folds([outside[first], outside[name]]) if outside else None
         rows.append(row(f"{first} + {name} (averaged)", ensemble, baseline, ensemble_outside))

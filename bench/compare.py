@@ -7,7 +7,9 @@ Each training runs in its own process (bench/train_default.py), so wall-clock
 and peak memory are per recipe. The naive baseline is full fine-tuning of
 ResNet-50 at the same input size and epochs with plain model.fit on the decoded
 images: no activation cache, no test-time augmentation. The test split is only
-reported; every choice was made on validation.
+reported; every choice was made on validation. Lung focus: the ratio of
+Grad-CAM evidence in the lungs to the lungs' share of the slice, stored by
+every run at its end (core.inference.lung_focus; 1 = an even map).
 """
 import argparse
 import json
@@ -33,6 +35,9 @@ def run_recipe(name: str, overrides: list[str]) -> dict:
 
 
 def mean_std(values) -> str:
+    values = [value for value in values if value is not None]  # a run without its lung focus
+    if not values:
+        return "not measured"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
@@ -45,13 +50,15 @@ def main() -> None:
     default = [run_recipe(f"bench-default-seed{seed}", ["--seed", str(seed)]) for seed in args.seeds]
     naive = run_recipe("bench-naive-seed0", ["--seed", "0", *NAIVE]) if args.baseline else None
 
-    print(f"\n| recipe | {' | '.join(SHOWN)} | minutes | peak GB |")
-    print(f"|---|{'---|' * (len(SHOWN) + 2)}")
+    print(f"\n| recipe | {' | '.join(SHOWN)} | lung focus | minutes | peak GB |")
+    print(f"|---|{'---|' * (len(SHOWN) + 3)}")
     print(f"| default, seeds {' '.join(map(str, args.seeds))} (mean ± std) | "
           + " | ".join(mean_std([r[m] for r in default]) for m in SHOWN)
+          + f" | {mean_std([r.get('lung_focus_ratio') for r in default])}"
           + f" | {mean_std([r['minutes'] for r in default])} | {max(r['peak_gb'] for r in default):.1f} |")
     if naive:
         print("| naive full fine-tuning, seed 0 | " + " | ".join(f"{naive[m]:.3f}" for m in SHOWN)
+              + f" | {mean_std([naive.get('lung_focus_ratio')])}"
               + f" | {naive['minutes']:.1f} | {naive['peak_gb']:.1f} |")
         print(f"\nnaive / default wall-clock: {naive['minutes'] / default[0]['minutes']:.1f}x (seed 0)")
     first = default[0]

@@ -7,6 +7,8 @@ calibrated probability. Every recipe comparison reports this table.
 
 RUN: a run id or folder. Each run is evaluated on a panel set only where it
 has no current result (stored in the run, as `python -m core panel` does).
+Lung focus: the run's stored Grad-CAM ratio on that set (`python -m core
+lung-focus --run RUN` measures the panel; 1 = an even map).
 Prints one Markdown table.
 
     python bench/external_panel.py --loso [--recipe RUN] [--name NAME]
@@ -28,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli.common import run_dir_for  # noqa: E402
-from core.inference import panel  # noqa: E402
+from core.inference import lung_focus, panel  # noqa: E402
 
 
 def cell(row) -> str:
@@ -44,7 +46,8 @@ def rows_of(label: str, run_dir, results: dict) -> list[dict]:
     for row in panel.panel_table(run_dir, results).itertuples():
         rows.append({"recipe": label, "set": row.set, "level": row.level, "n": row.n,
                      "ROC-AUC [95% CI]": cell(row), "sensitivity": f"{row.sensitivity:.2f}",
-                     "specificity": f"{row.specificity:.2f}", "ECE": f"{row.ece:.3f}"})
+                     "specificity": f"{row.specificity:.2f}", "ECE": f"{row.ece:.3f}",
+                     "lung focus": focus_cell(lung_focus.stored_ratio(run_dir, row.set))})
     return rows
 
 
@@ -71,6 +74,10 @@ def config_source(run_dir) -> str:
     from core.base import files
 
     return (files.read_json(run_dir / "config.json", {}) or {}).get("holdout_source", "?")
+
+
+def focus_cell(ratio: float | None) -> str:
+    return "not measured" if ratio is None else f"{ratio:.2f}"
 
 
 def main() -> None:

@@ -140,7 +140,8 @@ def step_train(folder: str, steps: int, run_dir: str, storage: str = "disk") -> 
         from core.data.image_cache import cache_images
 
         started = time.perf_counter()
-        in_memory = [cache_images(images[split].sources, config.input_size, lung_crop=config.lung_crop).array()
+        in_memory = [cache_images(images[split].sources, config.input_size, lung_crop=config.lung_crop,
+                                   lung_mask=config.lung_mask).array()
                       for split in ("train", "val")]
         decode_seconds = time.perf_counter() - started
         del in_memory

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.evaluation import tables
 from core.evaluation import classification  # noqa: E402
 from core.cli.main import build_parser  # noqa: E402
+from core.inference import lung_focus
 from core.cli.training import config_from_args  # noqa: E402
 from core.training.fit import train  # noqa: E402
 
@@ -42,6 +43,7 @@ def main() -> None:
     # One machine-readable line for bench/compare.py.
     print("RESULT " + json.dumps({"run": run_dir.name, "minutes": round(seconds / 60, 2), "peak_gb": round(peak_gb, 2),
                                   "val_roc_auc": metrics["val"]["at_threshold"]["roc_auc"],
+                                  "lung_focus_ratio": lung_focus.stored_ratio(run_dir),
                                   "ci": test["ci"], **{k: test[k] for k in classification.METRICS}}))
 
 

@@ -11,6 +11,7 @@ from ui.deployment import deploy_controls
 from ui.external import external_section
 from ui.external_site_check import external_site_checks
 from ui.formatting import fmt
+from ui.lung_focus import lung_focus_summary
 from ui.metrics_table import metrics_table
 from ui.runs import (CELLS, all_runs, chosen_threshold, class_names, cross_validation_table, history, pick_run,
                      pixel_counts, predictions, recipes_table, run_calibration, runs_table, threshold_slider)
@@ -117,6 +118,7 @@ test_split(run, test)
 left, right = st.columns([2, 3])
 with left:
     metrics_table(run, scans.settings(run))
+    lung_focus_summary(run)
 with right:
     threshold, at = operating_point(run, test["y_true"], test["prob"])
 curves_and_matrix(run, test["y_true"], test["prob"], threshold, at)

@@ -83,8 +83,8 @@ def augmentation_preview(config: TrainConfig):
     # Two images per class from the training split, the same ones every time.
     sample = index[index["split"] == "train"].groupby("label").head(2).sort_values("label")
     size = min(config.input_size, 256) if config.input_size >= 32 else 224
-    # What the model sees: cropped to the lung fields when the run crops, then resized.
-    images = np.stack([model_input(read_image(p, n, mtime(p)), size, config.lung_crop)
+    # What the model sees: its lung view (cropped, masked, as the run asks), then resized.
+    images = np.stack([model_input(read_image(p, n, mtime(p)), size, config.lung_crop, config.lung_mask)
                        for p, n in zip(sample["path"], sample["relpath"])])
     draw = st.session_state.setdefault("augmentation_draw", 0)
     try:

@@ -21,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.inference import calibration, case_log
 from core.inference import deploy
+from core.inference import lung_focus
 from core.jobs import background
 from core.evaluation import tables
 from core.evaluation import folds
@@ -160,6 +161,25 @@ def test_evaluate_shows_how_much_the_probabilities_follow_resolution(run_id, tra
     (caption,) = [c.value for c in at.caption if "Spearman" in c.value]
     for rho in bias.rho:
         assert f"ρ = {rho:+.2f}" in caption
+
+
+def test_evaluate_shows_the_stored_lung_focus_or_how_to_measure_it(trained_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "artifacts" / "runs" / trained_run.name
+    shutil.copytree(trained_run, run_dir)
+    monkeypatch.setenv("COVIDCT_ARTIFACTS", str(tmp_path / "artifacts"))
+    (run_dir / lung_focus.FILE).unlink(missing_ok=True)
+    at = open_page(navigation.EVALUATE)
+    assert_no_exception(at)
+    assert "Not measured for this run" in texts(at.info)
+    assert f"python -m core lung-focus --run {trained_run.name}" in texts(at.code)
+
+    files.write_json(run_dir / lung_focus.FILE, {"test": {"gradcam": {
+        "slices": 7, "asked": 8, "in_lungs": 0.31, "lung_share": 0.29, "ratio": 1.07, "peak_in_lungs": 0.1,
+        "mostly_outside": 0.9}}})
+    at = open_page(navigation.EVALUATE)
+    metrics = shown_metrics(at)
+    assert metrics["Grad-CAM evidence in the lungs"] == "31%" and metrics["Against an even map"] == "1.07×"
+    assert "7 of 8 test slices measured" in texts(at.caption)
 
 
 def test_evaluate_scores_the_cross_validated_recipes(trained_run, tmp_path, monkeypatch):

@@ -411,6 +411,33 @@ def test_training_dataset_shuffles_and_augments(tiny_images):
     assert x.min() >= 0 and x.max() <= 255
 
 
+def test_intensity_jitter_changes_training_slices_only(tiny_images):
+    images, cached, labels = tiny_images
+    only_intensity = {"rotation": 0, "zoom": 0, "contrast": 0, "flip": False}
+    augment = augmentation_layers(**only_intensity, seed=1, intensity_jitter=1.0)
+    assert [type(layer).__name__ for layer in augment.layers] == ["RandomIntensity"]
+    trained, _ = collect(make_dataset(cached, labels, batch_size=4, training=True, seed=3, augment=augment))
+    plain, _ = collect(make_dataset(cached, labels, batch_size=4, training=True, seed=3))
+    assert trained.shape == plain.shape and trained.min() >= 0 and trained.max() <= 255
+    changed = np.abs(trained - plain).mean(axis=(1, 2, 3))
+    assert (changed > 1).all()  # every training slice: another window, gamma, blur or compression
+    evaluated, _ = collect(make_dataset(cached, labels, batch_size=4, augment=augment))
+    np.testing.assert_array_equal(evaluated, images.astype("float32"))  # evaluation: untouched
+    batch = images[:4].astype("float32")
+    np.testing.assert_array_equal(np.asarray(augment(batch, training=False)), batch)
+    off = augmentation_layers(**only_intensity, intensity_jitter=0.0)
+    assert [type(layer).__name__ for layer in off.layers] == ["Identity"]
+
+
+def test_intensity_jitter_keeps_a_slices_anatomy():
+    """A gentle jitter moves grey levels, not structures: bright stays brighter than dark."""
+    slice_ = np.zeros((1, 32, 32, 3), "float32")
+    slice_[:, 8:24, 8:24] = 200.0
+    jittered = np.asarray(augmentation_layers(rotation=0, zoom=0, contrast=0, flip=False, seed=0,
+                                              intensity_jitter=0.3)(slice_, training=True))
+    assert jittered[0, 16, 16].mean() > jittered[0, 2, 2].mean() + 100
+
+
 def test_image_sizes_reads_headers_of_png_jpeg_dicom_and_marks_unreadable(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     Image.new("L", (20, 50)).save(tmp_path / "b.png", format="JPEG")  # JPEG named .png

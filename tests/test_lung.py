@@ -87,3 +87,57 @@ def test_the_setting_reaches_the_predictor(trained_run, tmp_path, lung_crop):
     config = json.loads((run_dir / "config.json").read_text())
     (run_dir / "config.json").write_text(json.dumps({**config, "lung_crop": lung_crop}))
     assert Predictor.from_run(run_dir).lung_crop is lung_crop
+
+
+def test_masking_keeps_the_lungs_and_blanks_the_rest():
+    image = phantom()
+    masked = lung.mask_outside_lungs(image)
+    lungs = lung.lung_mask(image)
+    assert np.array_equal(masked[lungs], image[lungs])  # the lungs (and the lesion they close over) stay
+    assert masked[165, 166].tolist() == image[165, 166].tolist()  # the lesion at the base (row, column)
+    for y, x in ((15, 20), (40, 240), (200, 128)):  # the caption, the arrow, the body below the lungs
+        assert image[y, x].any() and not masked[y, x].any()
+    assert lung.lung_view(image, crop=False, mask=True).tolist() == masked.tolist()
+    cropped = lung.crop_to_lungs(image)
+    assert np.array_equal(lung.lung_view(image, crop=True, mask=True), lung.mask_outside_lungs(cropped))
+    flat = np.full((128, 128, 3), 120, np.uint8)
+    assert lung.mask_outside_lungs(flat) is flat  # no lungs found: the slice whole
+
+
+def outside_changed(image: np.ndarray) -> np.ndarray:
+    """The phantom with other things outside the lungs: another caption, no arrow, bright bone in the body."""
+    changed = image.copy()
+    changed[:30, :80] = 0
+    cv2.putText(changed, "B", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+    changed[25:50, 230:] = 0
+    changed[195:205, 100:160] = 250  # the body under the lungs, past the mask's widening
+    assert not np.array_equal(changed, image)
+    return changed
+
+
+def test_a_masked_run_decides_from_the_lungs_only(trained_run, tmp_path, data_dir):
+    import json
+    import shutil
+
+    from core.inference.predict import Predictor
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "lung_mask": True}))
+    predictor = Predictor.from_run(run_dir)
+    assert predictor.lung_mask
+    image, changed = phantom(), outside_changed(phantom())
+    expected = cv2.resize(lung.mask_outside_lungs(image), (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(predictor.prepare(image), expected.astype("float32"))  # it predicts on masked input
+    assert np.array_equal(predictor.prepare(changed), predictor.prepare(image))
+    first, second = predictor.predict_images([image, changed], ["phantom", "changed"])
+    assert first.raw_probability == pytest.approx(second.raw_probability, abs=1e-6)
+    assert np.allclose(predictor.gradcam(image), predictor.gradcam(changed), atol=1e-5)
+    assert np.array_equal(predictor.lung_fields(image), lung.lung_mask(image))  # found before masking
+    # Training reads the same input through the image cache, under its own name.
+    path = min((data_dir / "NonCOVID").glob("*.jpg"))
+    masked_entry = cache_images([path], 64, lung_mask=True, root=tmp_path / "cache")
+    assert np.array_equal(masked_entry.array()[0], cv2.resize(lung.mask_outside_lungs(load_image(path)), (64, 64),
+                                                              interpolation=cv2.INTER_AREA))
+    assert masked_entry.entries != cache_images([path], 64, root=tmp_path / "cache").entries

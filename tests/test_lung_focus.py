@@ -9,6 +9,7 @@ import pytest
 from core.base import files
 from core.cli.main import main
 from core.inference import heatmaps, lung_focus
+from core.runs import storage
 
 
 def test_evidence_inside_or_outside_the_mask_is_measured_as_such():
@@ -53,3 +54,18 @@ def test_the_lung_outline_is_drawn_on_the_mask_edge_only():
     assert changed[20, 30] and changed[40, 10]  # on the edge
     assert not changed[40, 30] and not changed[80, 80]  # not inside, not outside
     assert not image.any()  # the input is left as it was
+
+
+def test_every_run_stores_its_test_splits_lung_focus_when_it_ends(trained_run):
+    stored = lung_focus.read(trained_run)
+    assert set(stored) == {"test"} and set(stored["test"]) == {"gradcam"}  # no panel, one method: cheap
+    tested = (storage.read_predictions(trained_run)["split"] == "test").sum()
+    assert stored["test"]["gradcam"]["asked"] == min(tested, lung_focus.AFTER_TRAINING_SLICES)
+    assert lung_focus.stored_ratio(trained_run) == stored["test"]["gradcam"].get("ratio")
+    assert lung_focus.stored_ratio(trained_run, "SY575-COVID19-CT") is None
+
+
+def test_a_limited_set_is_spread_over_both_ends():
+    listed = list(range(10))  # a split listed class by class: the first few would be one class only
+    assert lung_focus.spread(listed, 4) == [0, 3, 6, 9]
+    assert lung_focus.spread(listed, None) == listed and lung_focus.spread(listed, 20) == listed

@@ -10,7 +10,6 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from core.data import lung
 from core.inference import heatmaps
 from core.inference import site_store
 from core.inference.heatmaps import colour_bar, overlay
@@ -81,9 +80,9 @@ def gradcam_overlay(run: dict, source: str | bytes, name: str, method: str = "gr
     stamp = 0.0 if isinstance(source, bytes) else mtime(source)
     source = source if isinstance(source, bytes) else str(source)
     heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
-    view = predictor(run).view(read_image(source, name, stamp))
-    blended = overlay(view, heatmap, alpha=opacity)
-    return heatmaps.with_lung_outline(blended, lung.lung_mask(view)) if outline else blended
+    image = read_image(source, name, stamp)
+    blended = overlay(predictor(run).view(image), heatmap, alpha=opacity)
+    return heatmaps.with_lung_outline(blended, predictor(run).lung_fields(image)) if outline else blended
 
 
 def evidence_note(run: dict, source: str | bytes, name: str, method: str = "gradcam",
@@ -93,8 +92,8 @@ def evidence_note(run: dict, source: str | bytes, name: str, method: str = "grad
     stamp = 0.0 if isinstance(source, bytes) else mtime(source)
     source = source if isinstance(source, bytes) else str(source)
     heatmap = _heatmap(str(run["path"]), model_stamp(run), source, name, stamp, method, class_index)
-    view = predictor(run).view(read_image(source, name, stamp))
-    return heatmaps.evidence_note(heatmaps.lung_focus(heatmap, lung.lung_mask(view)))
+    lungs = predictor(run).lung_fields(read_image(source, name, stamp))
+    return heatmaps.evidence_note(heatmaps.lung_focus(heatmap, lungs))
 
 
 def lung_outline_toggle() -> bool:

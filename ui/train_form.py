@@ -17,8 +17,8 @@ LAYOUT = [
               "seed", "cv_folds", "cv_fold"],
      "Evaluation": ["threshold_method", "flip_tta"],
      "Devices": ["strategy"]},
-    {"Model": ["backbone", "weights", "input_size", "lung_crop", "dropout", "train_from"],
-     "Augmentation": ["rotation", "zoom", "contrast", "flip"]},
+    {"Model": ["backbone", "weights", "input_size", "lung_crop", "lung_mask", "dropout", "train_from"],
+     "Augmentation": ["rotation", "zoom", "contrast", "flip", "intensity_jitter"]},
     {"Optimisation": ["batch_size", "head_epochs", "head_lr", "finetune_epochs", "finetune_lr",
                       "early_stopping_patience", "lr_patience"]},
 ]

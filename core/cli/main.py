@@ -38,6 +38,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_deploy_pair(args) -> int:
+    from core.inference import deploy
+
+    record = deploy.deploy_pair(run_dir_for(args.first).name, run_dir_for(args.second).name, force=args.force,
+                                report=report)
+    print(f"deployed the pair {record['run']}: Predict and python -m core predict now use it")
+    return 0
+
+
 def cmd_deploy(args) -> int:
     from core.inference import deploy
 
@@ -187,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("run", help="run id (python -m core runs lists them)")
     deploy.add_argument("--force", action="store_true", help="deploy despite the reasons given")
     deploy.set_defaults(func=cmd_deploy)
+    deploy_pair = commands.add_parser(
+        "deploy-pair", help="serve the average of two runs as one model (core.inference.pair)",
+        description="Makes a pair run whose probability is the mean of the two runs' raw probabilities, "
+                    "calibrated and thresholded on their averaged validation scores; a slice is refused when "
+                    "either run's guard refuses it, and its Grad-CAM is the mean of their maps. Then deploys it.")
+    deploy_pair.add_argument("first", help="run id of one trained run")
+    deploy_pair.add_argument("second", help="run id of the other (same data and split)")
+    deploy_pair.add_argument("--force", action="store_true", help="deploy despite the reasons given")
+    deploy_pair.set_defaults(func=cmd_deploy_pair)
 
     slices.add_parsers(commands)  # predict, explain
     scans.add_parser(commands)  # predict-scan

@@ -70,18 +70,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("COVIDCT_IMAGE_CACHE", paths.artifacts_dir() / "cache" / "images"))
 
 
-def entry_path(path, size: int, lung_crop: bool, root: Path | None = None) -> Path:
+def entry_path(path, size: int, lung_crop: bool, root: Path | None = None, lung_mask: bool = False) -> Path:
     """Where the decoded `path` at `size` px lives: named by a hash of the
     file's absolute path, byte size and modification time, and the recipe."""
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{size}\0{lung_crop}\0{FORMAT_VERSION}"
+    if lung_mask:  # only then: the entries of runs without it keep their names
+        key += "\0lung_mask"
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    recipe = f"{size}px{'-lungs' if lung_crop else ''}"
+    recipe = f"{size}px{'-lungs' if lung_crop else ''}{'-masked' if lung_mask else ''}"
     return (root or cache_root()) / recipe / digest[:2] / f"{digest}.u8"
 
 
-def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, root: Path | None = None) -> CachedImages:
+def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, root: Path | None = None,
+                 lung_mask: bool = False) -> CachedImages:
     """The cache entries of `paths_`, decoding and writing the ones missing
     (in parallel threads, core.data.images.in_threads). progress(done, total) is
     called as images are done. ImageReadError ("<file>: <problem>") for a
@@ -90,14 +93,14 @@ def cache_images(paths_, size: int, lung_crop: bool = False, progress=None, root
     entries = []
     for source in sources:
         try:
-            entries.append(str(entry_path(source, size, lung_crop, root)))
+            entries.append(str(entry_path(source, size, lung_crop, root, lung_mask)))
         except OSError as error:
             raise ImageReadError(f"{source}: cannot be read ({error.strerror or error})") from error
     whole = size * size * 3  # bytes of an entry; one cut short (a full disk, say) is made again
     missing = [i for i, entry in enumerate(entries) if not os.path.isfile(entry) or os.path.getsize(entry) != whole]
 
     def fill(i: int) -> None:
-        _write_entry(Path(entries[i]), model_input(load_image(sources[i]), size, lung_crop))
+        _write_entry(Path(entries[i]), model_input(load_image(sources[i]), size, lung_crop, lung_mask))
 
     already = len(sources) - len(missing)
     if progress is not None:

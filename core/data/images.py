@@ -193,10 +193,10 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def model_input(image: np.ndarray, size: int, lung_crop: bool = False) -> np.ndarray:
-    """What a model sees of a decoded slice: its lung fields (core.data.lung, when
-    the run crops to them), resized to size x size (uint8)."""
-    return resize_image(lung.crop_to_lungs(image) if lung_crop else image, size)
+def model_input(image: np.ndarray, size: int, lung_crop: bool = False, lung_mask: bool = False) -> np.ndarray:
+    """What a model sees of a decoded slice: its lung view (core.data.lung.lung_view: cropped to
+    and/or blanked outside the lung fields, as the run asks), resized to size x size (uint8)."""
+    return resize_image(lung.lung_view(image, lung_crop, lung_mask), size)
 
 
 def in_threads(function, *iterables):

@@ -48,7 +48,7 @@ def problems(run: dict) -> list[str]:
     state = run["status"].get("state")
     if state != "completed":
         found.append(f"it is {state}, not completed")
-    elif not (run["path"] / "model.keras").exists():
+    elif not storage.has_model(run["path"]):
         found.append("it has no model.keras")
     subset = run["config"].get("max_images_per_split") or 0
     if subset:
@@ -71,9 +71,7 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
     a run with problems unless `force`, and DamagedRun for a damaged run
     whatever `force` says, before anything is written into it. Builds its
     calibration and out-of-distribution reference first. Returns the record written."""
-    from core.inference import calibration
-    from core.inference import ood
-    from core.inference import scan_decision
+    from core.inference import calibration, ood, pair, scan_decision
     from core.inference.predict import Predictor
 
     run_dir = storage.run_path(run_id)
@@ -81,20 +79,33 @@ def deploy(run_id: str, force: bool = False, report=lambda line: None) -> dict:
         raise ValueError(f"run {run_id!r} not found in {run_dir.parent}")
     checks.require_intact(run_dir)  # validated before anything is written into it
     run = catalogue.load_run(run_dir)
-    found = problems(run)
+    members = pair.members_of(run_dir) or ()
+    # A pair answers through both members: what is wrong with either is wrong with it.
+    found = problems(run) + [f"member {m.name}: {p}" for m in members for p in problems(catalogue.load_run(m))]
     if found and not force:
         raise DeployRefused(run_id, found)
-    if not (run_dir / "model.keras").exists():
+    if not storage.has_model(run_dir):
         raise ValueError(f"run {run_id} has no model.keras: nothing to deploy")
     calibration.for_run(run_dir)
     report("choosing the scan-level aggregation and threshold on the validation patients…")
     scan_decision.settings_for_run(run_dir)
     report("building the out-of-distribution reference (features of the training slices)…")
-    ood.build_reference(Predictor.from_run(run_dir), report)
+    for guarded in members or (run_dir,):  # a pair is guarded by each member's own reference
+        ood.build_reference(Predictor.from_run(guarded), report)
     record = {"run": run_id, "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "confirmed_despite": found}
     files.write_json(deployed_file(), record)
     return record
+
+
+def deploy_pair(first: str, second: str, force: bool = False, report=lambda line: None) -> dict:
+    """Make a pair of two runs (core.inference.pair) and deploy it as one model; the pair's
+    own problems and each member's are checked as deploy checks a run's."""
+    from core.inference import pair
+
+    pair_dir = pair.make_pair(storage.run_path(first), storage.run_path(second))
+    report(f"pair {pair_dir.name}: the mean of {first} and {second}, threshold chosen on validation")
+    return deploy(pair_dir.name, force=force, report=report)
 
 
 def deployed_record() -> dict | None:
@@ -113,7 +124,7 @@ def deployed_run() -> dict | None:
     if not record:
         return None
     run_dir = storage.run_path(record["run"])  # a valid run id: its schema checked it
-    if not (run_dir / "model.keras").exists():
+    if not storage.has_model(run_dir):
         return None
     return catalogue.load_run(run_dir)
 

@@ -19,6 +19,7 @@ from core.base import paths
 from core.data import datasets
 from core.evaluation import patient_level
 from core.inference import calibration, external
+from core.runs.schemas import PAIR
 
 
 def panel_results(run_dir, report=lambda line: None, refresh: bool = False) -> dict[str, dict]:
@@ -46,7 +47,8 @@ def _current(run_dir: Path, found: dict | None, folder: Path) -> bool:
     if found["metrics"].get("data_dir") != str(folder.expanduser().resolve()):
         return False
     metrics_file = external.results_dir(run_dir, found["name"]) / "metrics.json"
-    return os.path.getmtime(metrics_file) >= os.path.getmtime(run_dir / "model.keras")
+    model = run_dir / "model.keras" if (run_dir / "model.keras").exists() else run_dir / PAIR  # a pair: its members
+    return os.path.getmtime(metrics_file) >= os.path.getmtime(model)
 
 
 def panel_table(run_dir, results: dict[str, dict]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import numpy as np
 from core.base import paths
 from core.data import lung
 from core.runs import catalogue, checks, storage
+from core.inference import pair
 from core.inference.calibration import Calibration, for_run
 from core.inference.explain import Explainer
 from core.inference.heatmaps import overlay
@@ -24,7 +25,7 @@ from core.data.images import model_input
 
 def latest_completed_run(runs_root=None) -> Path:
     for run in catalogue.list_runs(runs_root):  # a damaged run (core.runs.checks) is passed over
-        if (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+        if (run["status"].get("state") == "completed" and storage.has_model(run["path"])
                 and not run["problems"]):
             return run["path"]
     raise ValueError(f"no completed run with a model yet in {runs_root or paths.runs_dir()}: train one "
@@ -79,9 +80,11 @@ class Predictor:
     negative_class: str
     flip_tta: bool = False
     lung_crop: bool = False  # the run's models see each slice cropped to its lung fields
+    lung_mask: bool = False  # ... and blanked outside them (core.data.lung.lung_view)
     calibration: Calibration = field(default_factory=Calibration)
     guard: Guard | None = None
     site: str | None = None  # the site profile whose calibration and threshold it uses; None: the run's own
+    members: tuple = ()  # a pair (core.inference.pair): its two runs' predictors; model is then None
     batch_size: int = 32
     _explainer: Explainer | None = field(default=None, repr=False)
     _features_model: object = field(default=None, repr=False)
@@ -92,6 +95,9 @@ class Predictor:
         """The run's predictor; with `site`, calibrated and decided by that
         site's profile (core.inference.site_profile) instead of the run's validation."""
         run_dir = checks.require_intact(run_dir)
+        members = pair.members_of(run_dir)
+        if members:
+            return cls.from_pair(run_dir, members).for_site(site)
         model_path = run_dir / "model.keras"
         if not model_path.exists():
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
@@ -101,8 +107,19 @@ class Predictor:
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=storage.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
-                   lung_crop=bool(config.get("lung_crop", False)),
+                   lung_crop=bool(config.get("lung_crop", False)), lung_mask=bool(config.get("lung_mask", False)),
                    calibration=for_run(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
+
+    @classmethod
+    def from_pair(cls, run_dir: Path, members: tuple[Path, Path]) -> Predictor:
+        """A pair's predictor: its members' models and guards, its own calibration and threshold."""
+        first, second = (cls.from_run(member) for member in members)
+        checked = checks.check_run(run_dir)
+        negative, positive = storage.class_names(checked["config"], checked["metrics"])
+        return cls(run_dir=run_dir, model=None, input_size=first.input_size,
+                   threshold=storage.decision_threshold(checked["metrics"]), positive_class=positive,
+                   negative_class=negative, lung_crop=first.lung_crop, lung_mask=first.lung_mask,
+                   calibration=for_run(run_dir), members=(first, second))
 
     def for_site(self, site: str | None) -> "Predictor":
         """This predictor calibrated and decided by a site profile: the same
@@ -114,15 +131,22 @@ class Predictor:
         return replace(self, calibration=calibration, threshold=calibration.raw_threshold, site=site)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return model_input(image, self.input_size, self.lung_crop).astype("float32")
+        return model_input(image, self.input_size, self.lung_crop, self.lung_mask).astype("float32")
 
     def view(self, image: np.ndarray) -> np.ndarray:
-        """The part of a decoded slice the model sees, at its own resolution:
-        the lung fields where the run crops to them, else the whole scan."""
-        return lung.crop_to_lungs(image) if self.lung_crop else image
+        """What the model sees of a decoded slice, at its own resolution: the
+        lung fields where the run crops to them (and only they where it masks), else the whole scan."""
+        return lung.lung_view(image, self.lung_crop, self.lung_mask)
+
+    def lung_fields(self, image: np.ndarray) -> np.ndarray:
+        """The lung mask on the view: found before any masking (a blanked slice has no body to find them in)."""
+        return lung.lung_mask(lung.lung_view(image, self.lung_crop))
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(raw probabilities, pooled backbone features) of prepared slices, in one pass."""
+        if self.members:
+            raise ValueError(f"{self.run_dir.name} is a pair of runs ({', '.join(m.run_dir.name for m in self.members)})"
+                             ": its features are its members'; use one of them for a site's profile")
         with self._lock:  # built once, lazily: it shares the model's layers
             if self._features_model is None:
                 self._features_model = features_model(self.model)
@@ -142,14 +166,25 @@ class Predictor:
         calibrated probability, decision, and the out-of-distribution check."""
         if not images:
             return []
-        raw, features = self._forward(np.stack([self.prepare(image) for image in images]))
+        raw, refusals, guarded = self._raw_and_refusals(images, names)
         calibrated = self.calibration.apply(raw)
-        refusals = self.guard.problems(images, features) if self.guard else [image_problems(i) for i in images]
         return [Prediction(name, image, float(p), self.calibration.threshold, self.positive_class,
                            self.negative_class, raw_probability=float(r), raw_threshold=self.threshold,
                            borderline_band=self.calibration.borderline,
-                           ood_problems=problems, guarded=self.guard is not None, site=self.site)
+                           ood_problems=problems, guarded=guarded, site=self.site)
                 for name, image, p, r, problems in zip(names, images, calibrated, raw, refusals)]
+
+    def _raw_and_refusals(self, images, names) -> tuple[np.ndarray, list[list[str]], bool]:
+        """(raw probabilities, each slice's refusals, whether a guard checked them). A pair averages
+        its members' raw probabilities and refuses what either member's guard refuses."""
+        if self.members:
+            answers = [member.predict_images(images, names) for member in self.members]
+            raw = np.mean([[p.raw_probability for p in answer] for answer in answers], axis=0)
+            refusals = [list(dict.fromkeys(a.ood_problems + b.ood_problems)) for a, b in zip(*answers)]
+            return raw, refusals, all(member.guard is not None for member in self.members)
+        raw, features = self._forward(np.stack([self.prepare(image) for image in images]))
+        refusals = self.guard.problems(images, features) if self.guard else [image_problems(i) for i in images]
+        return raw, refusals, self.guard is not None
 
     @property
     def explainer(self) -> Explainer:
@@ -160,7 +195,9 @@ class Predictor:
 
     def gradcam(self, image: np.ndarray, method: str = "gradcam", class_index: int = 1) -> np.ndarray:
         """Heatmap in [0, 1] at the model's input size for one decoded slice:
-        evidence for the positive class (1) or the negative one (0)."""
+        evidence for the positive class (1) or the negative one (0). A pair: its members' maps averaged."""
+        if self.members:
+            return pair.average_maps([m.gradcam(image, method, class_index) for m in self.members], self.input_size)
         return self.explainer.heatmaps(self.prepare(image)[None], method=method, class_index=class_index)[0]
 
     def gradcam_overlay(self, image: np.ndarray, method: str = "gradcam", alpha: float = 0.4,

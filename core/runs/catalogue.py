@@ -12,7 +12,7 @@ import pandas as pd
 
 from core.base import files, paths
 from core.data import datasets
-from core.runs import checks
+from core.runs import checks, storage
 from core.runs.storage import live_state
 from core.runs.train_config import folds_of, recipe_of
 
@@ -96,7 +96,7 @@ def compare_runs(runs: list[dict]) -> pd.DataFrame:
 
 def has_model(run: dict) -> bool:
     """A completed run with its model, not damaged (core.runs.checks)."""
-    return (run["status"].get("state") == "completed" and (run["path"] / "model.keras").exists()
+    return (run["status"].get("state") == "completed" and storage.has_model(run["path"])
             and not run.get("problems"))
 
 

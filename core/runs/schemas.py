@@ -30,6 +30,7 @@ SCAN = "scan.json"                # core.inference.scan_decision
 OOD_SUMMARY, OOD_FEATURES = "ood.json", "ood.npz"  # core.inference.ood
 DEPLOYED = "deployed.json"        # core.inference.deploy, in the artifacts folder
 MODEL = "model.keras"
+PAIR = "pair.json"                # core.inference.pair: a pair run's two member runs, in place of a model
 
 STATES = ("running", "completed", "failed", "cancelled", "interrupted", "pruned")
 CALIBRATION_METHODS = ("none", "temperature", "platt")

@@ -17,6 +17,7 @@ from core.base import files, paths
 from core.runs import checks
 # "pruned": stopped early by a hyperparameter search (core.training.tune) for a poor validation AUC.
 from core.runs.schemas import STATES  # noqa: F401 (the states a run can be in, as storage's callers name them)
+from core.runs.schemas import MODEL, PAIR
 
 
 def check_run_id(run_id: str) -> str:
@@ -128,3 +129,8 @@ def read_predictions(run_dir) -> pd.DataFrame:
     return checks.read_table(Path(run_dir) / "predictions.csv", run_dir)
 
 
+
+
+def has_model(run_dir) -> bool:
+    """Whether the run can answer: its model.keras, or (a pair, core.inference.pair) its two members."""
+    return (Path(run_dir) / MODEL).exists() or (Path(run_dir) / PAIR).exists()

@@ -94,6 +94,11 @@ class TrainConfig:
     lung_crop: bool = field(default=False, metadata=setting(
         "Crop to the lung fields", "Crop each slice to its lung fields (core.data.lung) before resizing, in "
         "training, evaluation, prediction and Grad-CAM alike."))
+    lung_mask: bool = field(default=False, metadata=setting(
+        "Blank outside the lung fields", "Set everything outside the (slightly widened) lung fields to black "
+        "(core.data.lung.mask_outside_lungs), in training, evaluation, prediction and Grad-CAM alike: what "
+        "lies outside the lungs (captions, borders, the table) cannot be learnt. A slice whose lungs are not "
+        "found is left whole."))
     batch_size: int = field(default=32, metadata=setting(
         "Slices per training step", "More slices per step: faster epochs, more memory (per replica).",
         allowed=Range(1, 1024), search=[16, 32, 64]))
@@ -125,6 +130,11 @@ class TrainConfig:
     contrast: float = field(default=0.1, metadata=setting(
         "Random contrast (± fraction)", "Random contrast, ± fraction (0 = off).", allowed=FRACTION, step=0.05))
     flip: bool = field(default=True, metadata=setting("Random left-right flip", "Random horizontal flip."))
+    intensity_jitter: float = field(default=0.0, metadata=setting(
+        "Random window, gamma, blur and JPEG (strength, 0 = off)", "Each training slice gets its own window, "
+        "gamma, blur and JPEG quality, up to this strength (core.training.pipeline.RandomIntensity), as other "
+        "hospitals' scans come in other windows and compressions; never on evaluation or prediction.",
+        allowed=Range(0, 1), step=0.1))
     early_stopping_patience: int = field(default=5, metadata=setting(
         "Stop after this many epochs without progress",
         "Fine-tuning stops after this many epochs without a better validation AUC.", allowed=NOT_NEGATIVE))
@@ -199,7 +209,7 @@ class TrainConfig:
             return [f"start_from_run {self.start_from_run!r}: no model.keras in {folder}"]
         theirs = files.read_json(folder / "config.json", {})
         return [f"start_from_run {self.start_from_run!r}: its {key} is {theirs.get(key)!r}, this config's "
-                f"{getattr(self, key)!r}" for key in ("backbone", "input_size", "lung_crop")
+                f"{getattr(self, key)!r}" for key in ("backbone", "input_size", "lung_crop", "lung_mask")
                 if theirs.get(key) != getattr(self, key)]
 
     def _data_problems(self) -> list[str]:

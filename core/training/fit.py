@@ -23,10 +23,9 @@ from core.training import checkpoint
 from core.data.splits import SPLITS
 from core.training import distribute
 from core.evaluation import classification
-from core.inference import external
+from core.inference import external, lung_focus
 from core.data import image_cache
-from core.runs import lock
-from core.runs import storage
+from core.runs import lock, storage
 from core.base import files
 from core.runs.dataset import run_index
 from core.runs.train_config import TrainConfig
@@ -169,8 +168,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
            f"(image cache: {image_cache.cache_root()})")
 
     augment = augmentation(config, seed=config.seed)
-    # Models (and so their variables and optimizers) made under the strategy's
-    # scope are mirrored across its replicas; fit then splits each batch.
+    # Models (their variables, optimizers) made in the strategy's scope are mirrored; fit splits each batch.
     with strategy.scope():
         model = fit_model(run_dir, config, images, labels, augment, report, callbacks)
     if replicas > 1:
@@ -188,8 +186,7 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     ], ignore_index=True)
     files.write_csv(run_dir / "predictions.csv", predictions)
     checkpoint.kill_point("evaluating")
-    metrics = classification.evaluate_predictions(predictions, seed=config.seed,
-                                            threshold_method=config.threshold_method)
+    metrics = classification.evaluate_predictions(predictions, seed=config.seed, threshold_method=config.threshold_method)
     negative_class = index.loc[index.y == 0, "label"].iloc[0]
     metrics["labels"] = {"positive": config.positive_class, "negative": str(negative_class)}
     files.write_json(run_dir / "metrics.json", metrics)
@@ -199,6 +196,9 @@ def _train_in(run_dir: Path, config: TrainConfig, report, callbacks=(), strategy
     if config.holdout_source and distribute.is_chief(strategy):
         storage.set_status(run_dir, "running", phase=f"evaluating on the held-out source {config.holdout_source}")
         external.evaluate_on(run_dir, config.held_out_source(), name=config.holdout_source, report=report)
+    if distribute.is_chief(strategy):  # where its Grad-CAM evidence lies, beside its scores (lung_focus.json)
+        storage.set_status(run_dir, "running", phase="measuring the lung focus")
+        lung_focus.after_training(run_dir, report=report)
 
 
 def decode_splits(index: pd.DataFrame, config: TrainConfig, splits, run_dir: Path | None = None):
@@ -209,7 +209,7 @@ def decode_splits(index: pd.DataFrame, config: TrainConfig, splits, run_dir: Pat
         rows = index[index.split == split]
         if run_dir is not None:
             storage.set_status(run_dir, "running", phase=f"decoding {split} images")
-        images[split] = cache_images(rows.path.tolist(), config.input_size, lung_crop=config.lung_crop)
+        images[split] = cache_images(rows.path.tolist(), config.input_size, config.lung_crop, lung_mask=config.lung_mask)
         labels[split] = rows.y.to_numpy()
         checkpoint.kill_point("loading")
     return images, labels

@@ -12,13 +12,67 @@ from core.data.image_cache import CachedImages
 from core.data.limits import ImageReadError
 from core.runs.train_config import TrainConfig
 
+# At intensity_jitter 1, the largest changes drawn: the window's black and white points move by up
+# to a quarter of the grey range, gamma goes from exp(-0.5) to exp(0.5), a slice is blended up to
+# all the way into its Gaussian blur (sigma 1.5 px), and JPEG quality falls to 30.
+WINDOW_SHIFT = 0.25
+GAMMA_LOG = 0.5
+BLUR_SIGMA = 1.5
+LOWEST_JPEG_QUALITY = 30
+
+
+class RandomIntensity(keras.layers.Layer):
+    """Other hospitals' slices come in other windows, contrasts and compressions: each training
+    slice gets its own random window (black and white points), gamma, blur and JPEG quality,
+    scaled by `strength` (0..1). float32 images in 0..255 in and out; only with training=True."""
+
+    def __init__(self, strength: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.strength, self.seed = float(strength), seed
+
+    def _uniform(self, shape, low, high, offset: int):
+        return tf.random.uniform(shape, low, high, seed=None if self.seed is None else self.seed + offset)
+
+    def call(self, images, training=False):
+        if not training or not self.strength:
+            return images
+        count, shift = tf.shape(images)[0], WINDOW_SHIFT * 255 * self.strength
+        per_image = tf.stack([count, 1, 1, 1])
+        black = self._uniform(per_image, -shift, shift, 0)
+        white = self._uniform(per_image, 255 - shift, 255 + shift, 1)
+        scaled = tf.clip_by_value((images - black) / (white - black), 0.0, 1.0)
+        gamma = tf.exp(self._uniform(per_image, -GAMMA_LOG * self.strength, GAMMA_LOG * self.strength, 2))
+        scaled = tf.pow(scaled, gamma)
+        weight = self._uniform(per_image, 0.0, self.strength, 3)
+        scaled = (1 - weight) * scaled + weight * gaussian_blur(scaled, BLUR_SIGMA)
+        lowest = round(100 - (100 - LOWEST_JPEG_QUALITY) * self.strength)
+        quality = tf.random.uniform([count], lowest, 101, tf.int32,
+                                    seed=None if self.seed is None else self.seed + 4)
+        compressed = tf.map_fn(lambda pair: tf.image.adjust_jpeg_quality(pair[0], pair[1]), (scaled, quality),
+                               fn_output_signature=tf.float32)
+        return tf.reshape(compressed, tf.shape(images)) * 255.0
+
+    def get_config(self):
+        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
+
+
+def gaussian_blur(images, sigma: float):
+    """Each channel of a batch blurred by a Gaussian of `sigma` pixels (a 2·ceil(2σ)+1 kernel)."""
+    radius = int(np.ceil(2 * sigma))
+    line = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel = np.outer(line, line) / np.outer(line, line).sum()
+    kernel = tf.constant(np.tile(kernel[:, :, None, None], (1, 1, 3, 1)), tf.float32)
+    return tf.nn.depthwise_conv2d(images, kernel, strides=[1, 1, 1, 1], padding="SAME")
+
 
 def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: float = 0.1,
-                        flip: bool = True, seed: int | None = None) -> keras.Sequential:
+                        flip: bool = True, seed: int | None = None,
+                        intensity_jitter: float = 0.0) -> keras.Sequential:
     """Random rotation (+/- `rotation` degrees), zoom, contrast and horizontal
     flip, for float32 images in 0..255; a switch at 0/False leaves its layer
     out. What rotation and zooming out uncover is filled by mirroring the
-    image's edge (black fill was tried: docs/experiments.md)."""
+    image's edge (black fill was tried: docs/experiments.md). `intensity_jitter`:
+    RandomIntensity's strength (0: left out)."""
     def layer_seed(offset):
         # Distinct seeds, so the layers do not draw the same random numbers.
         return None if seed is None else seed + offset
@@ -32,6 +86,8 @@ def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: flo
         layers.append(keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=layer_seed(2)))
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed(3)))
+    if intensity_jitter:
+        layers.append(RandomIntensity(intensity_jitter, seed=layer_seed(10)))
     if not layers:
         layers.append(keras.layers.Identity())  # an empty Sequential cannot be called
     return keras.Sequential(layers, name="augmentation")
@@ -127,4 +183,5 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 
 def augmentation(config: TrainConfig, seed: int | None = None) -> keras.Sequential:
     """The config's training augmentation (core.training.pipeline.augmentation_layers)."""
-    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed)
+    return augmentation_layers(config.rotation, config.zoom, config.contrast, config.flip, seed=seed,
+                               intensity_jitter=config.intensity_jitter)
