@@ -46,3 +46,9 @@ def check_size(name: str, width: int, height: int, frames: int = 1) -> None:
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageReadError(f"{name}: image too small ({width}x{height} px; a CT slice needs "
                              f"at least {MIN_IMAGE_SIDE} px a side)")
+
+
+# A study fetched from a PACS (core.data.pacs). A CT study holds a few series (scout, thin and thick
+# reconstructions, dose report); more than this listed is a server listing far more than a study.
+MAX_SERIES_PER_STUDY = 200
+MAX_STUDIES_LISTED = 200  # studies one search shows; a narrower search finds the rest
