@@ -20,8 +20,13 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from core.data import scans
-from core.data.limits import (MAX_FILE_BYTES, MAX_SCAN_BYTES, MAX_SERIES_PER_STUDY, MAX_SLICES,
-                              MAX_STUDIES_LISTED)
+from core.data.limits import (
+    MAX_FILE_BYTES,
+    MAX_SCAN_BYTES,
+    MAX_SERIES_PER_STUDY,
+    MAX_SLICES,
+    MAX_STUDIES_LISTED,
+)
 
 # (connect, read) seconds: a PACS on the hospital network answers a search in well under a second.
 TIMEOUT_S = (5.0, 30.0)
@@ -46,20 +51,25 @@ class PacsSession(requests.Session):
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_FILE_BYTES:
             response.close()
-            raise PacsError(f"an answer of {int(declared) / 2**20:.0f} MB, more than the "
-                            f"{MAX_FILE_BYTES // 2**20} MB one file may have")
+            raise PacsError(f"an answer of {megabytes(int(declared))}, more than the "
+                            f"{megabytes(MAX_FILE_BYTES)} one file may have")
         body, started = bytearray(), time.monotonic()
-        for chunk in response.iter_content(2**16):
+        # read1: whatever has arrived, so a trickle is timed between its bytes, not per 64 kB.
+        while chunk := response.raw.read1(2**16, decode_content=True):
             body += chunk
             if len(body) > MAX_FILE_BYTES:
                 response.close()
-                raise PacsError(f"an answer longer than the {MAX_FILE_BYTES // 2**20} MB one file may have")
+                raise PacsError(f"an answer longer than the {megabytes(MAX_FILE_BYTES)} one file may have")
             if time.monotonic() - started > ANSWER_S:
                 response.close()
                 raise requests.Timeout(f"the answer took over {ANSWER_S:.0f} s")
         # requests keeps a read body here: the client's later reads see these bytes, read within the limits.
         response._content, response._content_consumed = bytes(body), True
         return response
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:.3g} MB"
 
 
 @dataclass
@@ -72,7 +82,11 @@ class Series:
 
 
 def client(url: str) -> DICOMwebClient:
-    return DICOMwebClient(url.rstrip("/"), session=PacsSession(), timeout=TIMEOUT_S)
+    web = DICOMwebClient(url.rstrip("/"), session=PacsSession(), timeout=TIMEOUT_S)
+    # The client's own retries wait up to 31 s more on a stuck server: a clinician waiting at the
+    # page is told at once, and can press again.
+    web.set_http_retry_params(retry=False)
+    return web
 
 
 @contextlib.contextmanager
@@ -90,6 +104,8 @@ def talking_to(url: str, what: str):
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         raise PacsError(f"PACS {url}: {what}: the server answered HTTP {status}") from None
+    except requests.JSONDecodeError as error:
+        raise PacsError(f"PACS {url}: {what}: the answer is not DICOMweb (not JSON: {str(error)[:200]})") from None
     except requests.RequestException as error:
         raise PacsError(f"PACS {url}: {what}: {type(error).__name__} ({str(error)[:200]})") from None
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, pydicom.errors.InvalidDicomError) as error:
@@ -106,6 +122,16 @@ def value(record: dict, keyword: str) -> str:
     return str(first.get("Alphabetic", "")) if isinstance(first, dict) else str(first)
 
 
+def listing(records, key: str) -> list[dict]:
+    """A QIDO answer checked to be what DICOM JSON lists are: a list of records (dicts), each with
+    its `key` UID (a client wraps a lone dict in a list: that alone would pass)."""
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise PacsError(f"the answer is not DICOMweb (a {type(records).__name__}, not a list of DICOM JSON records)")
+    if not all(value(record, key) for record in records):
+        raise PacsError(f"the answer is not DICOMweb (a record without its {key})")
+    return records
+
+
 def find_studies(url: str, patient_id: str | None = None, date: str | None = None,
                  modality: str | None = None) -> tuple[list[dict], str | None]:
     """(studies, note): at most MAX_STUDIES_LISTED matching studies, each a dict
@@ -114,7 +140,8 @@ def find_studies(url: str, patient_id: str | None = None, date: str | None = Non
     filters = {key: given for key, given in (("PatientID", patient_id), ("StudyDate", date),
                                              ("ModalitiesInStudy", modality)) if given}
     with talking_to(url, "searching studies"):
-        records = client(url).search_for_studies(search_filters=filters, limit=MAX_STUDIES_LISTED + 1)
+        records = listing(client(url).search_for_studies(search_filters=filters, limit=MAX_STUDIES_LISTED + 1),
+                          "StudyInstanceUID")
         studies = [{"study_uid": value(r, "StudyInstanceUID"), "patient_id": value(r, "PatientID"),
                     "patient_name": value(r, "PatientName"), "date": value(r, "StudyDate"),
                     "description": value(r, "StudyDescription"),
@@ -127,7 +154,7 @@ def find_studies(url: str, patient_id: str | None = None, date: str | None = Non
 def find_series(url: str, study_uid: str) -> list[Series]:
     """The series of a study; PacsError when it lists more than MAX_SERIES_PER_STUDY."""
     with talking_to(url, f"listing the series of study {study_uid}"):
-        records = client(url).search_for_series(study_uid, limit=MAX_SERIES_PER_STUDY + 1)
+        records = listing(client(url).search_for_series(study_uid, limit=MAX_SERIES_PER_STUDY + 1), "SeriesInstanceUID")
         if len(records) > MAX_SERIES_PER_STUDY:  # a server may ignore the limit asked for: counted here too
             raise PacsError(f"it lists {len(records)} series or more, more than the {MAX_SERIES_PER_STUDY} "
                             "a study may have; refused")
@@ -151,7 +178,7 @@ def fetch_series(url: str, study_uid: str, series_uid: str) -> list[tuple[str, b
     where = f"fetching series {series_uid}"
     with talking_to(url, where):
         web = client(url)
-        records = web.search_for_instances(study_uid, series_uid, limit=MAX_SLICES + 1)
+        records = listing(web.search_for_instances(study_uid, series_uid, limit=MAX_SLICES + 1), "SOPInstanceUID")
         if len(records) > MAX_SLICES:
             raise PacsError(f"{len(records)} instances or more, more than the {MAX_SLICES} slices a scan may have")
         if not records:

@@ -17,7 +17,11 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from core.inference.heatmaps import colour_bar, overlay
 from core.inference.scan_decision import ScanResult
@@ -88,8 +92,8 @@ def result_dataset(picture: np.ndarray, source: pydicom.Dataset, text: str,
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
+    # A file data set: written with its preamble and "DICM", as a server hands it back.
+    dataset = pydicom.FileDataset("result.dcm", pydicom.Dataset(), file_meta=meta, preamble=b"\0" * 128)
     for keyword in COPIED:
         if keyword in source:
             setattr(dataset, keyword, source.data_element(keyword).value)
