@@ -18,6 +18,7 @@ import pydicom
 import pytest
 import requests
 from pydicom.uid import generate_uid
+from test_app import deployed, run_id  # noqa: F401 (fixtures)
 
 from core.base.paths import SHARED
 from core.cli import common, main
@@ -233,3 +234,36 @@ def test_predict_scan_takes_files_or_a_pacs_study_not_both(capsys):
     assert main.main(["predict-scan", "a_folder", "--pacs", "http://x", "--study", "1"]) == common.EXIT_BAD_INPUT
     assert "scan files, or --pacs URL with --study UID" in capsys.readouterr().err
     assert main.main(["predict-scan", "a_folder", "--send-back"]) == common.EXIT_BAD_INPUT
+
+
+def test_the_predict_page_finds_scores_and_sends_back_from_pacs(orthanc, study, deployed, monkeypatch):  # noqa: F811
+    from test_app import assert_no_exception, open_page, texts
+
+    from ui import navigation
+
+    monkeypatch.setenv(pacs.ENV_URL, orthanc)
+    at = open_page(navigation.PREDICT)
+    assert at.text_input(key="pacs_url").value == orthanc
+    at.text_input(key="pacs_patient").set_value("P002").run()
+    assert_no_exception(at)
+    assert at.selectbox(key="pacs_study").value == study
+    at.toggle(key="pacs_fetch").set_value(True).run()
+    assert_no_exception(at)
+    assert "DICOM series: 45 slices read" in texts(at.caption)
+    before = len(pacs.find_series(orthanc, study))
+    at.button(key="pacs_send").click().run()
+    assert_no_exception(at)
+    assert "Sent back to" in texts(at.success) and len(pacs.find_series(orthanc, study)) == before + 1
+
+
+def test_the_predict_page_names_a_server_that_is_down(deployed, monkeypatch):  # noqa: F811
+    from test_app import assert_no_exception, open_page, texts
+
+    from ui import navigation
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    monkeypatch.setenv(pacs.ENV_URL, url)
+    at = open_page(navigation.PREDICT)
+    assert_no_exception(at)
+    error = texts(at.error).replace("\\", "")  # plain() escapes Markdown's characters
+    assert f"PACS {url}: searching studies: cannot connect" in error
