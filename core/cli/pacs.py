@@ -53,21 +53,22 @@ def cmd_pacs_find(args) -> int:
     return 0
 
 
-def predict_from_pacs(args, predictor, settings, run_name: str) -> dict:
-    """The study's scan read from the PACS, scored, printed as predict-scan prints a scan,
-    and with --send-back its result stored into the same study. Returns the CSV row."""
-    from core.cli.common import shown
-    from core.cli.scans import result_line, result_row
+def scored_from_pacs(url: str, study_uid: str, series_uid: str | None, predictor, settings):
+    """(the scan's ScanResult, the header of its series) for the study's scan read from the PACS."""
     from core.data import pacs
-    from core.inference import pacs_result, scan_decision
+    from core.inference import scan_decision
 
-    scan, source = pacs.read_scan(args.pacs, args.study, args.series)
-    result = scan_decision.score_scan(predictor, scan, settings)
-    row = result_row(result)
-    print(result_line(row), flush=True)
-    if args.send_back:
-        dataset = pacs_result.result_for_study(predictor, result, source, run_name)
-        pacs.store(args.pacs, [dataset], args.study)
-        print(f"sent back: series {dataset.SeriesInstanceUID} in study {shown(args.study)} "
-              f"({pacs_result.RESEARCH_LABEL})", file=sys.stderr)
-    return row
+    scan, source = pacs.read_scan(url, study_uid, series_uid)
+    return scan_decision.score_scan(predictor, scan, settings), source
+
+
+def send_back(url: str, study_uid: str, predictor, result, source, run_name: str) -> None:
+    """The result stored into its study as a new research-only series; says so on stderr."""
+    from core.cli.common import shown
+    from core.data import pacs
+    from core.inference import pacs_result
+
+    dataset = pacs_result.result_for_study(predictor, result, source, run_name)
+    pacs.store(url, [dataset], study_uid)
+    print(f"sent back: series {dataset.SeriesInstanceUID} in study {shown(study_uid)} "
+          f"({pacs_result.RESEARCH_LABEL})", file=sys.stderr)

@@ -82,10 +82,14 @@ def cmd_predict_scan(args) -> int:
     if settings.get("caveat"):
         print(f"warning: {shown(settings['caveat'])}", file=sys.stderr)
     rows, failures = [], 0
-    if args.pacs:
-        from core.cli.pacs import predict_from_pacs
+    if args.pacs:  # one study's scan from a PACS, printed as a file's is; its result stored back if asked
+        from core.cli.pacs import scored_from_pacs, send_back
 
-        rows.append(predict_from_pacs(args, predictor, settings, run_dir.name))
+        result, source = scored_from_pacs(args.pacs, args.study, args.series, predictor, settings)
+        rows.append(result_row(result))
+        print(result_line(rows[-1]), flush=True)
+        if args.send_back:
+            send_back(args.pacs, args.study, predictor, result, source, run_dir.name)
     for path in args.scans:
         try:
             read = scans.read_path(path)
