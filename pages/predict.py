@@ -15,7 +15,7 @@ from core.data.scans import group_uploads
 from core.inference import deploy
 from core.inference.calibration import percent
 from core.inference.ood import REFUSAL
-from ui import frame, records, scans
+from ui import frame, pacs, records, scans
 from ui.deployment import deployed_model_card, nothing_deployed
 from ui.formatting import upload_name
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
@@ -104,16 +104,20 @@ if run is None:
     st.stop()
 deployed_model_card(run)
 site = site_choice(run)
-uploads, one_scan, opacity = upload_controls()
-if not uploads:
-    st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
-    records.case_log_expander()  # earlier answers, of this session or any other: they survive a reload
-    st.stop()
-whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
-for scan_name, files in whole_scans:
-    scans.show_scan(run, scan_name, files, opacity, site)
-for i, (file_name, content) in enumerate(singles):
-    single_slice(run, i, file_name, content, opacity, site)
-uploads_check(run, site, whole_scans, singles)
-records.session_table()
-records.case_log_expander()
+upload_tab, pacs_tab = st.tabs(["Upload", "From PACS"])
+with pacs_tab:
+    pacs.pacs_tab(run, st.session_state.get("opacity", 0.4), site)
+with upload_tab:
+    uploads, one_scan, opacity = upload_controls()
+    if not uploads:
+        st.info("Upload one or more CT slices, or a whole scan, to get a prediction.")
+        records.case_log_expander()  # earlier answers, of this session or any other: they survive a reload
+        st.stop()
+    whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+    for scan_name, files in whole_scans:
+        scans.show_scan(run, scan_name, files, opacity, site)
+    for i, (file_name, content) in enumerate(singles):
+        single_slice(run, i, file_name, content, opacity, site)
+    uploads_check(run, site, whole_scans, singles)
+    records.session_table()
+    records.case_log_expander()

@@ -1,5 +1,5 @@
 """Command line: python -m core train | cv | loso | resume | tune | evaluate | deploy | predict | predict-scan
-| explain | audit | runs | site-check | site-profile | cases.
+| explain | audit | runs | site-check | site-profile | cases | pacs-find.
 
 Bad input ends with a one-line reason on stderr and exit code 2, never a
 traceback.
@@ -105,7 +105,7 @@ def cmd_runs(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.base import paths
-    from core.cli import cases, evidence, scans, sites, slices, training
+    from core.cli import cases, evidence, pacs, scans, sites, slices, training
 
     parser = OneLineParser(prog="python -m core", description="COVID-19 CT Explorer pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     slices.add_parsers(commands)  # predict, explain
     scans.add_parser(commands)  # predict-scan
+    pacs.add_parsers(commands)  # pacs-find
 
     audit = commands.add_parser("audit", help="split counts and duplicates across splits, classes or sources")
     audit.add_argument("--data", default=str(paths.data_dir()),

@@ -25,14 +25,21 @@ def add_parser(commands) -> None:
         description="Reads each scan, scores the slices that show lung, and aggregates them into the scan's "
                     "probability, decided at the threshold chosen for scans on the run's validation patients. "
                     "Prints: scan, slices read / scored, scan probability, decision, most suspicious slice.")
-    predict_scan.add_argument("scans", nargs="+", help="one scan each: a folder, a .zip, a .nii or .nii.gz")
+    predict_scan.add_argument("scans", nargs="*", help="one scan each: a folder, a .zip, a .nii or .nii.gz")
     predict_scan.add_argument("--run", help="run id, or 'latest' (default: the deployed model)")
     predict_scan.add_argument("--csv", help="also write one row per scan to this CSV file")
     predict_scan.add_argument("--site", help="calibrate and decide with this site profile (site-profile list)")
     keep_option(predict_scan)
     predict_scan.add_argument("--series", help="the series to read in a DICOM study: its number in "
                                                "`python -m core series PATH` or its UID (default: the axial "
-                                               "lung series preselected)")
+                                               "lung series preselected); with --pacs its SeriesInstanceUID "
+                                               "(default: the study's CT series with the most instances)")
+    predict_scan.add_argument("--pacs", metavar="URL", help="read the scan from this PACS's DICOMweb root "
+                              "(core.cli.pacs) instead of files")
+    predict_scan.add_argument("--study", help="with --pacs: the StudyInstanceUID (python -m core pacs-find)")
+    predict_scan.add_argument("--send-back", action="store_true",
+                              help="with --pacs: store the result into the same study as a new series, "
+                                   "marked research use only")
     predict_scan.set_defaults(func=cmd_predict_scan)
     series = commands.add_parser(
         "series", help="list the series of a DICOM study (folder, zip or file), from their headers",
@@ -127,6 +134,10 @@ def cmd_predict_scan(args) -> int:
     from core.cli.common import EXIT_BAD_INPUT, run_dir_for, shown
     from core.inference.predict import Predictor
 
+    if bool(args.pacs) == bool(args.scans) or bool(args.pacs) != bool(args.study):
+        raise ValueError("predict-scan takes scan files, or --pacs URL with --study UID")
+    if (args.series or args.send_back) and not args.pacs:
+        raise ValueError("--series and --send-back go with --pacs URL --study UID")
     run_dir = run_dir_for(args.run)
     predictor = Predictor.from_run(run_dir, site=args.site)
     # A site's slices are calibrated by its profile: its scan threshold is on that scale too.
@@ -136,6 +147,14 @@ def cmd_predict_scan(args) -> int:
     if settings.get("caveat"):
         print(f"warning: {shown(settings['caveat'])}", file=sys.stderr)
     rows, failures = [], 0
+    if args.pacs:  # one study's scan from a PACS, printed as a file's is; its result stored back if asked
+        from core.cli.pacs import scored_from_pacs, send_back
+
+        result, source = scored_from_pacs(args.pacs, args.study, args.series, predictor, settings)
+        rows.append(result_row(result))
+        print(result_line(rows[-1]), flush=True)
+        if args.send_back:
+            send_back(args.pacs, args.study, predictor, result, source, run_dir.name)
     for path in args.scans:
         try:
             read, study, chosen = dicom_study.read_scan(path, args.series)

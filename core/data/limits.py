@@ -57,3 +57,5 @@ MAX_STUDY_HEADER_BYTES = 128 * 2**20
 # A DICOMDIR indexes a study in about 300 bytes a file: 8 MB is some 25,000 files. Its bytes count against
 # MAX_STUDY_HEADER_BYTES too, as they are parsed the same way.
 MAX_DICOMDIR_BYTES = 8 * 2**20
+# A study fetched from a PACS (core.data.pacs) is bounded by MAX_SERIES as a listed one is.
+MAX_STUDIES_LISTED = 200  # studies one search shows; a narrower search finds the rest
