@@ -23,6 +23,7 @@ from test_app import deployed, run_id  # noqa: F401 (fixtures)
 from core.base.paths import SHARED
 from core.cli import common, main
 from core.data import pacs
+from core.data.limits import MAX_SERIES
 from core.inference import pacs_result
 
 SERIES = SHARED / "data" / "external" / "COVID-CT-MD-dicom" / "COVID" / "P002"
@@ -226,7 +227,7 @@ def test_an_answer_over_the_size_limit_is_refused_before_it_is_read(monkeypatch)
 def test_a_study_listing_a_thousand_series_is_refused():
     record = {"0020000E": {"vr": "UI", "Value": ["1.2.3"]}, "00080060": {"vr": "CS", "Value": ["CT"]}}
     with tiny_server(lambda handler: reply(handler, json.dumps([record] * 1000).encode())) as url, \
-            pytest.raises(pacs.PacsError, match=r"lists 1000 series or more, more than the 200 a study may have"):
+            pytest.raises(pacs.PacsError, match=rf"lists 1000 series or more, more than the {MAX_SERIES} a study may have"):
         pacs.read_scan(url, "1.2.3")
 
 
