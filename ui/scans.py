@@ -59,6 +59,16 @@ def score_upload(run: dict, name: str, files: list[tuple[str, bytes]], site: str
                    json.dumps(settings(run, site), sort_keys=True), tuple(files), predictor(run, site))
 
 
+def offer_one_scan(offer: str | None) -> None:
+    """core.data.scans.one_scan_offer's words, with a button that ticks Predict's
+    "one scan" box (a callback: a widget's value is set before it is drawn)."""
+    if not offer:
+        return
+    st.info(offer, icon=":material/stacks:")
+    st.button("Read them as one scan", icon=":material/stacks:", key="offer_one_scan",
+              on_click=lambda: st.session_state.update({"one_scan": True}))
+
+
 def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float, site: str | None = None) -> None:
     """One uploaded scan: its probability and decision, the per-slice curve, and a
     slice scroller with the Grad-CAM overlay, the most suspicious slice first."""
@@ -71,7 +81,7 @@ def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: flo
             st.error(f"Cannot use this scan: {plain(str(error))}")
             return
         st.markdown(f"#### {shown_name}")
-        _decision(result)
+        _decision(result, predictor(run, site).calibration.threshold)
         top = result.most_suspicious
         count = len(result.scan.slices)
         index = (st.slider("Slice", 1, count, (top or 0) + 1, key=f"slice_{key}",
@@ -80,7 +90,7 @@ def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: flo
         _slice(run, result, key, index, opacity)
 
 
-def _decision(result: ScanResult) -> None:
+def _decision(result: ScanResult, slice_threshold: float) -> None:
     """How many slices were read, scored and counted; the scan's decision; its caveats and notes."""
     st.caption(f"{result.scan.kind}: {len(result.scan.slices)} slices read, {len(result.scored)} scored "
                f"(showing lung), {len(result.counted)} counted.")
@@ -88,15 +98,16 @@ def _decision(result: ScanResult) -> None:
         st.warning("No scored slice is like the training scans: no prediction for this scan.",
                    icon=":material/block:")
     else:
-        _probability(result)
+        _probability(result, slice_threshold)
     if result.settings.get("caveat"):
         st.warning(plain(result.settings["caveat"].capitalize()) + ".", icon=":material/warning:")
     if result.notes:
         st.info("\n".join(f"- {plain(note)}" for note in result.notes), icon=":material/info:")
 
 
-def _probability(result: ScanResult) -> None:
-    """The scan's probability and decision at the scan threshold, and how that threshold was chosen."""
+def _probability(result: ScanResult, slice_threshold: float) -> None:
+    """The scan's probability and decision at the scan threshold, how that threshold was chosen,
+    and why it is not the slice threshold."""
     chosen = result.settings
     left, right = st.columns([1, 3])
     left.metric(f"Scan probability of {result.positive_class}", percent(result.scan_probability))
@@ -110,7 +121,10 @@ def _probability(result: ScanResult) -> None:
         how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
                f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
                "the fallback")
-    right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
+    right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. Slice and "
+                  "scan probabilities are on the same calibrated scale; the scan threshold "
+                  f"({percent(chosen['threshold'])}) is chosen for whole scans' probabilities, so it can differ "
+                  f"from the threshold a single slice is decided at ({percent(slice_threshold)}). "
                   "A research figure, not a diagnosis.")
 
 
