@@ -90,6 +90,14 @@ def move_slider(page, slider, fraction: float, away_from: str) -> None:
     pytest.fail(f"the threshold slider did not move from {away_from}")
 
 
+def start(page, url: str) -> None:
+    """Open the app at its root, as a user does. (Opened first at a page's own URL, a
+    fresh server answers "Page not found" in a modal, which makes the page inert
+    until closed, before it has registered its pages.)"""
+    page.goto(url)
+    expect(page.get_by_test_id("stSidebarNav")).to_be_visible(timeout=SLOW)
+
+
 def open_by_menu(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
     expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=SLOW)
@@ -98,7 +106,8 @@ def open_by_menu(page, title: str) -> None:
 def test_threshold_set_on_evaluate_holds_across_menu_switches_and_a_reload(trained_artifacts, trained_run, tmp_path):
     chosen = f"{calibration.for_run(trained_run).threshold:.3f}"
     with serving(tmp_path / "streamlit.log") as url, chromium_page() as page:
-        page.goto(f"{url}/Evaluate")
+        start(page, url)
+        open_by_menu(page, "Evaluate")
         slider = threshold_slider(page)
         expect(slider).to_be_visible(timeout=SLOW)
         # Moved only once the page has run to its end: until then a rerun redraws the slider.
@@ -159,15 +168,19 @@ def test_an_external_slice_has_one_calibrated_probability_on_misclassified_and_p
     expected = percent(first["prob"])
     labels = {"fp": "False positives", "fn": "False negatives", "tp": "True positives", "tn": "True negatives"}
     with serving(tmp_path / "streamlit.log") as url, chromium_page() as page:
-        page.goto(f"{url}/Misclassified")
-        page.get_by_test_id("stSelectbox").filter(has_text="Cases from").click()
-        page.get_by_role("option", name=f"external: {EXTERNAL_NAME}").click()
-        page.get_by_test_id("stButtonGroup").get_by_role("button", name=labels[cell]).click()
+        start(page, url)
+        open_by_menu(page, "Misclassified")
+        # The first run loads TensorFlow and draws Grad-CAMs: the boxes wait for it.
+        expect(page.get_by_text(" at threshold ")).to_be_visible(timeout=SLOW)
+        page.get_by_test_id("stSelectbox").filter(has_text="Cases from").click(timeout=SLOW)
+        page.get_by_role("option", name=f"external: {EXTERNAL_NAME}").click(timeout=SLOW)
+        expect(page.get_by_text(f"in external: {EXTERNAL_NAME} at threshold")).to_be_visible(timeout=SLOW)
+        page.get_by_text(labels[cell], exact=True).first.click(timeout=SLOW)
         expect(page.get_by_text(first["path"], exact=True)).to_be_visible(timeout=SLOW)
         shown = page.get_by_test_id("stMetric").filter(has_text="P(COVID)").first
         expect(shown.get_by_test_id("stMetricValue")).to_have_text(expected, timeout=SLOW)
 
-        page.goto(f"{url}/Predict")
+        open_by_menu(page, "Predict")
         expect(page.get_by_text("Model answering:")).to_be_visible(timeout=SLOW)
         page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(few / first["path"]))
         metric = page.get_by_test_id("stMetric").filter(has_text="Probability of COVID")
