@@ -118,11 +118,9 @@ def test_threshold_set_on_evaluate_holds_across_menu_switches_and_a_reload(train
         value = slider.get_attribute("aria-valuetext")
         assert 0.1 < float(value) < 0.5, value
 
-        seen = []
         for title in ("Misclassified", "Evaluate", "Misclassified", "Evaluate", "Misclassified"):
             open_by_menu(page, title)
             expect(threshold_slider(page)).to_have_attribute("aria-valuetext", value, timeout=SLOW)
-            seen.append(title)
             if title == "Misclassified":  # the cases listed are cut where the slider says
                 expect(page.get_by_text(f"at threshold {float(value):.3f}")).to_be_visible(timeout=SLOW)
         page.reload()
