@@ -11,7 +11,7 @@ from core.data.scans import one_scan_offer
 from core.evaluation import classification
 from core.inference import calibration, external, site_store
 from core.inference.calibration import Calibration
-from test_app import assert_no_exception, open_page, run_id  # noqa: F401 (a fixture)
+from test_app import assert_no_exception, open_page
 from ui import navigation
 
 
@@ -62,6 +62,12 @@ def test_external_summary_quotes_the_threshold_on_the_scale_it_is_given():
     assert "threshold 0.659 on the model's raw outputs" in external.summary_line(metrics)
     calibrated = external.summary_line(metrics, 0.575)
     assert "threshold 57% on the calibrated scale" in calibrated and "0.659" not in calibrated
+
+
+@pytest.fixture
+def run_id(trained_artifacts, trained_run):
+    """The tiny run, the only one the app lists (COVIDCT_ARTIFACTS at it)."""
+    return trained_run.name
 
 
 # ---------------------------------------------------------------------------
