@@ -278,6 +278,11 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
                    for c in captions)
     assert "Model answering:" in texts(at.markdown) and "Deployed despite" in texts(at.warning)
     assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG", "Download Grad-CAM++ PNG"] * 2
+    # Three slices uploaded together and answered one by one: they are offered as one scan.
+    assert "3 slices were uploaded together" in texts(at.info)
+    at.button(key="offer_one_scan").click().run()
+    assert_no_exception(at)
+    assert at.checkbox(key="one_scan").value
 
 
 def test_predict_refuses_a_photo_until_asked(deployed):
@@ -292,9 +297,13 @@ def test_predict_refuses_a_photo_until_asked(deployed):
     assert "Not like the training slices — no prediction: a colour image" in texts(at.warning)
     assert not [m for m in at.metric if m.label == "Probability of COVID"]
 
-    at.checkbox(key="show_anyway_0").check().run()  # the user may still ask
+    at.checkbox(key="show_anyway_0").check().run()  # the user may still ask: greyed, no decision badge
     assert_no_exception(at)
-    assert [m.label for m in at.metric] == ["Probability of COVID"]
+    assert not at.metric
+    (answer,) = [m.value for m in at.markdown if "not a valid prediction" in m.value]
+    assert answer.startswith(":gray[") and not [m for m in at.markdown if "-badge[" in m.value]
+    assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG (not a valid prediction)",
+                                                     "Download Grad-CAM++ PNG (not a valid prediction)"]
 
 
 def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_run):
