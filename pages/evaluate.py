@@ -83,14 +83,22 @@ def calibration_section(run: dict, test: pd.DataFrame) -> None:
 
 
 def resolution_section(run: dict, test: pd.DataFrame) -> None:
-    """Does the model lean on scan resolution? Probability against pixel count, and Spearman's ρ per class."""
+    """Does the model lean on scan resolution? Probability against pixel count, Spearman's ρ per class,
+    and a warning in words when one class reaches the rule (classification.SHORTCUT_RHO)."""
     st.subheader("Shortcut check: scan resolution")
     pixels = pixel_counts(run, test["path"])
-    bias = classification.resolution_bias(test, pixels).set_index("y_true")
+    bias = classification.resolution_bias(test, pixels)
     names = dict(enumerate(class_names(run)))
     st.plotly_chart(charts.resolution_scatter(pixels, test["prob"], test["y_true"].map(names), names[1]))
+    warning = classification.resolution_warning(bias, names)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    else:
+        st.success(f"No warning sign: |ρ| < {classification.SHORTCUT_RHO} within each class.",
+                   icon=":material/check_circle:")
     st.caption("Spearman ρ between the probability and the scan's pixel count, within each true class: "
-               + ", ".join(f"{names[c]} ρ = {bias.rho[c]:+.2f}" for c in bias.index if c in names)
+               + ", ".join(f"{names[row.y_true]} ρ = {row.rho:+.2f}" for row in bias.itertuples()
+                           if row.y_true in names)
                + ". Near 0: the model does not lean on resolution. A clearly negative ρ means low-resolution "
                "scans look more positive, whatever their class: a warning sign where one class's training "
                "scans come at lower resolution (COVID-CT's COVID training scans have half the pixels of the "

@@ -52,7 +52,9 @@ def case(run: dict, row: pd.Series, method: str, classes: tuple[str, str]) -> No
         except ValueError as error:  # the image moved or cannot be read any more
             scan.error(str(error))
         details.markdown(f"**{row['path']}**")
-        details.metric(f"P({positive})", percent(row["prob"]), help="Calibrated on the validation split.")
+        details.metric(f"P({positive})", percent(row["prob"]),
+                       help="Calibrated with the run's own calibration, fitted on its validation split: the "
+                            "probability Predict gives this slice without a site, on the threshold's scale.")
         details.caption(f"true class: {positive if row['y_true'] else negative}  \n"
                         f"confidence in the prediction: {percent(row['confidence'])}")
 

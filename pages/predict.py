@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.data.scans import group_uploads
+from core.data.scans import group_uploads, one_scan_offer
 from core.inference import deploy
 from core.inference.calibration import percent
 from core.inference.ood import REFUSAL
@@ -63,15 +63,21 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in zip(heatmaps, CAM_METHODS):
             with column, st.spinner(f"{CAM_METHODS[method]}…"):
-                heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index, record)
+                heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index, record,
+                        valid=not prediction.refused)
         heatmap_colour_bar(prediction.label)
         records.answer_controls(run, record, prediction.image, key=f"slice_{i}", overlay=partial(
             gradcam_overlay, run, content, name, "gradcam", opacity, class_index=prediction.class_index))
 
 
 def decision(run: dict, column, prediction) -> None:
-    """The probability, the decision (borderline when too close to call) and the input size."""
+    """The probability, the decision (borderline when too close to call) and the input size;
+    for a refused slice shown anyway, the model's answer greyed, with no decision badge."""
     positive = class_names(run)[1]
+    if prediction.refused:
+        column.markdown(f":gray[The model's answer, **not a valid prediction**: {prediction.label}, "
+                        f"{percent(prediction.probability)}, for an image unlike the training slices.]")
+        return
     column.metric(f"Probability of {positive}", percent(prediction.probability),
                   help="Calibrated probability: " + calibration_words(prediction.site) + ".")
     color = "red" if prediction.label == positive else "blue"
@@ -83,8 +89,9 @@ def decision(run: dict, column, prediction) -> None:
 
 
 def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method: str, opacity: float,
-            class_index: int, record: dict | None) -> None:
-    """One heatmap overlay and its download, which carries the answer (the PNG is encoded on click)."""
+            class_index: int, record: dict | None, valid: bool = True) -> None:
+    """One heatmap overlay and its download, which carries the answer (the PNG is encoded on click);
+    the heatmap of a refused slice shown anyway is labelled as no valid prediction, file name too."""
     image = gradcam_overlay(run, content, name, method, opacity, class_index=class_index,
                             outline=st.session_state.get("lung_outline", False))
     st.image(image, caption=CAM_METHODS[method], width="stretch")
@@ -92,8 +99,10 @@ def heatmap(run: dict, i: int, file_name: str, name: str, content: bytes, method
     if note:
         st.warning(note, icon=":material/info:")
     labelled = partial(records.labelled_png, image, record, CAM_METHODS[method])  # the answer written under it
-    st.download_button(f"Download {CAM_METHODS[method]} PNG", labelled,
-                       file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}.png",
+    invalid = "" if valid else " (not a valid prediction)"
+    st.download_button(f"Download {CAM_METHODS[method]} PNG{invalid}", labelled,
+                       file_name=f"{Path(file_name.replace(chr(92), '/')).stem}-{method}"
+                                 f"{'' if valid else '-not-a-valid-prediction'}.png",
                        mime="image/png", key=f"download_{i}_{method}", on_click="ignore")
 
 
@@ -114,6 +123,7 @@ with upload_tab:
         records.case_log_expander()  # earlier answers, of this session or any other: they survive a reload
         st.stop()
     whole_scans, singles = group_uploads([(upload.name, upload.getvalue()) for upload in uploads], one_scan)
+    scans.offer_one_scan(one_scan_offer(singles))
     for scan_name, files in whole_scans:
         scans.show_scan(run, scan_name, files, opacity, site)
     for i, (file_name, content) in enumerate(singles):

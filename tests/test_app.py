@@ -214,12 +214,12 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
     test = calibrated_predictions(trained_run).query("split == 'test'")
     chosen = calibration.for_run(trained_run).threshold  # the validation choice, on the calibrated scale
     at = open_page(navigation.EVALUATE)
-    slider = at.slider(key=f"threshold_{run_id}")
+    slider = at.slider(key=f"threshold_slider_{run_id}")
     assert slider.value == pytest.approx(chosen)  # starts at the validation choice
 
     seen = []
     for threshold in (0.0, float(test["prob"].median()), 1.0):
-        at.slider(key=f"threshold_{run_id}").set_value(threshold).run()
+        at.slider(key=f"threshold_slider_{run_id}").set_value(threshold).run()
         assert_no_exception(at)
         expected = {label: f"{value:.3f}" for label, value in expected_metrics(test, threshold).items()}
         shown = {label: value for label, value in shown_metrics(at).items() if label in expected}
@@ -231,7 +231,7 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
 
     # The confusion-matrix buttons follow the slider too.
     negatives = int((test["y_true"] == 0).sum())
-    at.slider(key=f"threshold_{run_id}").set_value(0.0).run()
+    at.slider(key=f"threshold_slider_{run_id}").set_value(0.0).run()
     assert at.button(key="open_fp").label == f"False positives ({negatives})"
     assert at.button(key="open_tn").label == "True negatives (0)"
 
@@ -239,13 +239,13 @@ def test_threshold_slider_updates_the_metrics_shown(run_id, trained_run):
 def test_confusion_cell_opens_misclassified_with_that_cell_and_threshold(run_id, trained_run):
     test = storage.read_predictions(trained_run).query("split == 'test'")
     at = open_page(navigation.EVALUATE)
-    at.slider(key=f"threshold_{run_id}").set_value(0.0).run()  # every negative is a false positive
+    at.slider(key=f"threshold_slider_{run_id}").set_value(0.0).run()  # every negative is a false positive
     at.button(key="open_fp").click().run()
     assert_no_exception(at)
 
     assert at.title[0].value == "Misclassified"
     assert at.segmented_control(key="cell").value == "fp"
-    assert at.slider(key=f"threshold_{run_id}").value == 0.0
+    assert at.slider(key=f"threshold_slider_{run_id}").value == 0.0
     # Four per page, each the scan and its Grad-CAM, most confident first.
     negatives = test[test["y_true"] == 0].sort_values("prob", ascending=False)
     shown = [m.value for m in at.markdown if m.value.startswith("**NonCOVID/")]
@@ -312,6 +312,11 @@ def test_bad_upload_is_named_and_the_good_ones_still_get_a_probability(deployed,
     logged, problems = case_log.list_cases()
     new = sorted(r["file"] for r in logged if r["case"] not in earlier)
     assert problems == [] and new == ["slice.dcm", "slice.png"]
+    # Three slices uploaded together and answered one by one: they are offered as one scan.
+    assert "3 slices were uploaded together" in texts(at.info)
+    at.button(key="offer_one_scan").click().run()
+    assert_no_exception(at)
+    assert at.checkbox(key="one_scan").value
 
 
 def test_predict_refuses_a_photo_until_asked(deployed):
@@ -326,9 +331,13 @@ def test_predict_refuses_a_photo_until_asked(deployed):
     assert "Not like the training slices — no prediction: a colour image" in texts(at.warning)
     assert not [m for m in at.metric if m.label == "Probability of COVID"]
 
-    at.checkbox(key="show_anyway_0").check().run()  # the user may still ask
+    at.checkbox(key="show_anyway_0").check().run()  # the user may still ask: greyed, no decision badge
     assert_no_exception(at)
-    assert [m.label for m in at.metric] == ["Probability of COVID"]
+    assert not at.metric
+    (answer,) = [m.value for m in at.markdown if "not a valid prediction" in m.value]
+    assert answer.startswith(":gray[") and not [m for m in at.markdown if "-badge[" in m.value]
+    assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG (not a valid prediction)",
+                                                     "Download Grad-CAM++ PNG (not a valid prediction)"]
 
 
 def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_run):

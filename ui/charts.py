@@ -106,7 +106,9 @@ def reliability(y, probabilities: dict, positive: str) -> go.Figure:
 
 def resolution_scatter(pixels, prob, true_class, positive: str) -> go.Figure:
     """Each test scan's probability against its pixel count (log scale), by true class."""
+    # The classes' own colours, as everywhere: the default sequence can draw two near-identical blues.
     figure = px.scatter(x=pixels, y=prob, color=true_class, log_x=True, opacity=0.7,
+                        color_discrete_map=CLASS_COLORS,
                         labels={"x": "pixels in the scan file (width × height)", "y": f"P({positive})",
                                 "color": "true class"})
     figure.update_layout(height=360)

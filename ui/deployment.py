@@ -100,7 +100,8 @@ def _external_figures(run: dict) -> None:
     """How the model did on scans from sources it never saw, or that it has not been tried on any."""
     complete = list(completed_sets(run).values())
     if complete:
-        st.caption("External validation: " + "; ".join(external.summary_line(m) for m in complete) + ".")
+        threshold = run_calibration(run).threshold  # quoted on the scale Predict's probabilities are on
+        st.caption("External validation: " + "; ".join(external.summary_line(m, threshold) for m in complete) + ".")
     else:
         st.caption("External validation: none yet. A model checked only on its own test split can do far worse "
                    "on another hospital's scans; evaluate it on one from the Evaluate page.")

@@ -9,13 +9,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.inference import external_tables
-from core.inference import external
+from core.inference import calibration, external, external_tables
 from core.jobs import background
 from core.runs import catalogue
 from ui import charts, navigation
 from ui.cache_keys import mtime
-from ui.runs import predictions
+from ui.runs import chosen_threshold, current_threshold, predictions, run_calibration
 
 
 def external_sets(run: dict) -> list[dict]:
@@ -34,9 +33,12 @@ def _external_predictions(run_path: str, name: str, stamp: float) -> pd.DataFram
 
 
 def external_predictions(run: dict, name: str) -> pd.DataFrame:
-    """One external set's predictions.csv (path, label, y_true, prob, patient_id), cached."""
+    """One external set's predictions.csv (path, label, y_true, prob, patient_id), cached,
+    with prob calibrated as the run's own predictions are (the model's own in raw_prob):
+    the probability Predict gives the same slice, on the scale of the threshold shown."""
     folder = external.results_dir(run["path"], name)
-    return _external_predictions(str(run["path"]), name, mtime(folder / "predictions.csv"))
+    frame = _external_predictions(str(run["path"]), name, mtime(folder / "predictions.csv"))
+    return calibration.calibrated_predictions(frame, run_calibration(run))
 
 
 def review_sets(run: dict) -> dict[str, str]:
@@ -89,26 +91,31 @@ def _results(run: dict, complete: dict[str, dict], y, prob, classes: tuple[str, 
                                 for c in ("ROC-AUC", "sensitivity", "specificity", "accuracy", "F1")})
     name = st.selectbox("External set", list(complete), key=f"external_{run['id']}")
     chosen, rows = complete[name], external_predictions(run, name)
+    threshold = chosen_threshold(run)  # the run's validation choice, calibrated as rows["prob"] is
     table_column, roc_column, matrix_column = st.columns(3)
     with table_column:
         st.dataframe(external_tables.comparison_table(run["metrics"], chosen),
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
                                     ("internal test", "external slices", "external patients")})
         st.caption(f"{chosen['slice']['n']} slices of {chosen['slice']['patients']} patients from "
-                   f"{chosen['data_dir']}, threshold {chosen['threshold']:.3f}."
+                   f"{chosen['data_dir']}, at the threshold chosen on validation, {threshold:.3f} on the "
+                   "calibrated scale of every probability shown (the same decisions as the model's own "
+                   f"{chosen['threshold']:.3f} on its raw outputs)."
                    + (f" {len(chosen['problems'])} unreadable files were left out." if chosen.get("problems") else ""))
     with roc_column:
         st.plotly_chart(charts.roc_curves({"internal test": (y, prob),
                                            f"{name} (slices)": (rows["y_true"], rows["prob"])}))
     with matrix_column:
-        st.plotly_chart(charts.confusion_matrix(rows["y_true"], rows["prob"], chosen["threshold"], classes,
-                                                f"{name}: slices at {chosen['threshold']:.3f}"))
+        st.plotly_chart(charts.confusion_matrix(rows["y_true"], rows["prob"], threshold, classes,
+                                                f"{name}: slices at {threshold:.3f}"))
         if st.button("Review its mistakes with Grad-CAM", key="review_external", icon=":material/image_search:"):
-            review_mistakes(name, rows, chosen["threshold"])
+            review_mistakes(run, name, rows)
 
 
-def review_mistakes(name: str, rows: pd.DataFrame, threshold: float) -> None:
-    """Open Misclassified on the set's false positives, or its false negatives when it has none."""
+def review_mistakes(run: dict, name: str, rows: pd.DataFrame) -> None:
+    """Open Misclassified on the set's false positives, or its false negatives when it has none,
+    at the threshold Misclassified works at (ui.runs.current_threshold)."""
+    threshold = current_threshold(run)
     st.session_state["review_split"] = f"external:{name}"
     st.session_state["cell"] = "fp" if (rows["prob"] >= threshold)[rows["y_true"] == 0].any() else "fn"
     st.switch_page(navigation.MISCLASSIFIED)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.base import paths
 from core.data import images
-from core.inference import calibration, deploy
+from core.inference import calibration, deploy, site_store
 from core.runs import catalogue, recipes, storage
 from ui import navigation
 from ui.cache_keys import mtime
@@ -59,11 +59,12 @@ def class_names(run: dict) -> tuple[str, str]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _calibration(run_path: str, stamp: float) -> calibration.Calibration:
-    return calibration.for_run(run_path)
+    return site_store.calibration_of(run_path)
 
 
 def run_calibration(run: dict) -> calibration.Calibration:
-    """core.inference.calibration.for_run, cached until predictions.csv changes."""
+    """The run's own calibration (core.inference.site_store.calibration_of, as Predict's
+    without a site), cached until predictions.csv changes."""
     return _calibration(str(run["path"]), mtime(run["path"] / "predictions.csv"))
 
 
@@ -72,20 +73,57 @@ def chosen_threshold(run: dict) -> float:
     return run_calibration(run).threshold
 
 
+def threshold_key(run: dict) -> str:
+    """The session key that holds the decision threshold of `run`, on the calibrated scale."""
+    return f"threshold_{run['id']}"
+
+
+def current_threshold(run: dict) -> float:
+    """The threshold Evaluate and Misclassified work at for `run`: the user's
+    choice this session; in a new session (a reload) the one in the page's
+    URL, where threshold_slider keeps it; else the one chosen on validation."""
+    key = threshold_key(run)
+    if key not in st.session_state:
+        st.session_state[key] = _threshold_in_url(run)
+        if st.session_state[key] is None:
+            st.session_state[key] = chosen_threshold(run)
+    return float(st.session_state[key])
+
+
+def _threshold_in_url(run: dict) -> float | None:
+    """The threshold the URL holds for this run (?threshold=0.300&threshold_run=ID), if a valid one."""
+    if st.query_params.get("threshold_run") != run["id"]:
+        return None
+    try:
+        value = float(st.query_params.get("threshold", ""))
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
 def threshold_slider(run: dict) -> float:
     """The decision threshold for `run`, shared by Evaluate and Misclassified.
-    It starts at the threshold chosen on the validation split."""
-    key = f"threshold_{run['id']}"
+    It starts at the threshold chosen on the validation split.
+
+    The value lives under a plain session key (threshold_key), not under the
+    slider's: Streamlit cleans up a widget's state on every run of a page
+    that does not draw it, so a slider-keyed value fell back to 0.000 on
+    every second switch between the two pages by the menu. The slider is
+    drawn from the plain key each run and writes back to it when moved."""
+    store, widget = threshold_key(run), f"threshold_slider_{run['id']}"
     chosen = chosen_threshold(run)
-    st.session_state.setdefault(key, chosen)
+    st.session_state[widget] = current_threshold(run)
     threshold = st.slider(
         "Decision threshold: a probability of COVID-19 at or above it counts as positive",
-        0.0, 1.0, step=0.001, format="%.3f", key=key, persist_state="session")
+        0.0, 1.0, step=0.001, format="%.3f", key=widget,
+        on_change=lambda: st.session_state.update({store: st.session_state[widget]}))
     # A callback, because a widget's value can only be set before it is drawn.
     st.button(f"Reset to the threshold chosen on validation ({chosen:.3f})", type="tertiary",
-              icon=":material/restart_alt:", key=f"reset_{key}", disabled=threshold == chosen,
-              on_click=lambda: st.session_state.update({key: chosen}))
-    return threshold
+              icon=":material/restart_alt:", key=f"reset_{store}", disabled=threshold == chosen,
+              on_click=lambda: st.session_state.update({store: chosen}))
+    # In the URL too, so a reload (a new session) comes back at the same threshold.
+    st.query_params.update({"threshold": f"{threshold:.3f}", "threshold_run": run["id"]})
+    return float(threshold)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -97,7 +135,7 @@ def predictions(run: dict) -> pd.DataFrame:
     """The run's predictions.csv (path, y_true, prob, split), cached, with
     prob calibrated (core.inference.calibration) and the model's own in raw_prob."""
     frame = _predictions(str(run["path"]), mtime(run["path"] / "predictions.csv"))
-    return frame.assign(raw_prob=frame["prob"], prob=run_calibration(run).apply(frame["prob"]))
+    return calibration.calibrated_predictions(frame, run_calibration(run))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -79,6 +79,16 @@ def study_of(name: str, files: list[tuple[str, bytes]]) -> dicom_study.Study:
     return _study(files_key(files), name, tuple(files))
 
 
+def offer_one_scan(offer: str | None) -> None:
+    """core.data.scans.one_scan_offer's words, with a button that ticks Predict's
+    "one scan" box (a callback: a widget's value is set before it is drawn)."""
+    if not offer:
+        return
+    st.info(offer, icon=":material/stacks:")
+    st.button("Read them as one scan", icon=":material/stacks:", key="offer_one_scan",
+              on_click=lambda: st.session_state.update({"one_scan": True}))
+
+
 def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: float, site: str | None = None) -> None:
     """One uploaded scan: of a study, its series to choose from; its probability
     and decision beside the DICOM header summary, the per-slice curve, and a
@@ -98,7 +108,7 @@ def show_scan(run: dict, name: str, files: list[tuple[str, bytes]], opacity: flo
             return
         answer, header = st.columns([3, 2]) if chosen is not None else (st.container(), None)
         with answer:
-            _decision(result)
+            _decision(result, predictor(run, site).calibration.threshold)
         if header is not None:
             with header:
                 header_summary(chosen, key)
@@ -154,7 +164,7 @@ def header_summary(series: dicom_study.Series, key: str) -> None:
                   for field, value in summary.items()], hide_index=True, key=f"header_{key}")
 
 
-def _decision(result: ScanResult) -> None:
+def _decision(result: ScanResult, slice_threshold: float) -> None:
     """How many slices were read, scored and counted; the scan's decision; its caveats and notes."""
     st.caption(f"{result.scan.kind}: {len(result.scan.slices)} slices read, {len(result.scored)} scored "
                f"(showing lung), {len(result.counted)} counted.")
@@ -162,15 +172,16 @@ def _decision(result: ScanResult) -> None:
         st.warning("No scored slice is like the training scans: no prediction for this scan.",
                    icon=":material/block:")
     else:
-        _probability(result)
+        _probability(result, slice_threshold)
     if result.settings.get("caveat"):
         st.warning(plain(result.settings["caveat"].capitalize()) + ".", icon=":material/warning:")
     if result.notes:
         st.info("\n".join(f"- {plain(note)}" for note in result.notes), icon=":material/info:")
 
 
-def _probability(result: ScanResult) -> None:
-    """The scan's probability and decision at the scan threshold, and how that threshold was chosen."""
+def _probability(result: ScanResult, slice_threshold: float) -> None:
+    """The scan's probability and decision at the scan threshold, how that threshold was chosen,
+    and why it is not the slice threshold."""
     chosen = result.settings
     left, right = st.columns([1, 3])
     left.metric(f"Scan probability of {result.positive_class}", percent(result.scan_probability))
@@ -184,7 +195,10 @@ def _probability(result: ScanResult) -> None:
         how = (f"chosen with its threshold on {chosen['val_patients']} validation patients "
                f"({chosen['val_multi_slice_patients']} with several slices)" if not chosen.get("caveat") else
                "the fallback")
-    right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. "
+    right.caption(f"Scan probability: {patient_level.AGGREGATIONS[chosen['aggregation']]}, {how}. Slice and "
+                  "scan probabilities are on the same calibrated scale; the scan threshold "
+                  f"({percent(chosen['threshold'])}) is chosen for whole scans' probabilities, so it can differ "
+                  f"from the threshold a single slice is decided at ({percent(slice_threshold)}). "
                   "A research figure, not a diagnosis.")
 
 

@@ -107,6 +107,18 @@ def group_uploads(files: list[tuple[str, bytes]], one_scan: bool = False):
     return scans, [item for item in rest if item not in together]
 
 
+def one_scan_offer(singles: list[tuple[str, bytes]]) -> str | None:
+    """Words offering the single slices left by group_uploads as one scan, or
+    None when fewer than two are left. Slices uploaded together are most often
+    one patient's: answered one by one they give as many answers, which can
+    contradict each other, where a scan gets one decision for the patient."""
+    if len(singles) < 2:
+        return None
+    return (f"{len(singles)} slices were uploaded together and are answered one by one. If they are slices "
+            "of one patient's scan, read them as one scan: one decision for the patient from all its slices, "
+            f"instead of {len(singles)} separate answers that can contradict each other.")
+
+
 def file_content(file_name: str, source) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)

@@ -232,6 +232,9 @@ def evaluate_predictions(predictions: pd.DataFrame, n_boot: int | None = None, s
     return result
 
 
+SHORTCUT_RHO = 0.3  # |Spearman rho| from which a lean on resolution is flagged: a moderate correlation
+
+
 def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
     """Does the model lean on a slice's resolution? Spearman correlation of
     the predicted probability with the slice's pixel count (width x height of
@@ -250,6 +253,18 @@ def resolution_bias(predictions: pd.DataFrame, pixels) -> pd.DataFrame:
         rho = float(spearmanr(usable.prob, usable.pixels)[0]) if varies else float("nan")
         rows.append({"split": split, "y_true": int(y_true), "n": len(usable), "rho": rho})
     return pd.DataFrame(rows)
+
+
+def resolution_warning(bias: pd.DataFrame, names: dict[int, str]) -> str | None:
+    """A warning sign in resolution_bias's rows, in words: |rho| >= SHORTCUT_RHO
+    within a true class (a moderate rank correlation with the pixel count,
+    whatever the class); None when no class reaches it."""
+    flagged = [f"{names.get(int(row.y_true), row.y_true)} ρ = {row.rho:+.2f}" for row in bias.itertuples()
+               if np.isfinite(row.rho) and abs(row.rho) >= SHORTCUT_RHO]
+    if not flagged:
+        return None
+    return (f"Warning sign: the probability follows the scan's resolution within a class ({', '.join(flagged)}; "
+            f"the rule flags |ρ| ≥ {SHORTCUT_RHO}). The model may lean on resolution rather than on the lungs.")
 
 
 def metrics_at(y_true, prob, threshold: float, n_boot: int | None = None, seed: int = 0, groups=None) -> dict:

@@ -170,6 +170,14 @@ def fit(predictions: pd.DataFrame, threshold: float, threshold_method: str = cla
     return calibration
 
 
+def calibrated_predictions(frame: pd.DataFrame, fitted: Calibration) -> pd.DataFrame:
+    """Stored predictions (a prob column of the model's own outputs) as every
+    page shows them: prob on `fitted`'s calibrated scale, the model's own in
+    raw_prob. The run's predictions.csv and an external set's are stored raw;
+    this is the one place they are put on the scale of the threshold shown."""
+    return frame.assign(raw_prob=frame["prob"], prob=fitted.apply(frame["prob"]))
+
+
 def expected_calibration_error(y_true, prob, bins: int = BINS) -> float:
     """Share-weighted mean |observed frequency - mean predicted probability| over equal-width bins."""
     table = reliability_table(y_true, prob, bins)

@@ -204,8 +204,10 @@ def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | 
     return {"threshold": float(threshold), "slice": slices, "patient": patients}
 
 
-def summary_line(metrics: dict) -> str:
-    """"SY575: 48 slices, ROC-AUC 0.71 [0.40, 0.95], ... ; 4 patients, ..." for the CLI and logs."""
+def summary_line(metrics: dict, calibrated_threshold: float | None = None) -> str:
+    """"SY575: 48 slices, ROC-AUC 0.71 [0.40, 0.95], ... ; 4 patients, ..." for the CLI and logs.
+    With `calibrated_threshold` (the run's threshold on the calibrated scale that
+    the app shows probabilities on) the line quotes that one, not the raw one."""
     def part(level):
         at = level["at_threshold"]
         auc, (low, high) = at["roc_auc"], at["ci"]["roc_auc"]
@@ -217,7 +219,11 @@ def summary_line(metrics: dict) -> str:
     line = f"{metrics['name']}: {metrics['slice']['n']} slices: {part(metrics['slice'])}"
     if metrics.get("patient"):
         line += f"; {metrics['patient']['n']} patients (mean of slices): {part(metrics['patient'])}"
-    return line + f"; threshold {metrics['threshold']:.3f} (the run's, chosen on its validation split)"
+    if calibrated_threshold is not None:
+        return line + (f"; threshold {calibrated_threshold:.0%} on the calibrated scale (the run's, chosen on "
+                       "its validation split)")
+    return line + f"; threshold {metrics['threshold']:.3f} on the model's raw outputs (the run's, chosen on its " \
+                  "validation split)"
 
 
 def _fmt(value) -> str:

@@ -14,8 +14,8 @@ import numpy as np
 from core.base import paths
 from core.data import lung
 from core.runs import catalogue, checks, storage
-from core.inference import pair
-from core.inference.calibration import Calibration, for_run
+from core.inference import pair, site_store
+from core.inference.calibration import Calibration
 from core.inference.explain import Explainer
 from core.inference.heatmaps import overlay
 from core.models.resnet import features_model, load_model, predict_proba
@@ -108,7 +108,7 @@ class Predictor:
                    threshold=storage.decision_threshold(metrics), positive_class=positive,
                    negative_class=negative, flip_tta=bool(config.get("flip_tta", False)),
                    lung_crop=bool(config.get("lung_crop", False)), lung_mask=bool(config.get("lung_mask", False)),
-                   calibration=for_run(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
+                   calibration=site_store.calibration_of(run_dir), guard=Guard.from_run(run_dir)).for_site(site)
 
     @classmethod
     def from_pair(cls, run_dir: Path, members: tuple[Path, Path]) -> Predictor:
@@ -119,15 +119,14 @@ class Predictor:
         return cls(run_dir=run_dir, model=None, input_size=first.input_size,
                    threshold=storage.decision_threshold(checked["metrics"]), positive_class=positive,
                    negative_class=negative, lung_crop=first.lung_crop, lung_mask=first.lung_mask,
-                   calibration=for_run(run_dir), members=(first, second))
+                   calibration=site_store.calibration_of(run_dir), members=(first, second))
 
     def for_site(self, site: str | None) -> "Predictor":
         """This predictor calibrated and decided by a site profile: the same
         model, shared (a site costs no second copy); itself without a site."""
         if not site:
             return self
-        from core.inference import site_store  # the site's map and threshold, on the model's raw scale
-        calibration = site_store.calibration_for(self.run_dir, site)
+        calibration = site_store.calibration_of(self.run_dir, site)  # its threshold on the model's raw scale
         return replace(self, calibration=calibration, threshold=calibration.raw_threshold, site=site)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:

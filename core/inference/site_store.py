@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.base import files
-from core.inference.calibration import Calibration
+from core.inference.calibration import Calibration, for_run
 
 
 SITES = "sites"
@@ -61,6 +61,14 @@ def load_profile(run_dir, name: str) -> dict:
 def calibration_for(run_dir, name: str) -> Calibration:
     """The site's calibration, its threshold on the raw scale (raw_threshold)."""
     return Calibration.from_dict(load_profile(run_dir, name)["calibration"])
+
+
+def calibration_of(run_dir, site: str | None = None) -> Calibration:
+    """The calibration every probability shown for the run's model is on: the
+    site profile's with `site`, else the run's own (fitted on its validation
+    split). Predict, Misclassified, Evaluate and a scan's slices all take it
+    from here, so one slice has one probability under one model and site."""
+    return calibration_for(run_dir, site) if site else for_run(run_dir)
 
 
 def apply_profile(run_dir, name: str, raw_probabilities) -> tuple[np.ndarray, float]:
