@@ -123,6 +123,10 @@ def uploads_check(run: dict, site: str | None, whole_scans: list, singles: list)
     before that how many more slices and scans it needs."""
     from ui.model import model_stamp, predictor
 
+    if predictor(run).members:  # a pair's features are its two members': the check runs on one run's
+        st.caption("The site check of these uploads needs one run's features: deploy one of the pair's runs "
+                   "to check a site's scans against it (Sites page).")
+        return
     seen = st.session_state.setdefault(UPLOADS_SEEN, {}).setdefault(site or "", {})
     seen.update(_upload_slices(run, site, whole_scans, singles))
     if not seen:
