@@ -18,6 +18,7 @@ from core.inference.ood import REFUSAL
 from ui import frame, scans
 from ui.deployment import deployed_model_card, nothing_deployed
 from ui.formatting import upload_name
+from ui.glossary import explain
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
                       lung_outline_toggle, png_bytes, predict_upload, predictor)
 from ui.runs import class_names
@@ -48,11 +49,14 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
             prediction = predict_upload(run, name, content, site)
         except ValueError as error:  # ImageReadError: its message starts with the file name
             st.error(f"Cannot use this file: {error}")
+            if "transfer syntax" in str(error):
+                st.caption("What is a transfer syntax?", help=explain("Transfer syntax"))
             return
         st.markdown(f"#### {name}")
         if prediction.refused:
             st.warning(f"{REFUSAL.capitalize()}: " + "; ".join(prediction.ood_problems) + ".",
                        icon=":material/block:")
+            st.caption("How are unfamiliar images recognised?", help=explain("Unfamiliar image check"))
             if not st.checkbox("Show the model's answer anyway", key=f"show_anyway_{i}"):
                 st.image(prediction.image, caption="scan", width=320)
                 return

@@ -20,6 +20,7 @@ from core.training import pipeline, presets
 from ui.cache_keys import mtime
 from ui.dataset_cache import load_index, read_image
 from ui.formatting import fmt
+from ui.glossary import explain
 from ui.train_form import forget_train_form, form_defaults, settings_form
 from ui.train_progress import live_progress
 
@@ -35,7 +36,7 @@ def presets_row(defaults: TrainConfig) -> None:
         column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
                       on_click=apply_preset, args=(preset,))
     columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
-                        "hidden from comparisons and not for predictions).")
+                        "hidden from comparisons and not for predictions).", help=explain("Smoke run"))
 
 
 def promoted_banner() -> None:
