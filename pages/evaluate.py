@@ -58,9 +58,9 @@ def curves_and_matrix(run: dict, y, prob, threshold: float, at: dict) -> None:
         st.plotly_chart(charts.confusion_matrix(y, prob, threshold, class_names(run),
                                                 f"Confusion matrix at {threshold:.3f}"))
         st.caption("Open the images of a cell:")
-        cell_columns = st.columns(2)
-        for i, cell in enumerate(("tn", "fp", "fn", "tp")):
-            if cell_columns[i % 2].button(f"{CELLS[cell]} ({at[cell]})", key=f"open_{cell}", width="stretch"):
+        # One button a row: two side by side in a third of the page cut their counts off at 1280 px.
+        for cell in ("tn", "fp", "fn", "tp"):
+            if st.button(f"{CELLS[cell]} ({at[cell]})", key=f"open_{cell}", width="stretch"):
                 st.session_state["cell"] = cell
                 st.session_state["review_split"] = "test"
                 st.switch_page(navigation.MISCLASSIFIED)
@@ -121,11 +121,9 @@ def runs_section(run: dict) -> None:
 run = pick_run()
 test = predictions(run).query("split == 'test'")
 test_split(run, test)
-left, right = st.columns([2, 3])
-with left:
-    metrics_table(run, scans.settings(run))
-with right:
-    threshold, at = operating_point(run, test["y_true"], test["prob"])
+# The table on its own row: beside the operating point its confidence intervals were cut off at 1280 px.
+metrics_table(run, scans.settings(run))
+threshold, at = operating_point(run, test["y_true"], test["prob"])
 curves_and_matrix(run, test["y_true"], test["prob"], threshold, at)
 calibration_section(run, test)
 st.subheader("Deployment")

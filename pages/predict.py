@@ -60,7 +60,7 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
             if not st.checkbox("Show the model's answer anyway", key=f"show_anyway_{i}"):
                 st.image(prediction.image, caption="scan", width=320)
                 return
-        details, scan, *heatmaps = st.columns([1.2, 2, 2, 2])
+        details, scan, *heatmaps = st.columns([1.8, 2, 2, 2])  # 1.8: the probability's label fits at 1280 px
         decision(run, details, prediction)
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in zip(heatmaps, CAM_METHODS):
@@ -112,3 +112,8 @@ for scan_name, files in whole_scans:
     scans.show_scan(run, scan_name, files, opacity, site)
 for i, (file_name, content) in enumerate(singles):
     single_slice(run, i, file_name, content, opacity, site)
+# The answers are drawn under the uploader, often below the window's edge: say once that they came.
+answered = tuple(upload.file_id for upload in uploads)
+if st.session_state.get("answered_uploads") != answered:
+    st.session_state["answered_uploads"] = answered
+    st.toast(f"The answer for {len(uploads)} upload(s) is below the uploader.", icon=":material/arrow_downward:")

@@ -31,11 +31,11 @@ def presets_row(defaults: TrainConfig) -> None:
         for setting, value in presets.preset_config(name, defaults).items():
             st.session_state[f"cfg_{setting}"] = "" if value is None else value
 
-    columns = st.columns([1, 1, 1, 3], vertical_alignment="center")
-    for column, preset in zip(columns, presets.PRESETS):
+    # One third of the page each: at 1280 px a narrower button cuts its name short.
+    for column, preset in zip(st.columns(len(presets.PRESETS)), presets.PRESETS):
         column.button(preset, key=f"preset_{preset.split(' (')[0].lower().replace(' ', '_')}", width="stretch",
                       on_click=apply_preset, args=(preset,))
-    columns[-1].caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
+    st.caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
                         "hidden from comparisons and not for predictions).", help=explain("Smoke run"))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from core.jobs import log_tail
 from core.runs import catalogue
-from ui import column_names, glossary
+from ui import column_names, glossary, navigation
 from ui.formatting import minutes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ def test_docs_glossary_is_generated_from_ui_glossary():
 
 def test_every_term_the_app_explains_is_in_the_glossary():
     used = set()
-    for source in [*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py")]:
+    for source in [*(ROOT / entry.path for entry in navigation.PAGES), *ROOT.glob("ui/*.py")]:
         used |= set(re.findall(r'explain\("([^"]+)"\)', source.read_text()))
     assert used, "no page uses the glossary"
     assert used <= set(glossary.TERMS), f"terms without an explanation: {used - set(glossary.TERMS)}"
@@ -66,6 +66,7 @@ TF_START = """\
 2026-12-05 03:12:01.223456: I tensorflow/core/platform/cpu_feature_guard.cc:210] This TensorFlow binary is optimized
 To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate flags.
 WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796444186.715703   11158 port.cc:153] oneDNN custom operations are on. You may see slightly different
 E0000 00:00:1733368321.456789   12345 cuda_dnn.cc:8310] Unable to register cuDNN factory
 W0000 00:00:1733368321.556789   12345 computation_placer.cc:177] computation placer already registered
 Epoch 1/3
