@@ -240,7 +240,9 @@ def test_every_page_opened_by_its_address_shows_the_apps_menu(app_url):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            for entry in navigation.PAGES:
+            # Home last: the server's first request must be a page's own address, as after a
+            # restart with a tab open (Streamlit settles on one kind of menu at its first run).
+            for entry in [*navigation.PAGES[1:], navigation.PAGES[0]]:
                 page.goto(address(app_url, entry))
                 expect(page.get_by_role("heading", name=entry.heading, exact=True).first).to_be_visible(
                     timeout=SLOW)
