@@ -1,6 +1,6 @@
 """COVID-19 CT Explorer, the Streamlit app:  streamlit run streamlit_app.py
 
-Declares the pages (ui.navigation.PAGES, files in pages/) with Streamlit's
+Declares the pages (ui.navigation.PAGES, files in app_pages/) with Streamlit's
 navigation, which also draws the sidebar menu, Home being the default page;
 then draws the frame every page shares (ui.frame) and runs the chosen page.
 
