@@ -99,7 +99,7 @@ def time_server_side(scans: list[Path]) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
     app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()  # registers the pages
-    app.switch_page("pages/predict.py")
+    app.switch_page("app_pages/predict.py")
     app.run()
     timings = []
     for scan in scans:

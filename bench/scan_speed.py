@@ -93,7 +93,7 @@ def time_app(count: int, repeats: int) -> None:
     for attempt in range(repeats + 1):
         files = series(count, seed=100 + attempt)
         at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=600).run()  # registers the pages
-        at.switch_page("pages/predict.py")
+        at.switch_page("app_pages/predict.py")
         at.run()
         at.file_uploader(key="uploads").set_value([(name, content, "application/dicom") for name, content in files])
         started = time.perf_counter()

@@ -14,7 +14,7 @@ import pytest
 from ui import navigation
 
 ROOT = Path(__file__).resolve().parent.parent
-UI, PAGES = ROOT / "ui", ROOT / "pages"
+UI, PAGES = ROOT / "ui", ROOT / "app_pages"
 LOADS_TENSORFLOW = {"ui.model", "ui.scans"}  # the model, and whole scans scored with it
 TENSORFLOW = ("tensorflow", "keras")
 
@@ -73,7 +73,7 @@ def test_the_pages_keep_their_urls_titles_icons_and_order():
     assert [(p.url_path, p.title) for p in navigation.PAGES] == [
         ("Home", "Home"), ("Data", "Data"), ("Train", "Train"), ("Search", "Search"),
         ("Evaluate", "Evaluate"), ("Misclassified", "Misclassified"), ("Predict", "Predict"), ("Sites", "Sites")]
-    assert sorted(p.path for p in navigation.PAGES) == sorted(f"pages/{f.name}" for f in PAGES.glob("*.py"))
+    assert sorted(p.path for p in navigation.PAGES) == sorted(f"app_pages/{f.name}" for f in PAGES.glob("*.py"))
     assert all(p.icon.startswith(":material/") for p in navigation.PAGES)
 
 

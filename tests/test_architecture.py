@@ -88,7 +88,7 @@ def test_core_imports_neither_streamlit_nor_the_app():
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, (ast.Import, ast.ImportFrom))
              for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
-             if name.split(".")[0] in ("streamlit", "ui", "pages")]
+             if name.split(".")[0] in ("streamlit", "ui", "app_pages")]
     assert not found, found
 
 

@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from core.inference import case_log, deploy
-from core.inference import ood
+from core.inference import case_log
 from core.base import files
+from core.inference import deploy, ood
+from ui import navigation
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -256,5 +257,148 @@ def test_a_zipped_jpeg_lossless_series_gets_its_pdf_report_and_a_case_log_entry(
             assert page.get_by_test_id("stException").count() == 0
             assert page.evaluate("document.documentElement.scrollWidth") <= 1280
             page.screenshot(path=str(ROOT / "test-artifacts" / "predict-scan-report.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+# The elements a clinician reads or clicks: buttons, widget labels, metric labels and
+# values, option labels of radios and segmented controls, table headers.
+READ_OR_CLICKED = ('button, [data-testid="stWidgetLabel"], [data-testid="stMetricLabel"], '
+                   '[data-testid="stMetricValue"], [data-testid="stMetricDelta"], [role="columnheader"], '
+                   '[role="radiogroup"] label, [data-testid="stMarkdownContainer"]')
+
+# For each of them (visible, with text): cut off when it, or an element inside it, holds more
+# than it shows without a scroll bar (overflow hidden or clipped, or an ellipsis), or when it
+# reaches past the right edge of the window. Data frames are a canvas: their scroller is
+# checked instead, a table that needs sideways scrolling hides columns at this width.
+CLIPPED_JS = """selector => {
+  const width = document.documentElement.clientWidth;
+  const cut = el => {
+    // An icon's ligature name (drawn as a glyph), or a label for screen readers only (1 px wide).
+    if (el.closest('[data-testid^="stIcon"]') || el.clientWidth <= 1) return false;
+    const style = getComputedStyle(el);
+    const hides = ['hidden', 'clip'].includes(style.overflowX) || style.textOverflow === 'ellipsis';
+    return hides && el.scrollWidth > el.clientWidth + 1;
+  };
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  // Or hidden in part by a box around it that does not show what overflows it.
+  const clippedBy = el => {
+    const box = el.getBoundingClientRect();
+    for (let around = el.parentElement; around && around !== main; around = around.parentElement) {
+      if (getComputedStyle(around).overflowX === 'visible') continue;
+      const edge = around.getBoundingClientRect();
+      if (box.right > edge.right + 1 || box.left < edge.left - 1) return true;
+    }
+    return false;
+  };
+  const found = [];
+  for (const el of main.querySelectorAll(selector)) {
+    const box = el.getBoundingClientRect();
+    const text = (el.innerText || el.getAttribute('aria-label') || '').trim().replace(/\\s+/g, ' ');
+    if (!text || box.width === 0 || box.height === 0 || el.closest('[data-testid="stTooltipContent"]')) continue;
+    if (box.right > width + 1) found.push(`past the window's edge (${Math.round(box.right)} px): ${text.slice(0, 80)}`);
+    else if ([el, ...el.querySelectorAll('*')].some(cut) || clippedBy(el)) found.push(`cut off: ${text.slice(0, 80)}`);
+  }
+  for (const scroller of main.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller')) {
+    if (scroller.scrollWidth > scroller.clientWidth + 1) {
+      const frame = scroller.closest('[data-testid="stDataFrame"]');
+      found.push(`table scrolls sideways (${scroller.scrollWidth} of ${scroller.clientWidth} px shown) under: `
+                 + (frame.previousElementSibling?.innerText || '').slice(0, 60));
+    }
+  }
+  return found;
+}"""
+
+MENU = [entry.title for entry in navigation.PAGES]
+
+
+IDLE_JS = """() => {
+  const status = document.querySelector('[data-testid="stStatusWidget"]');
+  const running = status && /Stop|Running/.test(status.innerText);
+  return !running && !document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')
+         && document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]').length;
+}"""
+
+
+def settled(page, timeout=SLOW):
+    """Wait until the script run is over: no 'Running'/'Stop' in the header, no spinner or
+    skeleton, for 2 s in a row (a page's run can hand over to a fragment's)."""
+    deadline, idle_since = time.monotonic() + timeout / 1000, None
+    while time.monotonic() < deadline:
+        if page.evaluate(IDLE_JS):
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= 2:
+                return
+        else:
+            idle_since = None
+        page.wait_for_timeout(250)
+    pytest.fail(f"{page.url} still running after {timeout / 1000:.0f} s")
+
+
+def address(app_url: str, entry) -> str:
+    """A page's address: Home, the default page, is the app's root."""
+    return f"{app_url}/" if entry.path == navigation.HOME else f"{app_url}/{entry.url_path}"
+
+
+def menu(page) -> list[str]:
+    """The sidebar menu's entries as shown, without their icons' ligature names."""
+    links = page.get_by_test_id("stSidebarNavLink")
+    expect(links.first).to_be_visible(timeout=SLOW)
+    return [text.strip().splitlines()[-1].strip() for text in links.all_inner_texts()]
+
+
+def test_every_page_opened_by_its_address_shows_the_apps_menu(app_url):
+    """A reload, a bookmark or a shared link lands on the page with the app's own menu,
+    Home first, in the app's order and words: not Streamlit's 'streamlit app' list."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            # Home last: the server's first request must be a page's own address, as after a
+            # restart with a tab open (Streamlit settles on one kind of menu at its first run).
+            for entry in [*navigation.PAGES[1:], navigation.PAGES[0]]:
+                page.goto(address(app_url, entry))
+                expect(page.get_by_role("heading", name=entry.heading, exact=True).first).to_be_visible(
+                    timeout=SLOW)
+                assert menu(page) == MENU, entry.url_path
+                assert page.get_by_text("Page not found").count() == 0, entry.url_path
+                page.reload()
+                expect(page.get_by_role("heading", name=entry.heading, exact=True).first).to_be_visible(
+                    timeout=SLOW)
+                assert menu(page) == MENU, f"{entry.url_path} reloaded"
+        finally:
+            browser.close()
+
+
+def test_no_control_is_cut_off_at_1280_px(app_url, data_dir, trained_run):
+    """Each page at 1280 x 800 with the tiny run deployed: no button, label, metric or
+    table header cut off or past the window's edge; on Predict the answer says it
+    arrived while the uploader still fills the window."""
+    screenshots = ROOT / "test-artifacts"
+    screenshots.mkdir(exist_ok=True)
+    deploy.deploy(trained_run.name, force=True)  # the smoke run, deployed on purpose: Predict shows its answer
+    summary = files.read_json(trained_run / ood.SUMMARY_FILE)  # its 8 validation slices make no feature check
+    files.write_json(trained_run / ood.SUMMARY_FILE, {**summary, "threshold": float("inf")})
+    scan = data_dir / "COVID" / "2020.03.13.20035212-p23-155.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            found = {}
+            for entry in navigation.PAGES:
+                page.goto(address(app_url, entry))
+                settled(page)
+                page.screenshot(path=str(screenshots / f"width-1280-{entry.url_path}.png"), full_page=True)
+                found[entry.url_path] = page.evaluate(CLIPPED_JS, READ_OR_CLICKED)
+            # Predict: the answer lands below the uploader, out of sight at 800 px; a notice says it came.
+            page.goto(f"{app_url}/Predict")
+            settled(page)
+            page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(scan))
+            expect(page.get_by_test_id("stToast").filter(has_text="answer")).to_be_visible(timeout=SLOW)
+            settled(page)
+            page.screenshot(path=str(screenshots / "width-1280-Predict-answer.png"))
+            found["Predict with an answer"] = page.evaluate(CLIPPED_JS, READ_OR_CLICKED)
+            assert not any(found.values()), "\n".join(f"{name}: {item}" for name, items in found.items()
+                                                      for item in items)
         finally:
             browser.close()

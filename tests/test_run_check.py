@@ -157,8 +157,8 @@ def test_an_empty_training_lock_left_by_a_kill_is_stale(tmp_path):
     lock.release_training_lock(tmp_path)
 
 
-@pytest.mark.parametrize("page", ["streamlit_app.py", "pages/train.py", "pages/evaluate.py",
-                                  "pages/misclassified.py", "pages/predict.py"])
+@pytest.mark.parametrize("page", ["streamlit_app.py", "app_pages/train.py", "app_pages/evaluate.py",
+                                  "app_pages/misclassified.py", "app_pages/predict.py"])
 def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_dir):
     """One run of each kind of damage, and nothing else: the pages render, and
     those that need a usable run say there is none."""
@@ -169,8 +169,8 @@ def test_app_pages_render_beside_damaged_runs(page, tmp_path, monkeypatch, data_
         damage(completed_run(tmp_path / "runs", case.replace(" ", "-"), data_dir))
     at = open_page(page)
     assert_no_exception(at)
-    if page == "pages/evaluate.py":
+    if page == "app_pages/evaluate.py":
         assert "Train one first" in texts(at.info)
-    if page == "pages/predict.py":  # nothing deployed, and no damaged run is offered in its place
+    if page == "app_pages/predict.py":  # nothing deployed, and no damaged run is offered in its place
         assert "No model is deployed yet" in texts(at.info)
         assert "No completed run is fit to deploy" in texts(at.markdown)

@@ -1,5 +1,5 @@
 """The Streamlit app's shared code, one concern per module, used by
-streamlit_app.py and the pages in pages/.
+streamlit_app.py and the pages in app_pages/.
 
 Caching rule: whatever is read from disk is cached under its path and its
 modification time (ui.cache_keys), so nothing is computed twice, and a

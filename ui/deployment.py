@@ -12,6 +12,7 @@ from ui import navigation
 from ui.external import completed_sets
 from ui.first_model import BUTTON as FIRST_MODEL_STEP
 from ui.formatting import fmt
+from ui.glossary import explain
 from ui.runs import all_runs, run_calibration, run_label
 
 
@@ -37,6 +38,7 @@ def _confirmed_despite(found: list[str], key: str) -> bool:
         return True
     st.warning("Not fit to answer for clinicians: " + "; ".join(found) + f". Quality floor: {deploy.FLOOR}.",
                icon=":material/block:")
+    st.caption("What is the quality floor?", help=explain("Quality floor") + " " + explain("Smoke run"))
     return st.checkbox("Deploy it anyway: I know why it is not fit", key=f"{key}_confirm")
 
 

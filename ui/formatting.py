@@ -29,3 +29,15 @@ def upload_name(name: str) -> str:
     base = re.split(r"[\\/]", name)[-1]
     base = "".join(ch for ch in base if ch.isprintable()) or "upload"
     return plain(base)
+
+
+def minutes(seconds) -> str:
+    """A duration for people: "under 1 min", "18 min", "2 h 05 min"; "–" when unknown."""
+    if seconds is None or isinstance(seconds, str) or not np.isfinite(seconds):
+        return "–"
+    whole = round(seconds / 60)
+    if whole < 1:
+        return "under 1 min"
+    if whole < 60:
+        return f"{whole} min"
+    return f"{whole // 60} h {whole % 60:02d} min"

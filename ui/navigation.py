@@ -16,14 +16,14 @@ class Page(NamedTuple):
     heading: str
 
 
-HOME = "pages/home.py"
-DATA = "pages/data.py"
-TRAIN = "pages/train.py"
-SEARCH = "pages/search.py"
-EVALUATE = "pages/evaluate.py"
-MISCLASSIFIED = "pages/misclassified.py"
-PREDICT = "pages/predict.py"
-SITES = "pages/sites.py"
+HOME = "app_pages/home.py"
+DATA = "app_pages/data.py"
+TRAIN = "app_pages/train.py"
+SEARCH = "app_pages/search.py"
+EVALUATE = "app_pages/evaluate.py"
+MISCLASSIFIED = "app_pages/misclassified.py"
+PREDICT = "app_pages/predict.py"
+SITES = "app_pages/sites.py"
 
 # Menu order; the first page is the default one, served at the app's root URL.
 PAGES = [

@@ -13,6 +13,7 @@ from core.inference import calibration, deploy, site_store
 from core.runs import catalogue, recipes, storage
 from ui import navigation
 from ui.cache_keys import mtime
+from ui.column_names import human
 from ui.formatting import fmt
 
 # The four cells of the confusion matrix, as Evaluate's buttons and the Misclassified page name them.
@@ -179,12 +180,13 @@ def runs_table(all_runs: list[dict], key: str = "show_all_runs") -> None:
     # Results first, then the settings that produced them.
     results = [c for c in table if c.startswith(("val_", "test_"))]
     table = table[["run", "state", *results, *[c for c in table if c not in results + ["run", "state"]]]]
-    numbers = {c: st.column_config.NumberColumn(format="%.3f") for c in results}
+    table["train_seconds"] = pd.to_numeric(table["train_seconds"], errors="coerce") / 60  # minutes
     st.dataframe(table, hide_index=True, column_config={
-        **numbers,
-        "head_lr": st.column_config.NumberColumn(format="%.0e"),
-        "finetune_lr": st.column_config.NumberColumn(format="%.0e"),
-        "train_seconds": st.column_config.NumberColumn("train s", format="%.0f"),
+        **{c: human(c) for c in table},
+        **{c: st.column_config.NumberColumn(human(c), format="%.3f") for c in results},
+        "head_lr": st.column_config.NumberColumn(human("head_lr"), format="%.0e"),
+        "finetune_lr": st.column_config.NumberColumn(human("finetune_lr"), format="%.0e"),
+        "train_seconds": st.column_config.NumberColumn(human("train_seconds"), format="%.0f"),
     })
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.jobs import background
+from core.jobs import background, log_tail
 from core.training import studies
 from ui import charts
+from ui.column_names import human, readable
 from ui.train_form import forget_train_form
 
 BEST_ROW = "background-color: rgba(46, 160, 67, 0.35)"
@@ -46,11 +47,12 @@ def _results(name: str, worker_at_start: bool) -> None:
 
 
 def styled_trials(table, best):
-    """The trials table with the best trial's row in colour and readable numbers."""
+    """The trials table with human column names, times in minutes, the best trial's row in colour and readable numbers."""
+    table = readable(table)
     colour = [BEST_ROW] * len(table.columns)
-    styler = table.style.apply(lambda row: colour if best and row["trial"] == best.number else [""] * len(row),
-                               axis=1)
-    rates = [c for c in ("head_lr", "finetune_lr") if c in table]
+    styler = table.style.apply(lambda row: colour if best and row[human("trial")] == best.number
+                               else [""] * len(row), axis=1)
+    rates = [human(c) for c in ("head_lr", "finetune_lr") if human(c) in table]
     return styler.format(precision=3, na_rep="").format("{:.1e}", subset=rates, na_rep="")
 
 
@@ -70,4 +72,4 @@ def _log(name: str) -> None:
     log = studies.log_path(name)
     if log.exists():
         with st.expander("End of the search log"):
-            st.code("\n".join(log.read_text(errors="replace").splitlines()[-20:]) or "(empty)", language=None)
+            st.code(log_tail.tail(log, 20), language=None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.jobs import background
+from core.jobs import background, log_tail
 from core.runs import lock
 from ui import charts, navigation
+from ui.formatting import minutes
 from ui.runs import history
 
 
@@ -59,7 +60,7 @@ def _running(run: dict) -> None:
 
 def _ended(status: dict, state: str) -> None:
     if state == "completed":
-        st.success(f"Completed in {status.get('train_seconds', '?')} s.")
+        st.success(f"Completed in {minutes(status.get('train_seconds'))}.")
         st.page_link(navigation.EVALUATE, label="Evaluate it", icon=navigation.icon(navigation.EVALUATE))
     elif state == "pruned":
         st.info(f"Trial run pruned by the hyperparameter search: {status.get('reason', '')}")
@@ -77,5 +78,4 @@ def _curves_and_log(run: dict) -> None:
     log = run["path"] / "fit.log"
     if log.exists():
         st.caption("End of fit.log")
-        st.code("\n".join(log.read_text(errors="replace").splitlines()[-15:]) or "(empty)",
-                language=None)
+        st.code(log_tail.tail(log, 15), language=None)

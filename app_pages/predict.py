@@ -18,6 +18,7 @@ from core.inference.ood import REFUSAL
 from ui import frame, pacs, records, scans
 from ui.deployment import deployed_model_card, nothing_deployed
 from ui.formatting import upload_name
+from ui.glossary import explain
 from ui.model import (CAM_METHODS, UPLOAD_TYPES, evidence_note, gradcam_overlay, heatmap_colour_bar,
                       lung_outline_toggle, predict_upload, predictor)
 from ui.runs import class_names
@@ -49,16 +50,19 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
             prediction = predict_upload(run, name, content, site)
         except ValueError as error:  # ImageReadError: its message starts with the file name
             st.error(f"Cannot use this file: {error}")
+            if "transfer syntax" in str(error):
+                st.caption("What is a transfer syntax?", help=explain("Transfer syntax"))
             return
         st.markdown(f"#### {name}")
         record = records.slice_case(run, file_name, content, prediction)  # logged once per session
         if prediction.refused:
             st.warning(f"{REFUSAL.capitalize()}: " + "; ".join(prediction.ood_problems) + ".",
                        icon=":material/block:")
+            st.caption("How are unfamiliar images recognised?", help=explain("Unfamiliar image check"))
             if not st.checkbox("Show the model's answer anyway", key=f"show_anyway_{i}"):
                 st.image(prediction.image, caption="scan", width=320)
                 return
-        details, scan, *heatmaps = st.columns([1.2, 2, 2, 2])
+        details, scan, *heatmaps = st.columns([1.8, 2, 2, 2])  # 1.8: the probability's label fits at 1280 px
         decision(run, details, prediction)
         scan.image(prediction.image, caption="scan", width="stretch")
         for column, method in zip(heatmaps, CAM_METHODS):
@@ -129,5 +133,10 @@ with upload_tab:
     for i, (file_name, content) in enumerate(singles):
         single_slice(run, i, file_name, content, opacity, site)
     uploads_check(run, site, whole_scans, singles)
+    # The answers are drawn under the uploader, often below the window's edge: say once that they came.
+    answered = tuple(upload.file_id for upload in uploads)
+    if st.session_state.get("answered_uploads") != answered:
+        st.session_state["answered_uploads"] = answered
+        st.toast(f"The answer for {len(uploads)} upload(s) is below the uploader.", icon=":material/arrow_downward:")
     records.session_table()
     records.case_log_expander()

@@ -62,16 +62,19 @@ def space_choice(config: TrainConfig) -> dict:
                "input_size": ("Input sizes", list(search_space.SPACE["input_size"])),
                "train_from": ("Fine-tune from", list(TRAIN_FROM))}
     st.markdown("**Search space** (an empty list or an unticked box: the form's value is used)")
-    columns, space = st.columns(len(choices) + 1), {}
-    for column, (name, (label, options)) in zip(columns, choices.items()):
+    # Two pickers a row: four side by side hide their chosen values at 1280 px.
+    columns, space = st.columns(2), {}
+    for i, (name, (label, options)) in enumerate(choices.items()):
+        column = columns[i % 2]
         default = [o for o in search_space.SPACE[name] if o in options]
         chosen = column.multiselect(label, options, default=default, key=f"space_{name}", persist_state="session")
         if chosen:
             space[name] = sorted(chosen, key=options.index)
-    for label, names in SEARCHED_RANGES.items():
+    # The ranges in a row of their own: beside the pickers their names were cut off at 1280 px.
+    for column, (label, names) in zip(st.columns(len(SEARCHED_RANGES)), SEARCHED_RANGES.items()):
         ranges = ", ".join(f"{n} {search_space.SPACE[n]['low']:g}–{search_space.SPACE[n]['high']:g}" for n in names)
-        if columns[-1].checkbox(label, value=True, key=f"space_{names[0]}", help=ranges,
-                                persist_state="session"):
+        if column.checkbox(label, value=True, key=f"space_{names[0]}", help=ranges,
+                           persist_state="session"):
             space.update({n: search_space.SPACE[n] for n in names})
     return space
 

@@ -23,9 +23,11 @@ def choices(sets: dict[str, str]) -> tuple[str, str, str]:
         st.session_state.setdefault(key, default)
     if st.session_state["review_split"] not in sets:
         st.session_state["review_split"] = "test"
-    left, middle, right = st.columns([3, 1.4, 1.3])
-    cell = left.segmented_control("Show", list(CELLS), format_func=CELLS.get, required=True,
+    # Three controls in one row cut "True negatives" and "Grad-CAM++" off at 1280 px: the cells
+    # get a row of their own.
+    cell = st.segmented_control("Show", list(CELLS), format_func=CELLS.get, required=True,
                                   key="cell", persist_state="session")
+    middle, right = st.columns(2)
     split = middle.selectbox("Cases from", list(sets), format_func=sets.get, key="review_split",
                              persist_state="session")
     method = right.segmented_control("Heatmap", list(CAM_METHODS), format_func=CAM_METHODS.get,

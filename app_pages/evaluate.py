@@ -12,20 +12,24 @@ from ui.external import external_section
 from ui.external_site_check import external_site_checks
 from ui.formatting import fmt
 from ui.lung_focus import lung_focus_summary
+from ui.glossary import explain
 from ui.metrics_table import metrics_table
 from ui.runs import (CELLS, all_runs, chosen_threshold, class_names, cross_validation_table, history, pick_run,
                      pixel_counts, predictions, recipes_table, run_calibration, runs_table, threshold_slider)
 
 OPERATING_POINT = (("recall", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
                    ("f1", "F1"), ("accuracy", "Accuracy"))
+GLOSSARY_TERM = {"Precision": "Precision (PPV)"}
 
 
 def test_split(run: dict, test: pd.DataFrame) -> None:
     """What the test figures rest on: how many scans, and the threshold chosen without them."""
     method = run["metrics"]["threshold"].get("method", classification.THRESHOLD_RULE)
+    rule = "Youden's J" if method == "youden" else "best F1" if method == "f1" else method
     st.caption(f"Test split: {len(test)} images ({int(test['y_true'].sum())} {class_names(run)[1]}). Threshold "
                f"{chosen_threshold(run):.3f} (on the calibrated probability scale) chosen on the validation split "
-               f"({method}); the test split never influenced it, so the test metrics are an unbiased estimate.")
+               f"({rule}); the test split never influenced it, so the test metrics are an unbiased estimate.",
+               help=explain("Threshold") + " " + explain("Youden's J"))
     if len(test) < deploy.MIN_TEST_IMAGES:
         st.warning(f"Only {len(test)} test images: these figures say little about how the model would do.",
                    icon=":material/warning:")
@@ -39,7 +43,8 @@ def operating_point(run: dict, y, prob) -> tuple[float, dict]:
     for column, (key, label) in zip(st.columns(5), OPERATING_POINT):
         delta = at[key] - at_chosen[key]
         column.metric(label, fmt(at[key]), delta=f"{delta:+.3f}" if abs(delta) > 1e-12 else None,
-                      help="Change against the validation-chosen threshold." if abs(delta) > 1e-12 else None)
+                      help=explain(GLOSSARY_TERM.get(label, label))
+                      + (" The change is against the validation-chosen threshold." if abs(delta) > 1e-12 else ""))
     st.caption(f"{at['tp']} true positives, {at['fp']} false positives, {at['fn']} false negatives, "
                f"{at['tn']} true negatives at threshold {threshold:.3f}.")
     return threshold, at
@@ -55,9 +60,9 @@ def curves_and_matrix(run: dict, y, prob, threshold: float, at: dict) -> None:
         st.plotly_chart(charts.confusion_matrix(y, prob, threshold, class_names(run),
                                                 f"Confusion matrix at {threshold:.3f}"))
         st.caption("Open the images of a cell:")
-        cell_columns = st.columns(2)
-        for i, cell in enumerate(("tn", "fp", "fn", "tp")):
-            if cell_columns[i % 2].button(f"{CELLS[cell]} ({at[cell]})", key=f"open_{cell}", width="stretch"):
+        # One button a row: two side by side in a third of the page cut their counts off at 1280 px.
+        for cell in ("tn", "fp", "fn", "tp"):
+            if st.button(f"{CELLS[cell]} ({at[cell]})", key=f"open_{cell}", width="stretch"):
                 st.session_state["cell"] = cell
                 st.session_state["review_split"] = "test"
                 st.switch_page(navigation.MISCLASSIFIED)
@@ -72,14 +77,16 @@ def calibration_section(run: dict, test: pd.DataFrame) -> None:
                                                 class_names(run)[1]))
     ece_raw = calibration.expected_calibration_error(y, test["raw_prob"])
     ece_calibrated = calibration.expected_calibration_error(y, test["prob"])
-    ece_column.metric("Expected calibration error, calibrated", f"{ece_calibrated:.3f}",
+    ece_column.metric("Calibration error, calibrated", f"{ece_calibrated:.3f}",
                       delta=f"{ece_calibrated - ece_raw:+.3f}", delta_color="inverse",
-                      help="Mean gap between predicted probability and observed share of positives, over 10 bins "
-                           "weighted by their scans. 0 is perfect.")
-    ece_column.metric("Expected calibration error, model's own", f"{ece_raw:.3f}")
+                      help=explain("Expected calibration error (ECE)"))
+    ece_column.metric("Calibration error, model's own", f"{ece_raw:.3f}",
+                      help=explain("Expected calibration error (ECE)"))
     ece_column.caption(f"Calibration: {fitted.method} ({fitted.note}), fitted on the {fitted.n_val} validation "
                        "predictions only. It is increasing, so every decision is unchanged; the probabilities "
-                       "shown everywhere are the calibrated ones.")
+                       "shown everywhere are the calibrated ones.",
+                       help=explain("Calibration") + " " + explain("Temperature scaling") + " "
+                       + explain("Platt scaling"))
 
 
 def resolution_section(run: dict, test: pd.DataFrame) -> None:
@@ -102,7 +109,8 @@ def resolution_section(run: dict, test: pd.DataFrame) -> None:
                + ". Near 0: the model does not lean on resolution. A clearly negative ρ means low-resolution "
                "scans look more positive, whatever their class: a warning sign where one class's training "
                "scans come at lower resolution (COVID-CT's COVID training scans have half the pixels of the "
-               "others). It can also be content: check the low-resolution cases on the Misclassified page.")
+               "others). It can also be content: check the low-resolution cases on the Misclassified page.",
+               help=explain("Spearman ρ"))
 
 
 def runs_section(run: dict) -> None:
@@ -123,12 +131,10 @@ def runs_section(run: dict) -> None:
 run = pick_run()
 test = predictions(run).query("split == 'test'")
 test_split(run, test)
-left, right = st.columns([2, 3])
-with left:
-    metrics_table(run, scans.settings(run))
-    lung_focus_summary(run)
-with right:
-    threshold, at = operating_point(run, test["y_true"], test["prob"])
+# The table on its own row: beside the operating point its confidence intervals were cut off at 1280 px.
+metrics_table(run, scans.settings(run))
+lung_focus_summary(run)
+threshold, at = operating_point(run, test["y_true"], test["prob"])
 curves_and_matrix(run, test["y_true"], test["prob"], threshold, at)
 calibration_section(run, test)
 st.subheader("Deployment")
