@@ -70,8 +70,9 @@ def single_slice(run: dict, i: int, file_name: str, content: bytes, opacity: flo
                 heatmap(run, i, file_name, name, content, method, opacity, prediction.class_index, record,
                         valid=not prediction.refused)
         heatmap_colour_bar(prediction.label)
-        records.answer_controls(run, record, prediction.image, key=f"slice_{i}", overlay=partial(
-            gradcam_overlay, run, content, name, "gradcam", opacity, class_index=prediction.class_index))
+        if not prediction.refused:  # a refused slice shown anyway is no answer to report or correct
+            records.answer_controls(run, record, prediction.image, key=f"slice_{i}", overlay=partial(
+                gradcam_overlay, run, content, name, "gradcam", opacity, class_index=prediction.class_index))
 
 
 def decision(run: dict, column, prediction) -> None:

@@ -336,8 +336,10 @@ def test_predict_refuses_a_photo_until_asked(deployed):
     assert not at.metric
     (answer,) = [m.value for m in at.markdown if "not a valid prediction" in m.value]
     assert answer.startswith(":gray[") and not [m for m in at.markdown if "-badge[" in m.value]
-    assert [b.label for b in at.download_button] == ["Download Grad-CAM PNG (not a valid prediction)",
-                                                     "Download Grad-CAM++ PNG (not a valid prediction)"]
+    # Its heatmaps are labelled as no valid prediction, and it gets no report (the log keeps the refusal).
+    assert [b.label for b in at.download_button if "Grad-CAM" in b.label] == [
+        "Download Grad-CAM PNG (not a valid prediction)", "Download Grad-CAM++ PNG (not a valid prediction)"]
+    assert "Download the PDF report" not in [b.label for b in at.download_button]
 
 
 def test_evaluate_deploys_a_smoke_run_only_after_confirmation(run_id, trained_run):
