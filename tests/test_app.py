@@ -366,8 +366,8 @@ def test_evaluate_shows_the_test_ece_before_and_after_calibration(run_id, traine
     at = open_page(navigation.EVALUATE)
     metrics = shown_metrics(at)
     after = calibration.expected_calibration_error(test.y_true, test.prob)
-    assert metrics["Expected calibration error, calibrated"] == f"{after:.3f}"
-    assert metrics["Expected calibration error, model's own"] == \
+    assert metrics["Calibration error, calibrated"] == f"{after:.3f}"
+    assert metrics["Calibration error, model's own"] == \
         f"{calibration.expected_calibration_error(raw.y_true, raw.prob):.3f}"
 
 
