@@ -35,10 +35,10 @@ def presets_row(defaults: TrainConfig, n_train: int) -> None:
     # One third of the page each: at 1280 px a narrower button cuts its name short.
     for column, preset in zip(st.columns(len(presets.PRESETS)), presets.PRESETS):
         column.button(presets.preset_label(preset, defaults, n_train), width="stretch",
-                      key=f"preset_{preset.split(',')[0].lower().replace(' ', '_')}",
+                      key=f"preset_{preset.lower().replace(' ', '_')}",
+                      help=presets.QUICK_LOOK_NOTE.capitalize() if preset == presets.QUICK_LOOK else None,
                       on_click=apply_preset, args=(preset,))
-    st.caption("Presets fill the form: a quick look trains on 40 scans per split (a smoke run, "
-                        "hidden from comparisons and not for predictions).", help=explain("Smoke run"))
+    st.caption(f"Presets fill the form. Quick look is {presets.QUICK_LOOK_NOTE}.", help=explain("Smoke run"))
 
 
 def promoted_banner() -> None:

@@ -29,7 +29,10 @@ CACHED_ACTIVATION = {"conv2": (1 / 4, 64), "conv3": (1 / 4, 256), "conv4": (1 / 
 
 # Names only: each button's minutes come from estimate() (preset_label), as the
 # Train page's estimate box does, so a label never promises another time than the box.
-QUICK_LOOK = "Quick look, not for predictions"
+QUICK_LOOK = "Quick look"
+# Beside the Quick look button (its tooltip and Train's caption): the label itself must fit at 1280 px.
+QUICK_LOOK_NOTE = ("not for predictions: it trains on 40 scans per split (a smoke run, hidden from comparisons), "
+                   "below the quality floor a deployed model must pass")
 PRESETS = {
     QUICK_LOOK: {"max_images_per_split": 40, "input_size": 128, "head_epochs": 1, "finetune_epochs": 2},
     "Default": {},
