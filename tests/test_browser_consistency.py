@@ -80,6 +80,7 @@ def move_slider(page, slider, fraction: float, away_from: str) -> None:
     track = page.get_by_test_id("stSlider").filter(has_text="Decision threshold").locator(
         "div[data-orientation=horizontal]").nth(1)
     for _ in range(10):
+        track.scroll_into_view_if_needed()  # below the metrics table, under the fold at 800 px
         box = track.bounding_box()
         page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
         page.mouse.down()
