@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from core.base import files, paths
@@ -72,6 +73,20 @@ def chromium_page():
 def threshold_slider(page):
     """The threshold slider's range input (react-aria: its value in aria-valuetext)."""
     return page.get_by_test_id("stSlider").filter(has_text="Decision threshold").locator("input[type=range]")
+
+
+def choose_option(page, box_text: str, option: str) -> None:
+    """Open the select box and pick `option`; a rerun that redraws the box while it is
+    open closes its list, as it would under a user's click: open it again."""
+    box = page.get_by_test_id("stSelectbox").filter(has_text=box_text)
+    for _ in range(10):
+        box.click(timeout=SLOW)
+        try:
+            page.get_by_role("option", name=option).click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    pytest.fail(f"the option {option!r} of {box_text!r} never appeared")
 
 
 def move_slider(page, slider, fraction: float, away_from: str) -> None:
@@ -171,8 +186,7 @@ def test_an_external_slice_has_one_calibrated_probability_on_misclassified_and_p
         open_by_menu(page, "Misclassified")
         # The first run loads TensorFlow and draws Grad-CAMs: the boxes wait for it.
         expect(page.get_by_text(" at threshold ")).to_be_visible(timeout=SLOW)
-        page.get_by_test_id("stSelectbox").filter(has_text="Cases from").click(timeout=SLOW)
-        page.get_by_role("option", name=f"external: {EXTERNAL_NAME}").click(timeout=SLOW)
+        choose_option(page, "Cases from", f"external: {EXTERNAL_NAME}")
         expect(page.get_by_text(f"in external: {EXTERNAL_NAME} at threshold")).to_be_visible(timeout=SLOW)
         page.get_by_text(labels[cell], exact=True).first.click(timeout=SLOW)
         expect(page.get_by_text(first["path"], exact=True)).to_be_visible(timeout=SLOW)

@@ -364,7 +364,7 @@ def test_search_section_shows_the_study_and_promotes_its_best(small):
     study = studies.load_study("small")
     best = study.best_trial
     table = at.dataframe[-1].value
-    assert {t.number for t in finished(study)} <= set(table["trial"])
+    assert {t.number for t in finished(study)} <= set(table["Trial"])  # ui.column_names: human names
     assert f"Best: trial {best.number}" in texts(at.success)
     assert len(at.get("plotly_chart")) >= 1
 

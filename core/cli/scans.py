@@ -136,8 +136,8 @@ def cmd_predict_scan(args) -> int:
 
     if bool(args.pacs) == bool(args.scans) or bool(args.pacs) != bool(args.study):
         raise ValueError("predict-scan takes scan files, or --pacs URL with --study UID")
-    if (args.series or args.send_back) and not args.pacs:
-        raise ValueError("--series and --send-back go with --pacs URL --study UID")
+    if args.send_back and not args.pacs:  # --series picks a series of a study file or of a PACS study
+        raise ValueError("--send-back goes with --pacs URL --study UID")
     run_dir = run_dir_for(args.run)
     predictor = Predictor.from_run(run_dir, site=args.site)
     # A site's slices are calibrated by its profile: its scan threshold is on that scale too.
