@@ -3,14 +3,8 @@ tests/test_browser.py): the decision threshold set on Evaluate is the one
 Misclassified works at, and Evaluate again, after switches by the menu and a
 reload; an external set's slice has the same calibrated probability on
 Misclassified as on Predict when its file is uploaded there."""
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -20,44 +14,12 @@ from core.base import files, paths
 from core.evaluation import tables
 from core.inference import calibration, deploy, external, ood
 from core.inference.calibration import percent
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, SLOW, free_port
+from test_browser import CHROMIUM, CHROMIUM_ARGS, SLOW, serve_app
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
 SY575 = paths.SHARED / "data" / "external" / "SY575-COVID19-CT"
 EXTERNAL_NAME = "sy575-few"
-
-
-@contextmanager
-def serving(log_path: Path):
-    """`streamlit run streamlit_app.py` on a free port, with this process's environment; yields its URL."""
-    port = free_port()
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @contextmanager
@@ -121,7 +83,7 @@ def open_by_menu(page, title: str) -> None:
 
 def test_threshold_set_on_evaluate_holds_across_menu_switches_and_a_reload(trained_artifacts, trained_run, tmp_path):
     chosen = f"{calibration.for_run(trained_run).threshold:.3f}"
-    with serving(tmp_path / "streamlit.log") as url, chromium_page() as page:
+    with serve_app(tmp_path / "streamlit.log") as url, chromium_page() as page:
         start(page, url)
         open_by_menu(page, "Evaluate")
         slider = threshold_slider(page)
@@ -181,7 +143,7 @@ def test_an_external_slice_has_one_calibrated_probability_on_misclassified_and_p
                        if len(found := tables.cell_rows(rows, fitted.threshold, cell)))
     expected = percent(first["prob"])
     labels = {"fp": "False positives", "fn": "False negatives", "tp": "True positives", "tn": "True negatives"}
-    with serving(tmp_path / "streamlit.log") as url, chromium_page() as page:
+    with serve_app(tmp_path / "streamlit.log") as url, chromium_page() as page:
         start(page, url)
         open_by_menu(page, "Misclassified")
         # The first run loads TensorFlow and draws Grad-CAMs: the boxes wait for it.
