@@ -18,8 +18,8 @@ from core.data.image_cache import cache_images
 
 
 def test_smoke_run_writes_every_artifact(trained_run):
-    for name in ("config.json", "status.json", "history.csv", "model.keras", "best.weights.h5",
-                 "metrics.json", "predictions.csv"):
+    for name in ("config.json", "status.json", "history.csv", "model.keras", "metrics.json",
+                 "predictions.csv"):
         assert (trained_run / name).exists(), name
     assert not (trained_run / "frozen_cache").exists() and not (trained_run / "checkpoints").exists()
     status = storage.read_status(trained_run)

@@ -54,7 +54,6 @@ KILL_AT = "COVIDCT_KILL_AT"
 CALLBACK_COUNTERS = {
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
     keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
-    keras.callbacks.ModelCheckpoint: ("best",),
     keras.callbacks.SwapEMAWeights: ("_ema_weights_in_model",),
 }
 

@@ -74,10 +74,6 @@ def fit_phase(model, config, run_dir, phase, epochs, learning_rate, train_ds, va
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True,
                                           patience=config.early_stopping_patience),
-            # Weights of the trained layers at the best validation AUC (the
-            # fitted model may be the top part only; model.keras is the whole).
-            keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor="val_auc",
-                                            mode="max", save_best_only=True, save_weights_only=True),
         ]
     # Last: it commits each epoch once the callbacks above have counted it.
     callbacks.append(checkpoint.EpochCheckpoint(run_dir, phase, rows_before, train_ds, callbacks))
