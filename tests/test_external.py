@@ -9,7 +9,7 @@ import pytest
 
 from core.evaluation import patient_level
 from core.evaluation import classification
-from core.inference import external
+from core.inference import calibration, external, scan_decision
 from core.jobs import background
 from core.base import paths
 from core.cli.main import main
@@ -93,11 +93,15 @@ def test_external_evaluation_is_stored_in_the_run(trained_run, sy575, tmp_path):
     at = metrics["slice"]["at_threshold"]
     expected = classification.binary_metrics(predictions["y_true"], predictions["prob"], threshold)
     assert {k: at[k] for k in expected} == pytest.approx(expected)
-    assert metrics["patient"]["n"] == 4 and metrics["patient"]["aggregation"] == "mean"
-    patient = patient_level.per_patient(predictions)
+    # Each patient is decided as Predict decides one scan: calibrated slices, the run's scan rule.
+    scan = scan_decision.settings_for_run(run_dir)
+    assert metrics["patient"]["n"] == 4 and metrics["patient"]["aggregation"] == scan["aggregation"]
+    assert metrics["patient"]["threshold"] == pytest.approx(scan["threshold"])
+    calibrated = predictions.assign(prob=calibration.for_run(run_dir).apply(predictions["prob"]))
+    patient = patient_level.per_patient(calibrated, scan["aggregation"])
     assert metrics["patient"]["at_threshold"]["tp"] + metrics["patient"]["at_threshold"]["fn"] == 2
     assert metrics["patient"]["at_threshold"]["accuracy"] == pytest.approx(
-        ((patient["prob"] >= threshold) == patient["y_true"]).mean())
+        ((patient["prob"] >= scan["threshold"]) == patient["y_true"]).mean())
     assert "scored 48/48 images" in "\n".join(lines)
     assert json.loads((out / "status.json").read_text())["state"] == "completed"
 
@@ -124,7 +128,7 @@ def test_cli_evaluates_with_a_class_map_and_names_a_missing_class(trained_run, s
     assert main(["evaluate", "--run", str(run_dir), "--data", str(renamed), "--name", "b",
                  "--class-map", "COVID19=COVID,pneumonia=NonCOVID", "--n-boot", "50"]) == 0
     out = capsys.readouterr().out
-    assert "b: 48 slices: ROC-AUC" in out and "4 patients (mean of slices)" in out
+    assert "b: 48 slices: ROC-AUC" in out and "4 patients (each as one scan: " in out
     assert (run_dir / "external" / "b" / "metrics.json").exists()
 
 

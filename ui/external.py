@@ -68,8 +68,9 @@ def external_section(run: dict, y, prob, classes: tuple[str, str]) -> None:
     st.subheader("External validation")
     st.caption("The same model on labelled scans from a source it never saw (another hospital, another "
                "collection), at the threshold chosen on this run's validation split. A model can score well "
-               "on its own test split and near chance elsewhere: this is where that shows. Per patient: the "
-               "mean of the patient's slice probabilities. CIs resample whole patients.")
+               "on its own test split and near chance elsewhere: this is where that shows. Per patient: each "
+               "patient decided as Predict decides one scan of their slices (the run's scan aggregation, at "
+               "its scan threshold). CIs resample whole patients.")
     sets = external_sets(run)
     complete = completed_sets(run)
     if complete:

@@ -11,8 +11,11 @@ module measures it. A result is stored in the run folder:
     external/<name>/metrics.json      written last: a set with one is complete
 
 Metrics are given per slice and, where patients are known (patient
-sub-folders or a metadata table), per patient: a patient's probability is the
-mean of its slices' probabilities, decided at the same threshold. Confidence
+sub-folders or a metadata table), per patient: each patient is decided as
+Predict decides one uploaded scan (core.inference.scan_decision): the
+calibrated slice probabilities aggregated by the run's scan aggregation, at
+its scan threshold, so a patient's figure here is the answer Predict gives
+for that patient's slices. Confidence
 intervals resample whole patients, since one patient's slices are not
 independent evidence.
 """
@@ -29,6 +32,8 @@ from core.data import metadata
 from core.data import datasets
 from core.evaluation import patient_level
 from core.evaluation import classification
+from core.inference import scan_decision
+from core.inference.calibration import Calibration
 from core.runs import checks, storage
 from core.base import files
 from core.data.images import IMAGE_EXTENSIONS, load_image
@@ -145,7 +150,8 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
                                     "prob": probabilities, "patient_id": index["patient_id"]})
         files.write_csv(out / "predictions.csv", predictions)
         metrics = external_metrics(predictions, predictor.threshold, n_boot=n_boot,
-                                   seed=checked["config"].get("seed", 0))
+                                   seed=checked["config"].get("seed", 0),
+                                   scan=(predictor.calibration, scan_decision.settings_for_run(run_dir)))
         metrics.update(name=name, data_dir=str(Path(data_dir).expanduser().resolve()), class_map=class_map or {},
                        problems=index.attrs["problems"], evaluated=storage.now(),
                        labels={"negative": predictor.negative_class, "positive": predictor.positive_class})
@@ -176,13 +182,15 @@ def _score(predictor, index: pd.DataFrame, out: Path, report) -> np.ndarray:
 
 
 def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | None = None,
-                     seed: int = 0) -> dict:
-    """Slice-level metrics at `threshold` with CIs resampled by patient, and,
-    where some patient has several slices, the same per patient (mean
-    probability). JSON-serialisable:
+                     seed: int = 0, scan: tuple[Calibration, dict] | None = None) -> dict:
+    """Slice-level metrics at `threshold` (the raw scale of predictions' prob)
+    with CIs resampled by patient, and, where some patient has several slices,
+    the same per patient as Predict decides a scan: `scan` is (the run's
+    calibration, its scan settings); without it, the mean of the
+    probabilities at `threshold`. JSON-serialisable:
 
     {"threshold": value, "slice": {"n", "patients", "at_threshold": {..., "ci"}},
-     "patient": {"n", "aggregation": "mean", "at_threshold": {..., "ci"}} or None}
+     "patient": {"n", "aggregation", "threshold" (calibrated), "at_threshold": {..., "ci"}} or None}
 
     Below patient_level.MIN_PATIENTS_FOR_CI patients of a class the CIs are
     [None, None] and each level says why in "ci_note".
@@ -192,16 +200,25 @@ def external_metrics(predictions: pd.DataFrame, threshold: float, n_boot: int | 
                                                   n_boot=n_boot, seed=seed, groups=predictions["patient_id"])}
     patients = None
     if slices["patients"] < len(predictions):
-        per_patient = patient_level.per_patient(predictions)
-        patients = {"n": len(per_patient), "aggregation": "mean",
-                    "at_threshold": classification.metrics_at(per_patient["y_true"], per_patient["prob"], threshold,
-                                                        n_boot=n_boot, seed=seed)}
+        calibrated, settings = scan or (Calibration(raw_threshold=threshold), {"aggregation": "mean",
+                                                                             "threshold": threshold})
+        per_patient = patient_probabilities(predictions, calibrated, settings["aggregation"])
+        patients = {"n": len(per_patient), "aggregation": settings["aggregation"],
+                    "threshold": float(settings["threshold"]),
+                    "at_threshold": classification.metrics_at(per_patient["y_true"], per_patient["prob"],
+                                                              settings["threshold"], n_boot=n_boot, seed=seed)}
     if not patient_level.enough_patients(patient_level.per_patient(predictions)):
         for level in (slices, patients):  # a bootstrap over a few patients gives no interval worth drawing
             if level:
                 level["at_threshold"]["ci"] = {key: [None, None] for key in level["at_threshold"]["ci"]}
                 level["ci_note"] = patient_level.TOO_FEW
     return {"threshold": float(threshold), "slice": slices, "patient": patients}
+
+
+def patient_probabilities(predictions: pd.DataFrame, calibrated: Calibration, aggregation: str) -> pd.DataFrame:
+    """One row per patient (core.evaluation.patient_level.per_patient): its
+    calibrated slice probabilities aggregated as Predict aggregates one scan."""
+    return patient_level.per_patient(predictions.assign(prob=calibrated.apply(predictions["prob"])), aggregation)
 
 
 def summary_line(metrics: dict, calibrated_threshold: float | None = None) -> str:
@@ -218,7 +235,10 @@ def summary_line(metrics: dict, calibrated_threshold: float | None = None) -> st
 
     line = f"{metrics['name']}: {metrics['slice']['n']} slices: {part(metrics['slice'])}"
     if metrics.get("patient"):
-        line += f"; {metrics['patient']['n']} patients (mean of slices): {part(metrics['patient'])}"
+        patients = metrics["patient"]
+        how = patient_level.AGGREGATIONS.get(patients["aggregation"], patients["aggregation"])
+        at = f" at the scan threshold {patients['threshold']:.0%}" if "threshold" in patients else ""
+        line += f"; {patients['n']} patients (each as one scan: {how}{at}): {part(patients)}"
     if calibrated_threshold is not None:
         return line + (f"; threshold {calibrated_threshold:.0%} on the calibrated scale (the run's, chosen on "
                        "its validation split)")

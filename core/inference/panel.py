@@ -61,7 +61,8 @@ def panel_table(run_dir, results: dict[str, dict]) -> pd.DataFrame:
         slices = external.read_predictions(run_dir, name).assign(prob=lambda f: calibrate.apply(f["prob"]))
         levels = [("slices", metrics["slice"], slices)]
         if metrics.get("patient"):
-            levels.append(("patients", metrics["patient"], patient_level.per_patient(slices)))
+            levels.append(("patients", metrics["patient"],
+                           patient_level.per_patient(slices, metrics["patient"]["aggregation"])))
         for level, figures, calibrated in levels:
             at = figures["at_threshold"]
             low, high = at["ci"]["roc_auc"]
