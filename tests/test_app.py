@@ -28,6 +28,7 @@ from core.evaluation import folds
 from core.evaluation import classification
 from core.runs import lock
 from core.inference import ood
+from core.jobs import first_model
 from core.training import presets
 from core.runs import catalogue
 from core.runs import storage
@@ -106,9 +107,10 @@ def test_page_renders_without_any_run(page, empty_artifacts, data_dir):
     elif page in NEEDS_A_RUN:
         assert "Train one first" in texts(at.info)
         assert "Go to Train" in [link.value for link in at.page_link]
-    if page == "streamlit_app.py":  # Home: the first model's button, with the default recipe's estimate
+    if page == "streamlit_app.py":  # Home: the first model's button, with the Fast recipe's estimate
         assert at.button(key="first_model_start").label == "Train and use a first model"
-        minutes = presets.minutes_text(presets.estimate(TrainConfig(), presets.REFERENCE_TRAIN_IMAGES)["minutes"])
+        estimate = presets.estimate(first_model.recipe(), presets.REFERENCE_TRAIN_IMAGES)
+        minutes = presets.minutes_text(estimate["minutes"])
         assert f"up to about {minutes}" in texts(at.markdown)  # COVID-CT's 425 training slices
 
 

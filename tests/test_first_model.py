@@ -1,8 +1,9 @@
 """Home's first model (core.jobs.first_model, ui.first_model): the presets'
-labels say the estimate the Train page's box says, the default recipe fits
-in ten minutes by that estimate, the recipe's test override is checked, and
+labels say the estimate the Train page's box says, the first model's Fast
+recipe fits in ten minutes by that estimate, the recipe's test override is checked, and
 the run deploys itself only above the quality floor."""
 import re
+from dataclasses import asdict
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,15 +27,16 @@ def test_a_preset_label_states_the_minutes_of_its_estimate(name, n_train):
     assert re.search(r"\(up to (\d+) min\)$", label).group(1) == str(max(1, round(minutes)))
 
 
-def test_the_default_recipe_is_estimated_at_ten_minutes_at_most_and_quick_look_says_what_it_is_not():
-    assert presets.estimate(TrainConfig(), presets.REFERENCE_TRAIN_IMAGES)["minutes"] <= 10
-    assert TrainConfig().input_size == 160
+def test_the_first_model_is_estimated_at_ten_minutes_at_most_and_quick_look_says_what_it_is_not(monkeypatch):
+    monkeypatch.delenv(first_model.RECIPE_VARIABLE, raising=False)
+    assert presets.estimate(first_model.recipe(), presets.REFERENCE_TRAIN_IMAGES)["minutes"] <= 10
     assert presets.QUICK_LOOK_NOTE.startswith("not for predictions")
 
 
-def test_the_first_model_recipe_is_the_default_unless_the_variable_changes_it(monkeypatch):
+def test_the_first_model_recipe_is_the_fast_preset_unless_the_variable_changes_it(monkeypatch):
     monkeypatch.delenv(first_model.RECIPE_VARIABLE, raising=False)
-    assert first_model.recipe() == TrainConfig()
+    assert first_model.recipe() == TrainConfig(**{**asdict(TrainConfig()), **presets.FAST_CHANGES})
+    assert first_model.recipe().input_size < TrainConfig().input_size
     monkeypatch.setenv(first_model.RECIPE_VARIABLE, '{"input_size": 64, "train_from": "head"}')
     assert (first_model.recipe().input_size, first_model.recipe().train_from) == (64, "head")
     for bad, words in (("{input_size: 64}", "JSON object"), ("[1, 2]", "JSON object"),

@@ -1,5 +1,5 @@
 """Home's first step for a newcomer: "Train and use a first model". One
-button trains the default recipe in the background (core.jobs.first_model);
+button trains the Fast recipe in the background (core.jobs.first_model);
 this card follows it, with its time left, until its own process has deployed
 it, or says plainly why it was not. Shown while no model is deployed, and
 while the first model is on its way. No TensorFlow: it only reads files."""
@@ -56,10 +56,11 @@ def _start_button(n_train: int) -> None:
         st.error(f"The first model's recipe cannot be read: {error}")
         return
     minutes = presets.minutes_text(presets.estimate(config, n_train)["minutes"])
-    st.markdown(f"No model answers on Predict yet. One click trains the project's default recipe "
-                f"({config.backbone}, {config.input_size} px) in the background, **up to about {minutes}** on "
-                "this machine, and deploys it when it passes the quality floor: "
-                f"{deploy.FLOOR}. You can close this tab meanwhile.")
+    st.markdown(f"No model answers on Predict yet. One click trains the *{presets.FAST}* recipe "
+                f"({config.backbone}, {config.input_size} px: {presets.FAST_NOTE}) in the background, "
+                f"**up to about {minutes}** on this machine, and deploys it when it passes the quality floor: "
+                f"{deploy.FLOOR}. You can close this tab meanwhile; the *Default* preset on Train trains the "
+                "better model later.")
     training_now, alive = lock.current_training()
     if alive:
         st.caption(f"Run {training_now['id']} is training: the button comes back when it ends (Train follows it).")
