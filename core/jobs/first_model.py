@@ -1,7 +1,8 @@
 """A newcomer's first model: Home's one button trains the Fast recipe (the
 default recipe at 160 px with at most 10 fine-tuning epochs: a first answer
-within about 10 minutes, below the default's quality) in the background, and the same background process deploys the run when it
-passes the quality floor (core.inference.deploy.FLOOR), so Predict answers
+within about 10 minutes, below the default's quality) in the background,
+and the same background process deploys the run when it passes the quality
+floor (core.inference.deploy.FLOOR), so Predict answers
 without a visit to Train or Evaluate, and whether or not the tab stays open.
 
 The run is an ordinary run named FIRST_MODEL (its id ends with it); what

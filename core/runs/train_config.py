@@ -88,7 +88,7 @@ class TrainConfig:
         "backbone, as site adaptation does; its network and input must be this config's. Empty: the pretrained "
         "weights."))
     # 224, not 160: 160 px tied under 5-fold CV but lost on the official validation split over 3 seeds
-    # (docs/choosing-a-recipe.md); the faster 160-px recipe is the "Fast" preset (core.training.presets).
+    # (docs/choosing-a-recipe.md); Home's first model trains at 160 px (core.training.presets.FAST_CHANGES).
     input_size: int = field(default=224, metadata=setting(
         "Image size (px)", "Images are resized to this square size (pixels).", allowed=Range(32, 1024),
         search=[160, 224, 288]))

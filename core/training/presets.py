@@ -33,9 +33,9 @@ QUICK_LOOK = "Quick look"
 # Beside the Quick look button (its tooltip and Train's caption): the label itself must fit at 1280 px.
 QUICK_LOOK_NOTE = ("not for predictions: it trains on 40 scans per split (a smoke run, hidden from comparisons), "
                    "below the quality floor a deployed model must pass")
-# Home's first model trains the default with these changes: about 9 minutes on 2 cores, fit to answer
-# (it passes the quality floor) but below the default on COVID-CT's validation and test splits
-# (docs/choosing-a-recipe.md).
+# Home's first model trains the default with these changes: a first answer within about 10 minutes on
+# 2 cores, fit to answer (it passes the quality floor) but below the default on COVID-CT's validation and
+# test splits (docs/choosing-a-recipe.md).
 FAST = "Fast"
 FAST_CHANGES = {"input_size": 160, "finetune_epochs": 10}
 FAST_NOTE = "fit to answer but below the default recipe on COVID-CT, at half its time"
