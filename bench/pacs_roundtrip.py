@@ -100,7 +100,7 @@ def main() -> None:
 
                 pacs.find_studies(url, patient_id="P002")
                 lap("find")
-                scan, source = pacs.read_scan(url, study)
+                scan, source, _ = pacs.read_scan(url, study)
                 lap("fetch+read")
                 result = scan_decision.score_scan(predictor, scan, settings)
                 lap("score")

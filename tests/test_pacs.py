@@ -117,7 +117,7 @@ def test_pacs_find_lists_the_study_by_patient_date_and_modality(orthanc, study, 
 def test_a_fetched_series_reads_as_the_same_files_uploaded(orthanc, study):
     from core.data import scans
 
-    scan, header = pacs.read_scan(orthanc, study)
+    scan, header, _ = pacs.read_scan(orthanc, study)
     uploaded = scans.read_files([(path.name, as_stored_in_a_pacs(path)) for path in sorted(SERIES.glob("*.dcm"))],
                                 "upload")
     assert scan.kind == "DICOM series" and len(scan.slices) == 45 and header.PatientID == "P002"
@@ -126,11 +126,19 @@ def test_a_fetched_series_reads_as_the_same_files_uploaded(orthanc, study):
 
 
 def test_round_trip_predicts_and_stores_a_research_result_in_the_same_study(orthanc, study, trained_run, capsys):
+    from core.inference import case_log
+
+    earlier = {r["case"] for r in case_log.list_cases()[0]}
     code = main.main(["predict-scan", "--pacs", orthanc, "--study", study, "--send-back", "--run", str(trained_run)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     fields = printed.out.strip().split("\t")
     assert fields[1] == "45 slices read, " + fields[1].split(", ")[1]
+    # The answer is logged as a file's is: one case, its digest over the fetched instances, no image kept.
+    [record] = [r for r in case_log.list_cases()[0] if r["case"] not in earlier]
+    _, _, fetched = pacs.read_scan(orthanc, study)
+    assert record["file"].startswith("series ") and record["source"] == "cli" and record["images"] == []
+    assert record["sha256"] == case_log.input_digest(fetched) and record["decision"] == fields[3].split(" ")[0]
     results = [s for s in pacs.find_series(orthanc, study) if s.uid != generate_uid(entropy_srcs=[SERIES.name,
                                                                                                    "series"])]
     assert len(results) == 1 and pacs_result.RESEARCH_LABEL in results[0].description

@@ -84,16 +84,20 @@ def log_slices(run_dir, results, keep: bool) -> None:
                           kept=case_log.slice_image(result) if keep else None)
 
 
-def log_scan(run_dir, path: str, result, keep: bool) -> None:
-    """One case per scan predicted by the CLI: the digest of its file, or of a folder's files in order."""
+def scan_inputs(path: str) -> list[tuple[str, bytes]]:
+    """A scan file's bytes, or a folder's files in order (bounded): what a scan's digest is over."""
     from core.base import files
     from core.data.limits import MAX_FILE_BYTES, MAX_SCAN_BYTES
-    from core.inference import case_log
 
     if Path(path).is_dir():
-        inputs = [(str(found.relative_to(path)), files.read_regular(found, MAX_FILE_BYTES, inside=path))
-                  for found, problem in files.files_under(path) if problem is None]
-    else:
-        inputs = [(Path(path).name, files.read_regular(path, MAX_SCAN_BYTES))]
-    case_log.log_case(case_log.scan_values(result, run_dir), inputs, Path(path).name, "cli", recipe_of_run(run_dir),
+        return [(str(found.relative_to(path)), files.read_regular(found, MAX_FILE_BYTES, inside=path))
+                for found, problem in files.files_under(path) if problem is None]
+    return [(Path(path).name, files.read_regular(path, MAX_SCAN_BYTES))]
+
+
+def log_scan(run_dir, name: str, inputs: list[tuple[str, bytes]], result, keep: bool) -> None:
+    """One case per scan predicted by the CLI (a file, a folder or a PACS series), its digest over `inputs`."""
+    from core.inference import case_log
+
+    case_log.log_case(case_log.scan_values(result, run_dir), inputs, name, "cli", recipe_of_run(run_dir),
                       kept=case_log.scan_images(result) if keep else None)

@@ -54,12 +54,13 @@ def cmd_pacs_find(args) -> int:
 
 
 def scored_from_pacs(url: str, study_uid: str, series_uid: str | None, predictor, settings):
-    """(the scan's ScanResult, the header of its series) for the study's scan read from the PACS."""
+    """(the scan's ScanResult, the header of its series, the fetched files) for the study's scan read from
+    the PACS."""
     from core.data import pacs
     from core.inference import scan_decision
 
-    scan, source = pacs.read_scan(url, study_uid, series_uid)
-    return scan_decision.score_scan(predictor, scan, settings), source
+    scan, source, files = pacs.read_scan(url, study_uid, series_uid)
+    return scan_decision.score_scan(predictor, scan, settings), source, files
 
 
 def send_back(url: str, study_uid: str, predictor, result, source, run_name: str) -> None:

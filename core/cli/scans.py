@@ -10,8 +10,9 @@ still scored, and the exit code is then 2.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from core.cli.cases import keep_option, log_scan
+from core.cli.cases import keep_option, log_scan, scan_inputs
 
 CSV_COLUMNS = ["scan", "kind", "slices_read", "slices_scored", "probability", "decision", "most_suspicious",
                "most_suspicious_probability", "aggregation", "threshold", "borderline", "notes",
@@ -150,7 +151,8 @@ def cmd_predict_scan(args) -> int:
     if args.pacs:  # one study's scan from a PACS, printed as a file's is; its result stored back if asked
         from core.cli.pacs import scored_from_pacs, send_back
 
-        result, source = scored_from_pacs(args.pacs, args.study, args.series, predictor, settings)
+        result, source, fetched = scored_from_pacs(args.pacs, args.study, args.series, predictor, settings)
+        log_scan(run_dir, f"series {source.SeriesInstanceUID}", fetched, result, args.keep_images)
         rows.append(result_row(result))
         print(result_line(rows[-1]), flush=True)
         if args.send_back:
@@ -163,7 +165,7 @@ def cmd_predict_scan(args) -> int:
             failures += 1
             continue
         result = scan_decision.score_scan(predictor, read, settings)
-        log_scan(run_dir, path, result, args.keep_images)  # every answer keeps a record (docs/records.md)
+        log_scan(run_dir, Path(path).name, scan_inputs(path), result, args.keep_images)  # docs/records.md
         row = {**result_row(result), **series_row(study, chosen)}
         rows.append(row)
         print(result_line(row), flush=True)

@@ -173,7 +173,7 @@ def scan_series(series: list[Series]) -> Series:
 
 
 def fetch_series(url: str, study_uid: str, series_uid: str) -> list[tuple[str, bytes]]:
-    """The series' instances as (SOPInstanceUID.dcm, DICOM file bytes), as stored;
+    """The series' instances as (SOPInstanceUID.dcm, DICOM file bytes), as stored, ordered by name;
     at most MAX_SLICES of them, MAX_SCAN_BYTES in all."""
     where = f"fetching series {series_uid}"
     with talking_to(url, where):
@@ -192,7 +192,7 @@ def fetch_series(url: str, study_uid: str, series_uid: str) -> list[tuple[str, b
             if total > MAX_SCAN_BYTES:
                 raise PacsError(f"more than the {MAX_SCAN_BYTES // 2**20} MB a scan may have")
             files.append((f"{sop_uid}.dcm", content))
-    return files
+    return sorted(files)  # by SOP UID: one series, one order (and case digest), however the server lists it
 
 
 def file_bytes(dataset: pydicom.Dataset) -> bytes:
@@ -202,9 +202,11 @@ def file_bytes(dataset: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def read_scan(url: str, study_uid: str, series_uid: str | None = None) -> tuple[scans.Scan, pydicom.Dataset]:
-    """(the scan, the header of its first instance: whose patient and study a result is for). Without
-    `series_uid`, the study's CT series with the most instances. ImageReadError names a bad instance."""
+def read_scan(url: str, study_uid: str, series_uid: str | None = None
+              ) -> tuple[scans.Scan, pydicom.Dataset, list[tuple[str, bytes]]]:
+    """(the scan, the header of its first instance: whose patient and study a result is for, the fetched
+    files: what the case log's digest is over). Without `series_uid`, the study's CT series with the most
+    instances. ImageReadError names a bad instance."""
     series_uid = series_uid or scan_series(find_series(url, study_uid)).uid
     files = fetch_series(url, study_uid, series_uid)
     scan = scans.read_files(files, f"series {series_uid}")
@@ -212,7 +214,7 @@ def read_scan(url: str, study_uid: str, series_uid: str | None = None) -> tuple[
     if str(header.get("StudyInstanceUID", "")) != study_uid:
         raise PacsError(f"PACS {url}: series {series_uid} belongs to study {header.get('StudyInstanceUID')}, "
                         f"not {study_uid}")
-    return scan, header
+    return scan, header, files
 
 
 def store(url: str, datasets: list[pydicom.Dataset], study_uid: str) -> None:
