@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from core.base import paths
+from core.base import files, paths
+from core.cli.common import EXIT_BAD_INPUT
 from core.cli.main import main
 from core.evaluation import classification
 from core.inference import external, panel
@@ -49,3 +50,14 @@ def test_the_cli_prints_the_panel(run_copy, capsys):
     assert main(["panel", "--run", str(run_copy)]) == 0
     out = capsys.readouterr().out
     assert "SY575-COVID19-CT" in out and "COVID-CT-MD-sample" in out and "patients" in out
+
+
+def test_a_run_stopped_before_it_evaluated_is_refused_not_scored_at_a_default_threshold(run_copy, capsys):
+    # A run cancelled while evaluating keeps its model.keras but has no validation threshold or calibration.
+    (run_copy / "metrics.json").unlink()
+    status = files.read_json(run_copy / "status.json")
+    files.write_json(run_copy / "status.json", {**status, "state": "cancelled"})
+    assert main(["panel", "--run", str(run_copy)]) == EXIT_BAD_INPUT
+    assert "no validation threshold or calibration (metrics.json missing; its state: cancelled)" in \
+        capsys.readouterr().err
+    assert not external.list_external(run_copy)  # nothing scored, nothing stored

@@ -122,16 +122,18 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
     predictions and metrics under external/<name> (default: the folder's
     name); returns that folder. Progress goes to its status.json and to
     `report`. A set evaluated again is replaced. A dataset refused (its
-    folders, a class without images) leaves nothing written in the run but
-    the failed status of an evaluation the app launched."""
+    folders, a class without images), or a run that cannot predict (stopped
+    before it evaluated), leaves nothing written in the run but the failed
+    status of an evaluation the app launched."""
     from core.inference.predict import Predictor  # TensorFlow: only when a model is used
 
     run_dir = Path(run_dir)
     name = name or datasets.source_name(Path(data_dir).expanduser())
     out = results_dir(run_dir, name)
     checked = checks.check_run(run_dir)
-    try:
+    try:  # a refused set or run (one that cannot predict) writes nothing
         index = index_external(data_dir, *storage.class_names(checked["config"], checked["metrics"]), class_map)
+        predictor = Predictor.from_run(run_dir)
     except BaseException as error:
         if out.is_dir():  # made by core.jobs.background.launch_external: the app shows why it failed
             storage.set_status(out, "failed", reason=str(error) or type(error).__name__)
@@ -142,7 +144,6 @@ def evaluate_on(run_dir, data_dir, name: str | None = None, class_map: dict | No
     storage.set_status(out, "running", **storage.owner(os.getpid()), done=0, total=None, data_dir=str(data_dir),
                        started=storage.now())
     try:
-        predictor = Predictor.from_run(run_dir)
         report(f"{len(index)} images in {data_dir}" + (f" ({len(index.attrs['problems'])} unreadable, left out)"
                                                         if index.attrs["problems"] else ""))
         probabilities = _score(predictor, index, out, report)

@@ -103,6 +103,10 @@ class Predictor:
             raise ValueError(f"{run_dir.name}: this run has no model.keras (not completed?)")
         checked = checks.check_run(run_dir)  # each file validated on its schema, and intact
         config, metrics = checked["config"], checked["metrics"]
+        if not metrics:  # a run stopped before it evaluated: no threshold or calibration to answer with
+            state = (checked["status"] or {}).get("state", "unknown")
+            raise ValueError(f"{run_dir.name}: this run has no validation threshold or calibration "
+                             f"(metrics.json missing; its state: {state}): only a run that finished can predict")
         negative, positive = storage.class_names(config, metrics)
         return cls(run_dir=run_dir, model=load_model(model_path), input_size=int(config.get("input_size", 224)),
                    threshold=storage.decision_threshold(metrics), positive_class=positive,
