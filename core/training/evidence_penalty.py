@@ -55,17 +55,9 @@ OUTSIDE_METRIC = "evidence_outside"  # history.csv's column (val_evidence_outsid
 EMPTY_MAP_MASS = 0.1
 
 
-def last_conv_output(model: keras.Model):
-    """The last conv stage's activations in `model`: a layer's output, or the model's input when
-    the model is the top above a cache at that very layer (train_from "head")."""
-    if any(layer.name == LAST_CONV_LAYER for layer in model.layers):
-        return model.get_layer(LAST_CONV_LAYER).output
-    return model.input
-
-
 def grid(model: keras.Model) -> tuple[int, int]:
     """(rows, columns) of the last conv stage's grid, on which the penalty's fields are given."""
-    return tuple(int(side) for side in last_conv_output(model).shape[1:3])
+    return tuple(int(side) for side in model.get_layer(LAST_CONV_LAYER).output.shape[1:3])
 
 
 def lung_fields(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -124,26 +116,38 @@ def outside_share(cam, fields):
 
 
 class EvidencePenalty(keras.Model):
-    """Trains `classifier` (the whole model, or its part above the frozen-stage cache) on
-    cross-entropy plus `weight` x the share of its evidence map outside the lungs. Its
-    batches are ((inputs, fields), one-hot labels[, sample weights]). "loss" stays the
-    cross-entropy, comparable with val_loss; the share is logged as evidence_outside."""
+    """Trains `classifier` (above `boundary`, the frozen-stage cache's layer, when given) on
+    cross-entropy plus `weight` x the share of its evidence map outside the lungs. Its batches
+    are ((inputs, fields), one-hot labels[, sample weights]). "loss" stays the cross-entropy,
+    comparable with val_loss; the share is logged as evidence_outside."""
 
-    def __init__(self, classifier: keras.Model, weight: float, **kwargs):
+    def __init__(self, classifier: keras.Model, weight: float, boundary: str | None = None, **kwargs):
         super().__init__(name=f"{classifier.name}_evidence_penalty", **kwargs)
         self.weight = float(weight)
-        # The classifier's own layers with a second output; held alone, so each weight is tracked once.
-        self.evidence = keras.Model(classifier.input, [last_conv_output(classifier), classifier.output])
+        # The classifier's own layers with a second output, held alone so that each weight is tracked
+        # once. Made from the whole classifier's tensors: a model cut at an inner layer (split_at's
+        # top) holds a clone of the graph, from which the last conv stage's output cannot be reached.
+        inputs = classifier.get_layer(boundary).output if boundary else classifier.input
+        # A cache at the last conv stage itself (train_from "head"): its activations are the inputs.
+        self.features_given = boundary == LAST_CONV_LAYER
+        outputs = [] if self.features_given else [classifier.get_layer(LAST_CONV_LAYER).output]
+        self.evidence = keras.Model(inputs, [*outputs, classifier.output])
         self.outside = keras.metrics.Mean(name=OUTSIDE_METRIC)
+        # Its one layer is built, so it is: the run's checkpoints save its weights before any call.
+        self.built = True
 
     def call(self, data, training=False):
-        inputs, _ = data
-        return self.evidence(inputs, training=training)[1]
+        return self.features_and_probabilities(data[0], training)[1]
+
+    def features_and_probabilities(self, inputs, training: bool):
+        if self.features_given:
+            return inputs, self.evidence(inputs, training=training)
+        return self.evidence(inputs, training=training)
 
     def forward(self, data, labels, training: bool):
         """(probabilities, each slice's share of evidence outside its lung fields)."""
         inputs, fields = data
-        features, probabilities = self.evidence(inputs, training=training)
+        features, probabilities = self.features_and_probabilities(inputs, training)
         with tf.GradientTape() as inner:  # nested in train_step's tape: the map itself is trained
             inner.watch(features)
             # One-hot labels -> +1 for the true class's logit, -1 for the other's.
@@ -178,9 +182,11 @@ class EvidencePenalty(keras.Model):
         return self.compute_metrics(x, y, probabilities, sample_weight=sample_weight)
 
 
-def for_training(model: keras.Model, weight: float) -> keras.Model:
-    """What fit trains: `model` itself, or with a weight the EvidencePenalty around it."""
-    return EvidencePenalty(model, weight) if weight else model
+def for_training(fitted: keras.Model, weight: float, model: keras.Model | None = None,
+                 boundary: str | None = None) -> keras.Model:
+    """What fit trains: `fitted` (the whole `model`, or its part above `boundary`) itself, or with a
+    weight the EvidencePenalty that trains the same layers."""
+    return EvidencePenalty(model or fitted, weight, boundary) if weight else fitted
 
 
 def streamed_options(model: keras.Model, weight: float) -> dict:

@@ -276,7 +276,8 @@ def training_data(model, config, images, labels, augment, run_dir, report):
     if boundary and fits_budget(model, boundary, images, run_dir, report):
         top, train_batches, val_batches = cached_datasets(model, boundary, images, labels, augment, config,
                                                           run_dir, report)
-        return evidence_penalty.for_training(top, config.evidence_penalty), train_batches, val_batches
+        fitted = evidence_penalty.for_training(top, config.evidence_penalty, model, boundary)
+        return fitted, train_batches, val_batches
     fields = evidence_penalty.streamed_options(model, config.evidence_penalty)  # the lung fields, penalised
     options = dict(augment=augment, seed=config.seed, class_weight=balanced_class_weights(labels["train"]), **fields)
     strategy = tf.distribute.get_strategy()
