@@ -189,6 +189,8 @@ def test_a_run_with_the_penalty_trains_and_saves_the_plain_model(tmp_path, data_
     run_dir = train(config, report=lines.append, runs_root=tmp_path)
     assert storage.read_status(run_dir)["state"] == "completed"
     assert any("over budget" in line for line in lines) == streamed
+    assert any(line.startswith("evidence penalty: lung fields found on") for line in lines) != streamed
+    assert any("val_evidence_outside" in line for line in lines)  # each epoch's line shows the shares
     history = pd.read_csv(run_dir / "history.csv")
     assert len(history) == 2
     assert history[["evidence_outside", "val_evidence_outside"]].apply(lambda share: share.between(0, 1)).all().all()

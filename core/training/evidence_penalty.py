@@ -85,6 +85,13 @@ def with_lung_fields(shape: tuple[int, int]):
     return add
 
 
+def found_text(fields: np.ndarray) -> str:
+    """The run log's line on the fields of the cached training views."""
+    found = float((fields < 1).any(axis=(1, 2)).mean()) if len(fields) else 0.0
+    return (f"evidence penalty: lung fields found on {found:.0%} of {len(fields)} training views "
+            "(the others are not penalised)")
+
+
 class LungFields:
     """Collects the lung fields of batches of slices, as the frozen-stage cache augments them."""
 

@@ -72,6 +72,8 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
            f"({train_x.nbytes / 2**20:.0f} MB on disk) in {time.monotonic() - started:.0f} s")
 
     found = {split: collected.array() for split, collected in fields.items() if collected is not None}
+    if found:
+        report(evidence_penalty.found_text(found["train"]))
     train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
                                       seed=config.seed, class_weight=balanced_class_weights(labels["train"]),
                                       fields=found.get("train"))
