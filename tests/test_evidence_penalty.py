@@ -100,6 +100,24 @@ def test_zero_weight_trains_as_the_plain_model():
     assert all(share > 0 for share in history[evidence_penalty.OUTSIDE_METRIC])  # measured, not penalised
 
 
+def test_a_penalised_models_checkpoint_loads_back(tmp_path):
+    """A run's epoch checkpoints save and load the model fit trains (core.training.checkpoint):
+    with the penalty, the wrapper, whose weights and optimizer state must round-trip."""
+    images, labels = np.random.default_rng(4).random((4, SIZE, SIZE, 3), np.float32), np.eye(2)[[0, 1, 0, 1]]
+    fields = np.zeros((4, 4, 4), np.float32)
+    saved = evidence_penalty.EvidencePenalty(tiny_classifier(seed=0), 1.0)
+    compile_model(saved, 1e-2)
+    saved.fit((images, fields), labels, epochs=1, verbose=0)
+    saved.save_weights(tmp_path / "model.weights.h5")
+    loaded = evidence_penalty.EvidencePenalty(tiny_classifier(seed=1), 1.0)
+    compile_model(loaded, 1e-2)
+    loaded.optimizer.build(loaded.trainable_variables)  # as EpochCheckpoint does before loading
+    loaded.load_weights(tmp_path / "model.weights.h5")
+    for ours, theirs in zip(saved.get_weights() + [v.numpy() for v in saved.optimizer.variables],
+                            loaded.get_weights() + [v.numpy() for v in loaded.optimizer.variables]):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def shortcut_task(count: int = 64, seed: int = 2, shortcut: bool = True, lesion: bool = True,
                   classes=(0, 1)):
     """Slices of noise; class 1 carries a strong mark at the right edge (outside the "lungs": a
