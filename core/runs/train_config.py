@@ -102,9 +102,9 @@ class TrainConfig:
         "found is left whole."))
     evidence_penalty: float = field(default=0.0, metadata=setting(
         "Penalty on evidence outside the lungs (weight, 0 = off)", "Adds this weight times the share of each "
-        "training slice's Grad-CAM (of its true class) lying outside its widened lung fields to the loss "
-        "(core.training.evidence_penalty), so the model learns from the lungs, not captions and borders, "
-        "while still seeing the whole slice; training only.", allowed=Range(0, 100), step=0.5))
+        "training slice's Grad-CAM evidence (true class against the other) lying outside its widened lung "
+        "fields to the loss (core.training.evidence_penalty), so the model learns from the lungs, not captions "
+        "and borders, while still seeing the whole slice; training only.", allowed=Range(0, 100), step=0.5))
     batch_size: int = field(default=32, metadata=setting(
         "Slices per training step", "More slices per step: faster epochs, more memory (per replica).",
         allowed=Range(1, 1024), search=[16, 32, 64]))
