@@ -192,6 +192,15 @@ def features_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.output, model.get_layer("head_pool").output])
 
 
+def class_logits(model: keras.Model, features):
+    """The head's class logits (before its softmax) of last-conv-stage `features`, as at inference
+    (no dropout), sharing the head's weights: what Grad-CAM differentiates (core.inference.explain
+    gives its copy of the head a linear activation for the same reason: a saturated softmax has no
+    gradient to show)."""
+    dense = model.get_layer("head_dense")
+    return keras.ops.matmul(model.get_layer("head_pool")(features), dense.kernel) + dense.bias
+
+
 def tta_view_count(flip: bool) -> int:
     """How many views tta_views returns: the slice, and its mirror with `flip`."""
     return 1 + flip

@@ -100,6 +100,11 @@ class TrainConfig:
         "(core.data.lung.mask_outside_lungs), in training, evaluation, prediction and Grad-CAM alike: what "
         "lies outside the lungs (captions, borders, the table) cannot be learnt. A slice whose lungs are not "
         "found is left whole."))
+    evidence_penalty: float = field(default=0.0, metadata=setting(
+        "Penalty on evidence outside the lungs (weight, 0 = off)", "Adds this weight times the share of each "
+        "training slice's Grad-CAM evidence (true class against the other) lying outside its widened lung "
+        "fields to the loss (core.training.evidence_penalty), so the model learns from the lungs, not captions "
+        "and borders, while still seeing the whole slice; training only.", allowed=Range(0, 100), step=0.5))
     batch_size: int = field(default=32, metadata=setting(
         "Slices per training step", "More slices per step: faster epochs, more memory (per replica).",
         allowed=Range(1, 1024), search=[16, 32, 64]))

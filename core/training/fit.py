@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from core.training import checkpoint
+from core.training import checkpoint, evidence_penalty
 from core.data.splits import SPLITS
 from core.training import distribute
 from core.evaluation import classification
@@ -276,16 +276,18 @@ def training_data(model, config, images, labels, augment, run_dir, report):
     if boundary and fits_budget(model, boundary, images, run_dir, report):
         top, train_batches, val_batches = cached_datasets(model, boundary, images, labels, augment, config,
                                                           run_dir, report)
-        return top, train_batches, val_batches
-    options = dict(augment=augment, seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
+        fitted = evidence_penalty.for_training(top, config.evidence_penalty, model, boundary)
+        return fitted, train_batches, val_batches
+    fields = evidence_penalty.streamed_options(model, config.evidence_penalty)  # the lung fields, penalised
+    options = dict(augment=augment, seed=config.seed, class_weight=balanced_class_weights(labels["train"]), **fields)
     strategy = tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # each worker reads its share of the files
         train_ds = distributed_training_dataset(strategy, images["train"], labels["train"], config.batch_size,
                                                 **options)
     else:
         train_ds = make_dataset(images["train"], labels["train"], config.batch_size, training=True, **options)
-    val_ds = make_dataset(images["val"], labels["val"], config.batch_size)  # small: tf.distribute shards it
-    return model, train_ds, val_ds
+    val_ds = make_dataset(images["val"], labels["val"], config.batch_size, **fields)  # tf.distribute shards it
+    return evidence_penalty.for_training(model, config.evidence_penalty), train_ds, val_ds
 
 
 def save_model(model: keras.Model, path: Path) -> None:

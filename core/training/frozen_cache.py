@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from core.training import checkpoint
+from core.training import checkpoint, evidence_penalty
 from core.base import paths
 from core.runs import storage
 from core.runs.train_config import RETIRED
@@ -59,24 +59,33 @@ def cached_datasets(model, boundary, images, labels, augment, config, run_dir, r
     folder = Path(run_dir) / CACHE_FOLDER
     shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial cache: made again, seeded
     folder.mkdir()
+    # With the evidence penalty, the lung fields of each view as augmented, row for row.
+    fields = {split: evidence_penalty.LungFields(evidence_penalty.grid(model)) if config.evidence_penalty else None
+              for split in ("train", "val")}
     train_x = write_activations(frozen, images["train"], labels["train"], config.batch_size, folder / "train.f16",
-                                augment, views=CACHED_VIEWS)
+                                augment, views=CACHED_VIEWS, seen=fields["train"])
     train_y = np.tile(labels["train"], CACHED_VIEWS)
     checkpoint.kill_point("caching")
-    val_x = write_activations(frozen, images["val"], labels["val"], config.batch_size, folder / "val.f16")
+    val_x = write_activations(frozen, images["val"], labels["val"], config.batch_size, folder / "val.f16",
+                              seen=fields["val"])
     report(f"cached {boundary} activations for {CACHED_VIEWS} augmented views "
            f"({train_x.nbytes / 2**20:.0f} MB on disk) in {time.monotonic() - started:.0f} s")
 
+    found = {split: collected.array() for split, collected in fields.items() if collected is not None}
+    if found:
+        report(evidence_penalty.found_text(found["train"]))
     train_batches = ActivationBatches(train_x, train_y, config.batch_size, epoch_size=len(labels["train"]),
-                                      seed=config.seed, class_weight=balanced_class_weights(labels["train"]))
-    val_batches = ActivationBatches(val_x, labels["val"], config.batch_size)
+                                      seed=config.seed, class_weight=balanced_class_weights(labels["train"]),
+                                      fields=found.get("train"))
+    val_batches = ActivationBatches(val_x, labels["val"], config.batch_size, fields=found.get("val"))
     return top, train_batches, val_batches
 
 
 def write_activations(frozen: keras.Model, images, labels, batch_size: int, path: Path, augment=None,
-                      views: int = 1) -> "ActivationFile":
+                      views: int = 1, seen=None) -> "ActivationFile":
     """Frozen-stage outputs of `views` passes over the streamed images
-    (augmented when `augment` is given), as float16 rows of one file."""
+    (augmented when `augment` is given), as float16 rows of one file.
+    `seen`: called with each batch of images as the frozen stages take it."""
     plain = make_dataset(images, labels, batch_size)  # in order, not augmented
     row_shape = None
     with open(path, "wb") as out, reading_errors(images):
@@ -84,6 +93,8 @@ def write_activations(frozen: keras.Model, images, labels, batch_size: int, path
             for batch, _ in plain:
                 if augment is not None:
                     batch = augment(batch, training=True)
+                if seen is not None:
+                    seen(batch)
                 result = np.asarray(frozen(batch, training=False), dtype="float16")
                 row_shape = result.shape[1:]
                 out.write(result.tobytes())
@@ -131,15 +142,17 @@ class ActivationFile:
 
 
 class ActivationBatches(keras.utils.PyDataset):
-    """Batches of cached activations with one-hot labels (and class weights).
+    """Batches of cached activations with one-hot labels (and class weights);
+    with `fields` (core.training.evidence_penalty), each batch's inputs are
+    (activations, their rows of fields).
 
     For training, each epoch draws as many samples as there are training
     images, at random from all views, so each epoch mixes augmentations.
     Indexing the array avoids the copies a tf.data shuffle buffer would make."""
 
-    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None):
+    def __init__(self, x, y, batch_size, epoch_size=None, seed=None, class_weight=None, fields=None):
         super().__init__()
-        self.x, self.y, self.batch_size = x, np.asarray(y), batch_size
+        self.x, self.y, self.batch_size, self.fields = x, np.asarray(y), batch_size, fields
         self.epoch_size = epoch_size or len(x)
         self.rng = np.random.default_rng(seed) if epoch_size else None
         self.class_weight = class_weight
@@ -151,7 +164,10 @@ class ActivationBatches(keras.utils.PyDataset):
     def __getitem__(self, i):
         rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         labels = self.y[rows]
-        batch = (self.x[rows].astype("float32"), np.eye(2, dtype="float32")[labels])
+        inputs = self.x[rows].astype("float32")
+        if self.fields is not None:
+            inputs = (inputs, self.fields[rows])
+        batch = (inputs, np.eye(2, dtype="float32")[labels])
         if self.class_weight:
             batch += (np.array([self.class_weight[c] for c in labels], dtype="float32"),)
         return batch

@@ -95,7 +95,7 @@ def augmentation_layers(rotation: float = 10.0, zoom: float = 0.1, contrast: flo
 
 def make_dataset(images: CachedImages, labels: np.ndarray, batch_size: int, training: bool = False,
                  augment: keras.Sequential | None = None, seed: int = 0, class_weight: dict | None = None,
-                 shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                 shard: tuple[int, int] | None = None, batch_map=None) -> tf.data.Dataset:
     """(float32 images 0..255 (B, S, S, 3), one-hot float32 labels (B, 2)[,
     sample weights (B,) from `class_weight`]) batches, streamed from the image
     cache (core.data.image_cache): only the batches in flight are in memory,
@@ -107,6 +107,8 @@ def make_dataset(images: CachedImages, labels: np.ndarray, batch_size: int, trai
     never augmented. `shard` = (workers, this worker's index): each worker of
     a multi-worker run reads only its share of the files (training only;
     up to workers - 1 images sit out each epoch, a different few each time).
+    `batch_map`: a map of (images, labels) batches after augmentation, training or not, that adds what
+    the trained model also takes (core.training.evidence_penalty.with_lung_fields: the lung fields).
     """
     labels = np.asarray(labels)
     if len(labels) != len(images):
@@ -140,6 +142,8 @@ def make_dataset(images: CachedImages, labels: np.ndarray, batch_size: int, trai
     if training and augment is not None:
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_map is not None:
+        dataset = dataset.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
     if class_weight is not None:  # what fit's class_weight does, kept in the data for tf.distribute
         weights = tf.constant([class_weight[0], class_weight[1]], tf.float32)
         dataset = dataset.map(lambda x, y: (x, y, tf.gather(weights, tf.argmax(y, axis=1))))

@@ -40,7 +40,8 @@ class RunProgress(keras.callbacks.Callback):
         logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
         self._write(batch=self.steps, last_logs=logs)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in
-                          ("loss", "auc", "val_loss", "val_auc", "val_accuracy"))
+                          ("loss", "auc", "val_loss", "val_auc", "val_accuracy",
+                           "evidence_outside", "val_evidence_outside"))  # the last two: evidence_penalty's
         self.report(f"[{self.phase}] epoch {epoch + 1}/{self.epochs}  {shown}")
 
     def _write(self, batch: int, **extra):
