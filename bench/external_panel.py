@@ -64,16 +64,15 @@ def loso_rows(recipe_run: str | None, name: str) -> list[dict]:
     config = dataclasses.replace(recipe, data_dir=os.pathsep.join(str(s) for s in sources), holdout_source="",
                                  cv_folds=0, cv_fold=0, start_from_run="").validate()
     rows = []
-    for run_dir in leave_one_source_out(config, name=name, report=print):
-        held_out = {found["name"]: found["metrics"] for found in external.list_external(run_dir) if found["metrics"]}
-        rows += rows_of(f"without {config_source(run_dir)}", run_dir, held_out)
+    for fold in leave_one_source_out(config, name=name, report=print):
+        if fold.run_dir is None:
+            rows.append({"recipe": f"without {fold.source}", "set": fold.source, "level": "not trained",
+                         "n": 0, "ROC-AUC [95% CI]": fold.refused})
+            continue
+        held_out = {found["name"]: found["metrics"] for found in external.list_external(fold.run_dir)
+                    if found["metrics"]}
+        rows += rows_of(f"without {fold.source}", fold.run_dir, held_out)
     return rows
-
-
-def config_source(run_dir) -> str:
-    from core.base import files
-
-    return (files.read_json(run_dir / "config.json", {}) or {}).get("holdout_source", "?")
 
 
 def focus_cell(ratio: float | None) -> str:
@@ -97,7 +96,7 @@ def main() -> None:
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
-        print("| " + " | ".join(str(row[column]) for column in columns) + " |")
+        print("| " + " | ".join(str(row.get(column, "")) for column in columns) + " |")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,20 @@ def test_sources_keep_their_name_unique_ids_and_whole_patients(two_sources):
     assert counts.xs("SY575", level="source")["total"].sum() == 48
 
 
+def test_a_source_too_small_to_split_trains_whole_beside_one_with_split_lists(two_sources, data_dir, tmp_path):
+    # COVID-CT's lists give validation and test; SY575's 4 patients cannot give both splits with both
+    # classes, so they all go to train (as leave-one-source-out trains COVID-CT plus a small set).
+    _, hospital_b = two_sources
+    index = datasets.index_dataset([data_dir, hospital_b], check_files=False)
+    assert set(index.loc[index["source"] == "SY575", "split"]) == {"train"}
+    assert "SY575: all 4 patients in train, too few to split" in index.attrs["split_source"]
+    assert index.loc[index["source"] == data_dir.name, "split"].value_counts().to_dict() == {
+        "train": 425, "test": 203, "val": 118}
+    # Alone, they are refused: no other source brings validation and test splits.
+    with pytest.raises(ValueError, match="SY575: 4 patients cannot be split into train, validation and test"):
+        datasets.index_dataset(hospital_b)
+
+
 def test_sources_must_share_their_classes_and_names(two_sources, tmp_path):
     hospital_a, _ = two_sources
     other = tmp_path / "other"
@@ -107,9 +121,13 @@ def test_leave_one_source_out_trains_one_run_per_source(two_sources, monkeypatch
     monkeypatch.setattr(cross_validation, "train", fake_train)
     hospital_a, hospital_b = two_sources
     config = TrainConfig(data_dir=os.pathsep.join([str(hospital_a), str(hospital_b)]))
-    assert cross_validation.leave_one_source_out(config, name="x", report=lambda line: None) == [
-        Path("x-without-hospital-a"), Path("x-without-SY575")]
-    assert trained == [("hospital-a", "x-without-hospital-a"), ("SY575", "x-without-SY575")]
+    folds = cross_validation.leave_one_source_out(config, name="x", report=lambda line: None)
+    # Without hospital A, SY575's 4 patients alone cannot make train, validation and test splits:
+    # that fold is refused with the reason (no run folder), the other trains.
+    assert [(fold.source, fold.run_dir) for fold in folds] == [
+        ("hospital-a", None), ("SY575", Path("x-without-SY575"))]
+    assert "SY575: 4 patients cannot be split" in folds[0].refused
+    assert trained == [("SY575", "x-without-SY575")]
     with pytest.raises(ValueError, match="at least two dataset folders"):
         cross_validation.leave_one_source_out(TrainConfig(data_dir=str(hospital_a)))
 

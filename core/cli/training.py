@@ -123,12 +123,15 @@ def cmd_loso(args) -> int:
     from core.training.cross_validation import leave_one_source_out
 
     config = config_from_args(args)
-    run_dirs = leave_one_source_out(config, name=args.name, report=report)
-    print(f"\nleave-one-source-out over {len(run_dirs)} sources:")
-    for run_dir in run_dirs:
-        for found in external.list_external(run_dir):
+    folds = leave_one_source_out(config, name=args.name, report=report)
+    print(f"\nleave-one-source-out over {len(folds)} sources:")
+    for fold in folds:
+        if fold.run_dir is None:
+            print(f"  without {fold.source}: not trained: {fold.refused}")
+            continue
+        for found in external.list_external(fold.run_dir):
             if found["metrics"]:
-                print(f"  {run_dir.name}: {external.summary_line(found['metrics'])}")
+                print(f"  {fold.run_dir.name}: {external.summary_line(found['metrics'])}")
     return 0
 
 

@@ -15,7 +15,7 @@ from core.base import files
 from core.data.images import IMAGE_EXTENSIONS, check_image
 from core.data.limits import ImageReadError
 from core.data.metadata import patient_ids
-from core.data.splits import SPLITS, find_split_files, grouped_split, official_splits
+from core.data.splits import SPLITS, TooFewPatients, find_split_files, grouped_split, official_splits
 
 MIN_IMAGES_PER_CLASS = 2  # per class, after bad files are left out; fewer is an error
 
@@ -79,12 +79,9 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
 
     unsplit = index["split"].isna().to_numpy()
     if unsplit.any():
-        # Strata of source x class; with one source just the class, as before there were sources.
-        strata = (index["y"] + 2 * pd.factorize(index["source"])[0]).to_numpy()[unsplit]
-        index.loc[unsplit, "split"] = grouped_split(strata, index["patient_id"][unsplit].to_numpy(),
-                                                     seed, val_fraction, test_fraction)
-        described.append(f"split by patient, stratified by {'source and ' if several else ''}class (seed {seed}, "
-                         f"val {val_fraction}, test {test_fraction})")
+        split, how = _split_unlisted(index, unsplit, several, seed, val_fraction, test_fraction)
+        index.loc[unsplit, "split"] = split
+        described.append(how)
     index.attrs["split_source"] = "; ".join(described)
     _require_enough(", ".join(str(f.resolve()) for f in folders), index, classes, problems)
     index.attrs["problems"] = [problems[relpath] for relpath in sorted(problems)]
@@ -93,6 +90,39 @@ def index_dataset(root, positive_class: str = "COVID", seed: int = 0,
                       f"split-list entries (index.attrs['problems']):{_listing(problems)}")
     index = index.sort_values("relpath", ignore_index=True)
     return index[["path", "relpath", "label", "y", "split", "patient_id", "source"]]
+
+
+def _split_unlisted(index: pd.DataFrame, unsplit: np.ndarray, several: bool, seed: int, val_fraction: float,
+                    test_fraction: float) -> tuple[np.ndarray, str]:
+    """The splits of the images no split list names, and how they were made.
+
+    By patient, stratified by source and class. Where those patients are too
+    few to give validation and test splits that each hold both classes (a
+    split of one class can choose no threshold and has no ROC-AUC), and the
+    other sources bring their own validation and test splits, they all go to
+    train: so COVID-CT plus a few external patients (leave-one-source-out)
+    trains, validated and tested on COVID-CT's lists. Otherwise ValueError
+    naming the sources and the reason."""
+    part = index[unsplit]
+    # Strata of source x class; with one source just the class, as before there were sources.
+    strata = (part["y"] + 2 * pd.factorize(part["source"])[0]).to_numpy()
+    labels = part["y"].to_numpy()
+    patients, names = part["patient_id"].nunique(), ", ".join(sorted(part["source"].unique()))
+    try:
+        split = grouped_split(strata, part["patient_id"].to_numpy(), seed, val_fraction, test_fraction)
+        one_class = [name for name in ("val", "test")
+                     if (split == name).any() and len(set(labels[split == name])) < 2]
+        if one_class:
+            raise TooFewPatients(f"its {' and '.join(one_class)} split would hold one class only")
+    except TooFewPatients as error:
+        listed = set(index.loc[~unsplit, "split"])
+        if not {"val", "test"} <= listed:
+            raise ValueError(f"{names}: {patients} patients cannot be split into train, validation and test by "
+                             f"patient: {error}") from None
+        return (np.full(len(part), "train", dtype=object),
+                f"{names}: all {patients} patients in train, too few to split ({error})")
+    return split, (f"split by patient, stratified by {'source and ' if several else ''}class (seed {seed}, "
+                   f"val {val_fraction}, test {test_fraction})")
 
 
 def _index_source(root: Path, positive_class: str, use_official_splits: bool, check_files: bool,

@@ -61,6 +61,10 @@ def official_splits(root: Path, index: pd.DataFrame, split_files: dict,
     return index["relpath"].map(split_of)
 
 
+class TooFewPatients(ValueError):
+    """Too few patients to hold out a split of whole patients."""
+
+
 def grouped_split(y: np.ndarray, groups: np.ndarray, seed: int,
                    val_fraction: float, test_fraction: float) -> np.ndarray:
     """Hold out test, then val, each as one fold of a StratifiedGroupKFold.
@@ -80,7 +84,7 @@ def grouped_split(y: np.ndarray, groups: np.ndarray, seed: int,
         n_folds = max(2, round(1 / fraction))
         n_patients = len(np.unique(groups[remaining]))
         if n_patients < n_folds:
-            raise ValueError(f"only {n_patients} patients left to make a {name} split of "
+            raise TooFewPatients(f"only {n_patients} patients left to make a {name} split of "
                              f"{fraction:.0%}: need at least {n_folds}")
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         _, held_out = next(folds.split(remaining, y[remaining], groups[remaining]))
