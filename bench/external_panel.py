@@ -93,7 +93,7 @@ def main() -> None:
     for label, run_id in args.run or []:
         run_dir = run_dir_for(run_id)
         rows += rows_of(label, run_dir, panel.panel_results(run_dir, report=lambda line: None))
-    columns = list(rows[0])
+    columns = list(max(rows, key=len))  # a refused LOSO fold's row has fewer cells
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(str(row.get(column, "")) for column in columns) + " |")
