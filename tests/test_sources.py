@@ -61,7 +61,7 @@ def test_sources_keep_their_name_unique_ids_and_whole_patients(two_sources):
     assert counts.xs("SY575", level="source")["total"].sum() == 48
 
 
-def test_a_source_too_small_to_split_trains_whole_beside_one_with_split_lists(two_sources, data_dir, tmp_path):
+def test_a_source_too_small_to_split_trains_whole_beside_one_with_split_lists(two_sources, data_dir):
     # COVID-CT's lists give validation and test; SY575's 4 patients cannot give both splits with both
     # classes, so they all go to train (as leave-one-source-out trains COVID-CT plus a small set).
     _, hospital_b = two_sources
