@@ -6,6 +6,7 @@ import signal
 import time
 
 import pandas as pd
+import pytest
 
 from core.runs import lock
 from core.runs import storage
@@ -25,11 +26,13 @@ def wait_for(condition, timeout=240):
     return False
 
 
-def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weights):
+# Penalised, fit trains the EvidencePenalty wrapper, not the model: its checkpoints must resume too.
+@pytest.mark.parametrize("penalty", [0.0, 1.0], ids=["plain", "evidence-penalty"])
+def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weights, penalty):
     runs_root = tmp_path / "runs"
     config = TrainConfig(data_dir=str(data_dir), weights=weights, input_size=32, batch_size=4,
                          max_images_per_split=8, head_epochs=1, finetune_epochs=FINETUNE_EPOCHS,
-                         early_stopping_patience=FINETUNE_EPOCHS)
+                         early_stopping_patience=FINETUNE_EPOCHS, evidence_penalty=penalty)
     run_dir = launch_training(config, name="killed", runs_root=runs_root)
 
     def in_third_finetune_epoch():
@@ -50,6 +53,8 @@ def test_sigkill_then_resume_continues_from_last_epoch(tmp_path, data_dir, weigh
     # logs each epoch once (core.training.checkpoint truncates rows of uncommitted epochs).
     assert len(history) == 1 + FINETUNE_EPOCHS and list(history.epoch) == [0, *range(FINETUNE_EPOCHS)]
     assert (run_dir / "model.keras").exists() and (run_dir / "metrics.json").exists()
+    # The resumed epochs were penalised as the first ones were: each logs the share outside the lungs.
+    assert ("val_evidence_outside" in history and history.val_evidence_outside.notna().all()) == bool(penalty)
 
 
 def test_completed_run_is_not_resumed(trained_run):
