@@ -75,6 +75,22 @@ def test_a_source_too_small_to_split_trains_whole_beside_one_with_split_lists(tw
         datasets.index_dataset(hospital_b)
 
 
+def test_a_source_whose_splits_would_hold_one_class_trains_whole_beside_one_with_split_lists(data_dir, tmp_path):
+    # Enough patients to split (12), but one has COVID: whichever of validation and test it misses
+    # would hold one class, which can choose no threshold. Beside COVID-CT's lists it trains whole;
+    # alone it is refused with that reason.
+    one_covid = small_source(data_dir, tmp_path / "one-covid", per_class=11)
+    (one_covid / "COVID" / "patient1").mkdir()
+    for path in sorted((one_covid / "COVID").glob("*.png")):
+        path.rename(one_covid / "COVID" / "patient1" / path.name)
+    index = datasets.index_dataset([data_dir, one_covid], check_files=False)
+    assert set(index.loc[index["source"] == "one-covid", "split"]) == {"train"}
+    assert "one-covid: all 12 patients in train, too few to split" in index.attrs["split_source"]
+    assert "split would hold one class only" in index.attrs["split_source"]
+    with pytest.raises(ValueError, match="one-covid: 12 patients cannot be split .* one class only"):
+        datasets.index_dataset(one_covid, check_files=False)
+
+
 def test_sources_must_share_their_classes_and_names(two_sources, tmp_path):
     hospital_a, _ = two_sources
     other = tmp_path / "other"
