@@ -201,6 +201,21 @@ def test_retired_settings_load_from_old_runs_and_are_refused_for_new_ones(tmp_pa
         TrainConfig.from_dict({**old, "mixdown": 1})
 
 
+def test_a_run_saved_before_the_evidence_penalty_existed_reads_as_unpenalised(tmp_path):
+    """The penalty is on by default now; a config.json saved before it existed trained without it,
+    and must load, resume, group and be described so, not as today's default."""
+    from dataclasses import asdict
+
+    from core.runs.train_config import recipe_changes, recipe_of
+
+    today = asdict(TrainConfig(data_dir=str(tmp_path)))
+    assert today["evidence_penalty"] == 1.0 and recipe_changes(today) == "project defaults"
+    old = {key: value for key, value in today.items() if key != "evidence_penalty"}
+    assert TrainConfig.from_dict(old, starting=True).evidence_penalty == 0.0
+    assert recipe_of(old) == recipe_of({**today, "evidence_penalty": 0.0})  # one recipe with an unpenalised new run
+    assert recipe_changes(old) == "evidence_penalty=0.0"
+
+
 def test_a_run_saved_with_a_retired_setting_does_not_resume(tmp_path):
     from dataclasses import asdict
 

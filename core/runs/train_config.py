@@ -33,6 +33,9 @@ RETIRED = {"precision": "float32", "optimizer": "adam", "train_batchnorm": False
            "cached_views": 4, "label_smoothing": 0.0, "mixup": 0.0, "class_weights": True,
            "fill_mode": "reflect", "blur": 0.0, "ema": 0.0, "rotate_zoom_tta": False, "n_boot": classification.N_BOOT,
            "cpu_devices": 0}
+# Settings whose default changed after runs had been saved without them (they did not exist yet),
+# with the value those runs trained with: an old config.json that lacks one means this, not today's default.
+BEFORE_THEY_EXISTED = {"evidence_penalty": 0.0}
 
 
 def setting(label: str, help: str, choices=None, allowed: Range | None = None, step: float | None = None,
@@ -100,7 +103,7 @@ class TrainConfig:
         "(core.data.lung.mask_outside_lungs), in training, evaluation, prediction and Grad-CAM alike: what "
         "lies outside the lungs (captions, borders, the table) cannot be learnt. A slice whose lungs are not "
         "found is left whole."))
-    evidence_penalty: float = field(default=0.0, metadata=setting(
+    evidence_penalty: float = field(default=1.0, metadata=setting(
         "Penalty on evidence outside the lungs (weight, 0 = off)", "Adds this weight times the share of each "
         "training slice's Grad-CAM evidence (true class against the other) lying outside its widened lung "
         "fields to the loss (core.training.evidence_penalty), so the model learns from the lungs, not captions "
@@ -160,7 +163,9 @@ class TrainConfig:
     def from_dict(cls, values: dict, starting: bool = False) -> "TrainConfig":
         """The config of saved `values`. Retired settings are left out; one
         set to another value than every run now trains with is refused when
-        `starting` a run (new or resumed), as that run would not train as asked."""
+        `starting` a run (new or resumed), as that run would not train as asked.
+        A setting of BEFORE_THEY_EXISTED that `values` lack takes the value
+        runs trained with before it existed."""
         if not isinstance(values, dict):
             raise ValueError(f"a config is a JSON object of settings, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -171,6 +176,7 @@ class TrainConfig:
         if starting and changed:
             raise ValueError(f"retired setting(s) {', '.join(changed)}: see docs/experiments.md for what they "
                              "did and the commit that still has them")
+        values = {**BEFORE_THEY_EXISTED, **values}
         return cls(**{name: value for name, value in values.items() if name in known})
 
     def problems(self, here: bool = True) -> list[str]:
@@ -259,8 +265,9 @@ FOLDS_DRAWN_BY = ("data_dir", "holdout_source", "cv_folds", "seed")
 
 
 def recipe_of(config: dict) -> dict:
-    """A run's settings less NOT_RECIPE: what makes it the recipe it is."""
-    return {key: value for key, value in config.items() if key not in NOT_RECIPE}
+    """A run's settings less NOT_RECIPE: what makes it the recipe it is (with BEFORE_THEY_EXISTED's
+    values for the settings an older run's config lacks)."""
+    return {key: value for key, value in {**BEFORE_THEY_EXISTED, **config}.items() if key not in NOT_RECIPE}
 
 
 def folds_of(config: dict) -> tuple:
